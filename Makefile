@@ -1,0 +1,186 @@
+# maskinporten-csi-provider: plain GNU make, pkg-config, objects under build/.
+#
+#   make run     build, start the emulator and the provider, mount a sample pod
+#   make test    lint, unit tests (cmocka) and integration tests (pytest)
+#   make asan    the same suites under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench   benchmarks, each figure beside its baseline
+#   make deps    install the Debian 12 packages the build and the tests need
+
+PROG    := maskinporten-csi-provider
+BUILD   ?= build
+CC      ?= cc
+PYTHON  := /usr/bin/python3
+VERSION := 0.1.0
+
+PKGS := grpc libprotobuf-c libcurl jansson libcrypto libmicrohttpd
+
+# Debian 12 packages: build, tests, lint and fuzzing.
+DEB_PACKAGES := build-essential pkg-config libgrpc-dev protobuf-c-compiler libprotobuf-c-dev \
+	protobuf-compiler libcurl4-openssl-dev libjansson-dev libssl-dev libmicrohttpd-dev \
+	libcmocka-dev python3 python3-pytest python3-grpcio python3-protobuf python3-jwcrypto \
+	python3-cryptography python3-yaml clang libclang-rt-14-dev clang-format cppcheck valgrind \
+	ca-certificates procps
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings \
+	-Wformat=2 -Wno-unused-parameter
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+
+OPT      ?= -O2 -g
+HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+SANITIZE ?=
+CPPFLAGS := -D_GNU_SOURCE -DOPENSSL_API_COMPAT=30000 -DOPENSSL_NO_DEPRECATED \
+	-DPROVIDER_VERSION=\"$(VERSION)\" -Iinclude -I$(BUILD)/gen
+CFLAGS   := -std=c11 $(OPT) $(WARN) $(HARDEN) $(SANITIZE) -MMD -MP
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDFLAGS  := $(SANITIZE) -pie -Wl,-z,relro,-z,now
+LDLIBS    = $(PKG_LIBS) -lpthread -lm
+
+GEN_C   := $(BUILD)/gen/provider.pb-c.c
+GEN_H   := $(BUILD)/gen/provider.pb-c.h
+GEN_PY  := $(BUILD)/py/provider_pb2.py
+SRCS    := $(wildcard src/*.c)
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/provider.pb-c.o
+LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNITS   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+BENCH_SRCS := $(wildcard tests/bench/*.c)
+BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+DEPS_OK := $(BUILD)/.deps-ok
+Q := $(if $(V),,@)
+
+.PHONY: all test unit integration lint asan bench run clean deps fuzz format valgrind
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/$(PROG)
+
+# ---- dependencies --------------------------------------------------------
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null \
+		&& echo "deps: Debian packages installed"; \
+	else \
+		echo "deps: run this once as root:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $(DEB_PACKAGES)"; \
+		exit 1; \
+	fi
+
+# Installs the packages on first use, so a fresh machine needs nothing by hand.
+$(DEPS_OK):
+	@if ! pkg-config --exists $(PKGS) cmocka || ! command -v protoc-c >/dev/null \
+		|| ! command -v protoc >/dev/null || ! command -v clang >/dev/null \
+		|| ! command -v cppcheck >/dev/null || ! command -v clang-format >/dev/null \
+		|| ! $(PYTHON) -c 'import pytest, grpc, google.protobuf, jwcrypto, yaml' 2>/dev/null; then \
+		$(MAKE) --no-print-directory deps; \
+	fi
+	@mkdir -p $(BUILD) && touch $@
+
+# ---- build ---------------------------------------------------------------
+
+$(GEN_C) $(GEN_H): proto/provider.proto | $(DEPS_OK)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+$(GEN_PY): proto/provider.proto | $(DEPS_OK)
+	@mkdir -p $(BUILD)/py
+	protoc --python_out=$(BUILD)/py -Iproto $<
+
+$(BUILD)/obj/provider.pb-c.o: $(GEN_C) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS) -std=c11 $(OPT) $(HARDEN) $(SANITIZE) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: src/%.c $(GEN_H) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/$(PROG): $(OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(shell pkg-config --cflags cmocka) \
+		$(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) $(shell pkg-config --libs cmocka)
+
+$(BUILD)/bench/%: tests/bench/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
+
+-include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/bench/*.d)
+
+# ---- tests ---------------------------------------------------------------
+
+# Each cmocka binary prints its own summary; a missing or failing one fails the target.
+unit: $(UNITS)
+	@test -n "$(UNITS)" || { echo "unit: no unit tests found"; exit 1; }
+	@set -e; for t in $(UNITS); do echo "== $$t"; $(VALGRIND) $$t; done
+
+PYTEST_ARGS ?=
+integration: $(BUILD)/$(PROG) $(GEN_PY)
+	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/emulator tests/integration $(PYTEST_ARGS)
+
+test: lint unit integration
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+		SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) unit integration
+
+valgrind: $(UNITS)
+	$(MAKE) unit VALGRIND="valgrind -q --error-exitcode=99 --leak-check=full \
+		--suppressions=$(abspath tests/valgrind.supp)"
+
+bench: $(BUILD)/$(PROG) $(BENCHES) $(GEN_PY)
+	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
+		MCP_BENCHDIR=$(abspath $(BUILD)/bench) $(PYTHON) tests/bench/run.py
+
+run: $(BUILD)/$(PROG)
+	MCP_BIN=$(abspath $(BUILD)/$(PROG)) $(PYTHON) tests/run_demo.py --dir $(abspath $(BUILD)/run)
+
+# ---- lint ----------------------------------------------------------------
+
+BANNED := '\b(strcpy|strcat|sprintf|vsprintf|gets|strtok|atoi|atol|atof|system|tmpnam|mktemp|RSA_new|RSA_generate_key|RSA_free|RSA_set0_key|PEM_read_RSAPrivateKey|SHA256_Init|HMAC_Init|rand|srand)[[:space:]]*\('
+
+lint: | $(DEPS_OK)
+	clang-format --dry-run --Werror src/*.c include/*.h tests/unit/*.c $(wildcard tests/bench/*.c tests/fuzz/*.c)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
+		--suppress=missingIncludeSystem --inline-suppr -Iinclude src
+	@if grep -nE $(BANNED) src/*.c include/*.h; then echo "lint: banned call above"; exit 1; fi
+	@echo "lint: ok"
+
+format:
+	clang-format -i src/*.c include/*.h tests/unit/*.c $(wildcard tests/bench/*.c tests/fuzz/*.c)
+
+# ---- fuzzing (libFuzzer, clang) ------------------------------------------
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+fuzz: | $(DEPS_OK)
+	$(MAKE) BUILD=build-fuzz CC=clang OPT="-O1 -g" \
+		SANITIZE="-fsanitize=fuzzer-no-link,address,undefined" $(BUILD:build=build-fuzz)/.fuzz-objs
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p build-fuzz/corpus/$$t; \
+		clang $(CPPFLAGS:-I$(BUILD)/gen=-Ibuild-fuzz/gen) -std=c11 -O1 -g $(PKG_CFLAGS) \
+			-fsanitize=fuzzer,address,undefined -o build-fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c \
+			$(filter-out build-fuzz/obj/main.o,$(patsubst $(BUILD)/%,build-fuzz/%,$(OBJS))) $(LDLIBS); \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		./build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+			build-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
+	done
+
+$(BUILD)/.fuzz-objs: $(LIBOBJS)
+	touch $@
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,104 @@
+/*
+ * digdir: DigDir's self-service admin API (/api/v1): clients, their JWKS,
+ * scope access, and the organisation's own scopes. JSON through jansson.
+ *
+ * Every call takes a deadline (http_now_ms() clock) and fills a struct err
+ * with the endpoint, DigDir's correlation_id and a kind the provider maps to
+ * a gRPC status.
+ */
+#ifndef MCP_DIGDIR_H
+#define MCP_DIGDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "http.h"
+#include "keys.h"
+#include "maskinporten.h"
+
+struct digdir_config {
+	const char *base_url;		/* https://api.test.samarbeid.digdir.no ("/api/v1" appended) */
+	const char *client_name;	/* client_name of new clients; NULL: "maskinporten-csi-provider" */
+	const char *client_uri;		/* NULL: left out */
+	const char *default_scope;	/* registered when an app consumes none (DigDir requires one) */
+	long access_token_lifetime;	/* 0: 3600 */
+	long authorization_lifetime;	/* 0: 7200 */
+	long scope_cache_seconds;	/* how long scope access lists are trusted; 0: 600 */
+};
+
+struct digdir;
+
+struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_config *config,
+			  struct err *err);
+void digdir_free(struct digdir *dd);
+
+/* GET /clients: every active client of the organisation. *ret is a new array. */
+int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err);
+
+/*
+ * Finds the client: by pinned_id when non-NULL, else by description and
+ * integration_type "maskinporten". When several match, the one created first
+ * (ties: the smallest client_id) wins, the same choice on every node.
+ * Returns 0 with *ret a new reference, or NULL when there is none.
+ */
+int digdir_find_client(struct digdir *dd, const char *description, const char *pinned_id,
+		       int64_t deadline_ms, json_t **ret, struct err *err);
+
+/*
+ * Makes sure the client for description exists with exactly these consumed
+ * scopes: finds it (adopting clients made by hand or by other tools), creates
+ * it when missing, PUTs it when its scopes differ. Checks first that the
+ * organisation may consume every scope (ERR_SCOPE_ACCESS naming each scope and
+ * the organisation number otherwise). With no scopes, the default scope is
+ * registered. Never leaves a duplicate: after a create it lists again and,
+ * when another node created one too, keeps the winner of
+ * digdir_find_client's rule and deletes its own.
+ * Returns 0 with *ret_client_id (caller frees).
+ */
+int digdir_ensure_client(struct digdir *dd, const char *description, const char *const *scopes,
+			 size_t nscopes, const char *pinned_id, int64_t deadline_ms,
+			 char **ret_client_id, struct err *err);
+
+/* Checks that the organisation may consume every scope (cached scope access lists). */
+int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size_t nscopes,
+			      int64_t deadline_ms, struct err *err);
+
+/* GET /clients/{id}/jwks: *ret is a new "keys" array (empty when none). */
+int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_ms, json_t **ret,
+		    struct err *err);
+
+/* POST /clients/{id}/jwks with {"keys": keys}; *ret (may be NULL) is the registered "keys". */
+int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys,
+		    int64_t deadline_ms, json_t **ret, struct err *err);
+
+/*
+ * Reads the JWKS, computes the set with keys_schedule() and uploads it only
+ * when it changed, then confirms by reading back that our keys are there.
+ * *ret_registered (may be NULL) gets the registered "keys" array; *ret_uploaded
+ * (may be NULL) says whether an upload happened.
+ */
+int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
+		     int64_t epoch, int64_t epoch_len, bool drop_foreign,
+		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
+		     json_t **ret_registered, bool *ret_uploaded, struct err *err);
+
+/* DELETE /clients/{id} (DigDir deactivates it). */
+int digdir_delete_client(struct digdir *dd, const char *client_id, int64_t deadline_ms,
+			 struct err *err);
+
+/* A generic authenticated request to DigDir, for the scope calls of later issues:
+ * path under /api/v1 (with query), body may be NULL. *ret (may be NULL) gets
+ * the parsed JSON answer (json_null() for an empty body). Statuses >= 400
+ * become errors with DigDir's message and correlation_id. */
+int digdir_call(struct digdir *dd, const char *method, const char *path, const char *endpoint,
+		const json_t *body, bool idempotent, int64_t deadline_ms, json_t **ret,
+		struct err *err);
+
+/* The organisation number of the admin token, or NULL. Borrowed. */
+const char *digdir_org_number(struct digdir *dd);
+
+#endif

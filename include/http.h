@@ -1,0 +1,83 @@
+/*
+ * http: the only module that touches libcurl. HTTPS requests with connection
+ * reuse across threads, timeouts, a CA bundle, proxies, a hard body limit and
+ * retries with exponential backoff and jitter that never run past the
+ * caller's deadline.
+ *
+ * curl_global_init() must have been called once in main before any thread.
+ */
+#ifndef MCP_HTTP_H
+#define MCP_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define HTTP_MAX_BODY_DEFAULT (1024 * 1024)
+
+struct http_config {
+	const char *ca_file;	 /* CA bundle; NULL: the system's */
+	const char *https_proxy; /* NULL: HTTPS_PROXY / https_proxy / NO_PROXY from the environment */
+	bool allow_http;	 /* plain http:// URLs (tests only) */
+	long connect_timeout_ms; /* 0: 5000 */
+	long attempt_timeout_ms; /* one attempt; 0: 30000 */
+	size_t max_body;	 /* 0: HTTP_MAX_BODY_DEFAULT */
+	int max_attempts;	 /* 0: 4 */
+	long backoff_base_ms;	 /* 0: 200 */
+	long backoff_max_ms;	 /* 0: 5000 */
+	const char *user_agent;	 /* NULL: "maskinporten-csi-provider/<version>" */
+};
+
+struct http;
+
+/* Once in main, before any thread: curl_global_init. Returns 0 or -EIO. */
+int http_global_init(void);
+void http_global_cleanup(void);
+
+/* Creates a client. Strings in config are copied. Returns NULL with err filled. */
+struct http *http_new(const struct http_config *config, struct err *err);
+void http_free(struct http *http);
+
+struct http_request {
+	const char *method;	  /* "GET", "POST", "PUT", "DELETE" */
+	const char *url;
+	const char *service;	  /* metrics and errors: "digdir" or "maskinporten" */
+	const char *endpoint;	  /* template for metrics and errors: "GET /clients/{id}" */
+	const char *bearer;	  /* SECRET: Authorization: Bearer value, or NULL */
+	const char *content_type; /* of body, or NULL */
+	const char *body;	  /* may be NULL */
+	size_t body_len;
+	bool idempotent;	  /* false: never retried once the request may have been sent */
+	int64_t deadline_ms;	  /* http_now_ms() clock; 0: none beyond the attempt timeout */
+};
+
+struct http_response {
+	long status;
+	char *body; /* NUL-terminated, body_len bytes before the NUL */
+	size_t body_len;
+	char content_type[128];
+	int attempts;
+};
+
+/*
+ * Performs the request. 429, 5xx and transport errors are retried (429 honours
+ * Retry-After) while attempts and the deadline allow; other statuses are
+ * returned as they are, so the caller reads ret->status. Returns 0 with
+ * *ret filled (release with http_response_release), or a negative errno with
+ * err filled: ERR_TIMEOUT, ERR_UNAVAILABLE (transport / 5xx after retries),
+ * ERR_THROTTLED (429 after retries), ERR_BAD_RESPONSE (body over the limit).
+ */
+int http_do(struct http *http, const struct http_request *req, struct http_response *ret,
+	    struct err *err);
+
+void http_response_release(struct http_response *resp);
+
+/* Monotonic milliseconds, the clock of deadlines. */
+int64_t http_now_ms(void);
+
+/* Percent-encodes s for a query parameter. Returns a malloc'd string or NULL. */
+char *http_escape(const char *s);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * maskinporten: the authorization server's metadata document and the admin
+ * access token (a JWT grant signed with the organisation's key and, when
+ * configured, its business certificate chain in x5c), cached and shared.
+ */
+#ifndef MCP_MASKINPORTEN_H
+#define MCP_MASKINPORTEN_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "err.h"
+#include "http.h"
+
+#define MP_ADMIN_SCOPES_DEFAULT "idporten:dcr.write idporten:dcr.read idporten:scopes.write"
+
+struct mp_config {
+	const char *well_known_url;  /* https://test.maskinporten.no/.well-known/oauth-authorization-server */
+	const char *admin_client_id; /* iss of the admin grant */
+	const char *admin_key_file;  /* PEM private key */
+	const char *admin_cert_file; /* PEM chain, leaf first: sent as x5c. NULL: use admin_kid */
+	const char *admin_kid;	     /* kid of a pre-registered key, when no certificate */
+	const char *admin_scopes;    /* NULL: MP_ADMIN_SCOPES_DEFAULT */
+};
+
+/* The metadata document. Strings are owned by the mp and live as long as it. */
+struct mp_metadata {
+	const char *well_known_url;
+	const char *issuer;
+	const char *token_endpoint;
+	const char *jwks_uri;
+};
+
+struct mp;
+
+/* Loads the admin key (and chain). Strings are copied. NULL with err filled. */
+struct mp *mp_new(struct http *http, const struct mp_config *config, struct err *err);
+void mp_free(struct mp *mp);
+
+/*
+ * Fetches and validates the metadata once (issuer + "/.well-known/oauth-authorization-server"
+ * must be the configured URL; token endpoint and JWKS URI present), then
+ * answers from memory. Returns 0 with *ret borrowed for the life of mp.
+ */
+int mp_metadata(struct mp *mp, int64_t deadline_ms, const struct mp_metadata **ret,
+		struct err *err);
+
+/*
+ * An admin access token, fetched with a JWT grant and cached until shortly
+ * before it expires. One refresh at a time however many callers.
+ * SECRET: *ret_token is a copy the caller frees with keys_free_secret().
+ */
+int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct err *err);
+
+/* Forgets the cached admin token if it is still token (after a 401 from DigDir). */
+void mp_admin_token_invalidate(struct mp *mp, const char *token);
+
+/* The organisation number from the admin token ("889640782"), or NULL before one was fetched. */
+const char *mp_org_number(struct mp *mp);
+
+/*
+ * Gets an access token for an app client: signs a grant with pkey/kid for
+ * client_id and scope, posts it to the token endpoint. Returns 0 with
+ * *ret_response the parsed JSON answer (SECRET: contains access_token), or
+ * a negative errno with err naming Maskinporten's error and description.
+ */
+int mp_client_token(struct mp *mp, EVP_PKEY *pkey, const char *kid, const char *client_id,
+		    const char *scope, int64_t deadline_ms, json_t **ret_response, struct err *err);
+
+/* Same without an mp: token_endpoint and issuer given (the `token` subcommand). */
+int mp_token_request(struct http *http, const char *token_endpoint, const char *issuer,
+		     EVP_PKEY *pkey, const char *kid, const char *client_id, const char *scope,
+		     int64_t deadline_ms, json_t **ret_response, struct err *err);
+
+#endif

@@ -1,0 +1,339 @@
+/*
+ * config: one table of flags, each with its environment variable, shared by
+ * every subcommand. Values are borrowed from argv and environ, which live as
+ * long as the process. Never prints a value: some name secret files.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+enum opt_type { T_STR, T_BOOL, T_SECONDS, T_MS, T_LONG, T_INT, T_MODE, T_EPOCH, T_LOGLEVEL,
+		T_LOGFORMAT, T_WRITEMODE };
+
+struct opt {
+	const char *name;
+	enum opt_type type;
+	size_t offset;
+	const char *help;
+};
+
+#define F(field) offsetof(struct config, field)
+
+static const struct opt opts[] = {
+	{ "cluster-name", T_STR, F(cluster_name), "cluster name, first part of client descriptions" },
+	{ "digdir-url", T_STR, F(digdir_url), "DigDir admin API base URL" },
+	{ "well-known-url", T_STR, F(well_known_url), "Maskinporten metadata document URL" },
+	{ "admin-client-id", T_STR, F(admin_client_id), "admin (self-service) client id" },
+	{ "admin-key-file", T_STR, F(admin_key_file), "admin client's private key, PEM" },
+	{ "admin-cert-file", T_STR, F(admin_cert_file), "business certificate chain, PEM (x5c)" },
+	{ "admin-kid", T_STR, F(admin_kid), "kid of a pre-registered admin key (without a chain)" },
+	{ "admin-scopes", T_STR, F(admin_scopes), "scopes of the admin token" },
+	{ "client-name", T_STR, F(client_name), "client_name of new clients" },
+	{ "client-uri", T_STR, F(client_uri), "client_uri of new clients" },
+	{ "default-scope", T_STR, F(default_scope), "scope registered when an app consumes none" },
+	{ "seed-file", T_STR, F(seed_file), "cluster key seed (>= 32 bytes, mode 0600)" },
+	{ "epoch-length", T_SECONDS, F(epoch_length), "key epoch length (30d)" },
+	{ "ca-file", T_STR, F(ca_file), "CA bundle for DigDir and Maskinporten" },
+	{ "https-proxy", T_STR, F(https_proxy), "proxy for HTTPS (else HTTPS_PROXY, NO_PROXY)" },
+	{ "allow-http", T_BOOL, F(allow_http), "allow plain http:// URLs (tests only)" },
+	{ "connect-timeout", T_MS, F(connect_timeout_ms), "connect timeout (5s)" },
+	{ "request-timeout", T_MS, F(request_timeout_ms), "one HTTP attempt's timeout (30s)" },
+	{ "mount-timeout", T_MS, F(mount_timeout_ms), "budget of one Mount (110s)" },
+	{ "socket", T_STR, F(socket_path), "provider socket path" },
+	{ "socket-mode", T_MODE, F(socket_mode), "socket file mode, octal (0600)" },
+	{ "metrics-addr", T_STR, F(metrics_addr), "host:port for /healthz /readyz /metrics" },
+	{ "write-mode", T_WRITEMODE, F(write_mode), "driver (files in the answer) or provider" },
+	{ "kubelet-dir", T_STR, F(kubelet_dir), "kubelet root (provider write mode)" },
+	{ "revalidate-interval", T_SECONDS, F(revalidate_interval_s), "re-check known clients (1h)" },
+	{ "cache-size", T_LONG, F(cache_size), "clients kept in memory (4096)" },
+	{ "workers", T_INT, F(workers), "threads for cold Mounts (8)" },
+	{ "max-message", T_LONG, F(max_message_bytes), "largest gRPC request, bytes (1 MiB)" },
+	{ "check", T_BOOL, F(check_only), "serve: validate configuration and exit" },
+	{ "log-level", T_LOGLEVEL, F(log_level), "error, warn, info or debug" },
+	{ "log-format", T_LOGFORMAT, F(log_format), "json or text" },
+	{ "namespace", T_STR, F(namespace_name), "mount: the pod's namespace" },
+	{ "service-account", T_STR, F(service_account), "mount: the pod's service account" },
+	{ "pod-name", T_STR, F(pod_name), "mount: the pod's name" },
+	{ "pod-uid", T_STR, F(pod_uid), "mount: the pod's uid" },
+	{ "dir", T_STR, F(dir), "mount: where to write; token: the mounted directory" },
+	{ "scopes", T_STR, F(scopes), "mount: consumed scopes" },
+	{ "exposes", T_STR, F(exposes), "mount: exposed scopes (JSON)" },
+	{ "file-permission", T_STR, F(file_permission), "mount: file mode parameter, octal" },
+	{ "params", T_STR, F(extra_params), "mount: more parameters, a JSON object" },
+	{ "client-id", T_STR, F(client_id), "keys derive: the client id" },
+	{ "epoch", T_EPOCH, F(epoch), "keys derive: the epoch number" },
+	{ "at", T_STR, F(at), "keys derive: a time (Unix seconds or YYYY-MM-DDTHH:MM:SSZ)" },
+	{ "private", T_STR, F(output), "keys derive: write the private JWK to this new file" },
+	{ "json", T_BOOL, F(json), "print JSON" },
+	{ "permanent", T_BOOL, F(permanent), "client delete: really delete" },
+	{ "drop-foreign-keys", T_BOOL, F(drop_foreign_keys), "client adopt: drop other tools' keys" },
+};
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+void config_defaults(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->admin_scopes = "idporten:dcr.write idporten:dcr.read idporten:scopes.write";
+	cfg->epoch_length = 30 * 24 * 3600;
+	cfg->connect_timeout_ms = 5000;
+	cfg->request_timeout_ms = 30000;
+	cfg->mount_timeout_ms = 110000;
+	cfg->socket_path = CONFIG_SOCKET_DEFAULT;
+	cfg->socket_mode = 0600;
+	cfg->metrics_addr = "";
+	cfg->write_mode = WRITE_MODE_DRIVER;
+	cfg->kubelet_dir = CONFIG_KUBELET_DIR_DEFAULT;
+	cfg->revalidate_interval_s = 3600;
+	cfg->cache_size = 4096;
+	cfg->workers = 8;
+	cfg->max_message_bytes = 1024 * 1024;
+	cfg->log_level = LOG_LEVEL_INFO;
+	cfg->log_format = LOG_FORMAT_JSON;
+	cfg->epoch = -1;
+}
+
+int config_parse_duration_ms(const char *s, int64_t *ret_ms)
+{
+	char *end = NULL;
+	long long v;
+	int64_t mult = 1000;
+
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || v < 0)
+		return -EINVAL;
+	if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "m") == 0)
+		mult = 60 * 1000;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600 * 1000;
+	else if (strcmp(end, "d") == 0)
+		mult = 24 * 3600 * 1000;
+	else
+		return -EINVAL;
+	if (v > INT64_MAX / mult)
+		return -ERANGE;
+	*ret_ms = v * mult;
+	return 0;
+}
+
+static int parse_long(const char *s, int base, long *ret)
+{
+	char *end = NULL;
+	long v;
+
+	if (!s || !*s)
+		return -EINVAL;
+	errno = 0;
+	v = strtol(s, &end, base);
+	if (errno || *end || v < 0)
+		return -EINVAL;
+	*ret = v;
+	return 0;
+}
+
+static int parse_bool(const char *s, bool *ret)
+{
+	if (!s || !strcmp(s, "1") || !strcmp(s, "true") || !strcmp(s, "yes"))
+		*ret = true;
+	else if (!strcmp(s, "0") || !strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, ""))
+		*ret = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* Stores value into the field of o. value is NULL for a bare boolean flag. */
+static int set_opt(struct config *cfg, const struct opt *o, const char *value)
+{
+	char *field = (char *)cfg + o->offset;
+	int64_t ms;
+	long l;
+	int r;
+
+	switch (o->type) {
+	case T_STR:
+		*(const char **)field = value;
+		return 0;
+	case T_BOOL:
+		return parse_bool(value, (bool *)field);
+	case T_SECONDS:
+		r = config_parse_duration_ms(value, &ms);
+		if (r < 0)
+			return r;
+		if (o->offset == F(epoch_length))
+			*(int64_t *)field = ms / 1000;
+		else
+			*(long *)field = (long)(ms / 1000);
+		return 0;
+	case T_MS:
+		r = config_parse_duration_ms(value, &ms);
+		if (r < 0 || ms > 3600 * 1000)
+			return -EINVAL;
+		*(long *)field = (long)ms;
+		return 0;
+	case T_LONG:
+		return parse_long(value, 10, (long *)field);
+	case T_INT:
+		r = parse_long(value, 10, &l);
+		if (r < 0 || l > 1024)
+			return -EINVAL;
+		*(int *)field = (int)l;
+		return 0;
+	case T_MODE:
+		r = parse_long(value, 8, &l);
+		if (r < 0 || l > 0777)
+			return -EINVAL;
+		*(unsigned *)field = (unsigned)l;
+		return 0;
+	case T_EPOCH:
+		r = parse_long(value, 10, &l);
+		if (r < 0)
+			return r;
+		*(int64_t *)field = l;
+		return 0;
+	case T_LOGLEVEL:
+		return log_parse_level(value, (enum log_level *)field);
+	case T_LOGFORMAT:
+		return log_parse_format(value, (enum log_format *)field);
+	case T_WRITEMODE:
+		if (value && !strcmp(value, "driver"))
+			*(enum write_mode *)field = WRITE_MODE_DRIVER;
+		else if (value && !strcmp(value, "provider"))
+			*(enum write_mode *)field = WRITE_MODE_PROVIDER;
+		else
+			return -EINVAL;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* "cluster-name" -> "MPCSI_CLUSTER_NAME". */
+static void env_name(const char *flag, char *buf, size_t len)
+{
+	size_t i = 0;
+	int n = snprintf(buf, len, "MPCSI_");
+
+	for (i = (size_t)n; *flag && i + 1 < len; flag++, i++)
+		buf[i] = *flag == '-' ? '_' : (char)toupper((unsigned char)*flag);
+	buf[i] = '\0';
+}
+
+static const struct opt *find_opt(const char *name)
+{
+	for (size_t i = 0; i < NOPTS; i++)
+		if (!strcmp(opts[i].name, name))
+			return &opts[i];
+	return NULL;
+}
+
+void config_print_flags(void)
+{
+	char env[96];
+
+	for (size_t i = 0; i < NOPTS; i++) {
+		env_name(opts[i].name, env, sizeof(env));
+		printf("  --%-22s %-30s %s\n", opts[i].name, env, opts[i].help);
+	}
+}
+
+int config_parse(struct config *cfg, int argc, char **argv, const char *usage, struct err *err)
+{
+	struct option longopts[NOPTS + 2];
+	char env[96];
+	int c, idx;
+
+	/* The environment first, so that flags override it. */
+	for (size_t i = 0; i < NOPTS; i++) {
+		const char *v;
+
+		env_name(opts[i].name, env, sizeof(env));
+		v = getenv(env);
+		if (v && set_opt(cfg, &opts[i], v) < 0)
+			return err_set(err, ERR_INVALID, EINVAL, "environment variable %s: bad value",
+				       env);
+	}
+
+	for (size_t i = 0; i < NOPTS; i++) {
+		longopts[i].name = opts[i].name;
+		longopts[i].has_arg = opts[i].type == T_BOOL ? optional_argument : required_argument;
+		longopts[i].flag = NULL;
+		longopts[i].val = 0;
+	}
+	longopts[NOPTS] = (struct option){ "help", no_argument, NULL, 'h' };
+	longopts[NOPTS + 1] = (struct option){ NULL, 0, NULL, 0 };
+
+	optind = 1;
+	opterr = 0;
+	for (;;) {
+		idx = -1;
+		c = getopt_long(argc, argv, "+h", longopts, &idx);
+		if (c == -1)
+			break;
+		if (c == 'h') {
+			if (usage)
+				fputs(usage, stdout);
+			printf("\nFlags (each also from its environment variable):\n");
+			config_print_flags();
+			return 1;
+		}
+		if (c == '?' || idx < 0 || idx >= (int)NOPTS) {
+			const char *bad = optind > 1 && optind - 1 < argc ? argv[optind - 1] : "?";
+			return err_set(err, ERR_INVALID, EINVAL,
+				       "unknown flag or missing value: %s (see --help)", bad);
+		}
+		if (set_opt(cfg, &opts[idx], optarg) < 0)
+			return err_set(err, ERR_INVALID, EINVAL, "flag --%s: bad value",
+				       opts[idx].name);
+	}
+	cfg->argc = argc - optind;
+	cfg->argv = argv + optind;
+
+	if (cfg->epoch_length < 60 || cfg->epoch_length > 120L * 24 * 3600)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "--epoch-length must be between 60s and 120d (three epochs must fit "
+			       "in DigDir's one-year key lifetime)");
+	if (cfg->cache_size < 1 || cfg->workers < 1 || cfg->max_message_bytes < 1024)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "--cache-size, --workers and --max-message must be positive "
+			       "(--max-message at least 1024)");
+	return 0;
+}
+
+int config_require(const struct config *cfg, struct err *err, ...)
+{
+	va_list ap;
+	const char *name;
+	int r = 0;
+
+	va_start(ap, err);
+	while ((name = va_arg(ap, const char *))) {
+		const struct opt *o = find_opt(name);
+		const char *v;
+		char env[96];
+
+		if (!o || o->type != T_STR)
+			continue;
+		v = *(const char *const *)((const char *)cfg + o->offset);
+		if (!v || !*v) {
+			env_name(name, env, sizeof(env));
+			r = err_set(err, ERR_INVALID, EINVAL, "missing --%s (or %s)", name, env);
+			break;
+		}
+	}
+	va_end(ap);
+	return r;
+}
