@@ -1,0 +1,85 @@
+/*
+ * server: the gRPC server on a Unix socket, on the gRPC C core. The only
+ * module that touches the gRPC server API. It knows the method names and
+ * moves bytes; the mount module decodes and answers them.
+ *
+ * Threads: one completion-queue thread accepts calls and runs the fast
+ * handlers (which must not block), a pool of workers runs the slow ones, so
+ * a slow cold Mount never delays a warm one.
+ */
+#ifndef MCP_SERVER_H
+#define MCP_SERVER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* gRPC status codes we answer with (values of grpc_status_code). */
+enum server_code {
+	SERVER_OK = 0,
+	SERVER_CANCELLED = 1,
+	SERVER_UNKNOWN = 2,
+	SERVER_INVALID_ARGUMENT = 3,
+	SERVER_DEADLINE_EXCEEDED = 4,
+	SERVER_NOT_FOUND = 5,
+	SERVER_ALREADY_EXISTS = 6,
+	SERVER_PERMISSION_DENIED = 7,
+	SERVER_RESOURCE_EXHAUSTED = 8,
+	SERVER_FAILED_PRECONDITION = 9,
+	SERVER_ABORTED = 10,
+	SERVER_UNIMPLEMENTED = 12,
+	SERVER_INTERNAL = 13,
+	SERVER_UNAVAILABLE = 14,
+	SERVER_UNAUTHENTICATED = 16,
+};
+
+/*
+ * A handler's answer. On SERVER_OK, payload is the packed response message
+ * (malloc'd; the server wipes and frees it: it may hold key material). On
+ * any other code, message is the status details sent to the caller.
+ */
+struct server_reply {
+	enum server_code code;
+	char message[1024];
+	uint8_t *payload;
+	size_t len;
+};
+
+/*
+ * Handlers get the request bytes (borrowed for the call) and the caller's
+ * deadline on the http_now_ms() clock. A fast handler returns 0 when it
+ * answered, or 1 to hand the call to a worker, where the slow handler runs.
+ */
+typedef int (*server_fast_fn)(void *ctx, const uint8_t *req, size_t len, int64_t deadline_ms,
+			      struct server_reply *ret);
+typedef void (*server_slow_fn)(void *ctx, const uint8_t *req, size_t len, int64_t deadline_ms,
+			       struct server_reply *ret);
+
+struct server_ops {
+	server_fast_fn version; /* /v1alpha1.CSIDriverProvider/Version: fast only */
+	server_fast_fn mount_fast;
+	server_slow_fn mount_slow; /* /v1alpha1.CSIDriverProvider/Mount */
+	void *ctx;
+};
+
+struct server_config {
+	const char *socket_path;
+	unsigned socket_mode;	 /* chmod of the socket after bind, e.g. 0600 */
+	long max_recv_bytes;	 /* largest request accepted */
+	long max_send_bytes;	 /* largest response (the driver's default limit is 4 MiB) */
+	int workers;		 /* threads for slow handlers */
+	int queue_max;		 /* calls waiting for a worker before RESOURCE_EXHAUSTED */
+	long default_timeout_ms; /* deadline of calls that carry none */
+	long grace_ms;		 /* on stop: time in-flight calls get to finish */
+};
+
+/*
+ * Removes a stale socket, binds, serves until *stop becomes non-zero, then
+ * drains: no new calls, in-flight calls get grace_ms, the rest are
+ * cancelled; removes the socket. on_ready (may be NULL) runs once the socket
+ * accepts calls. Returns 0, or a negative errno when it could not start.
+ */
+int server_run(const struct server_config *config, const struct server_ops *ops,
+	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx);
+
+#endif
