@@ -1,0 +1,1440 @@
+#!/usr/bin/python3
+"""An emulator of Maskinporten (metadata, /jwk, /token) and of DigDir's
+self-service admin API (/api/v1), for tests and `make run`.
+
+Written from /work/shared/reference/digdir-maskinporten-api.md, independently
+of the C code, so that a signing or protocol bug in C is not cancelled out by
+the same bug here. One HTTPS port serves everything: Maskinporten at the root,
+DigDir under /api/v1 and an unauthenticated control API under /_emulator that
+tests use to seed state, inject faults and read counters.
+
+It never logs bodies, assertions or tokens.
+"""
+
+import argparse
+import base64
+import binascii
+import datetime
+import http.server
+import ipaddress
+import json
+import os
+import random
+import re
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from jwcrypto import jwk, jwt
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_ALGS = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
+ADMIN_SCOPES = {"idporten:dcr.read", "idporten:dcr.write", "idporten:dcr.modify", "idporten:scopes.write"}
+GRANT_MAX_LIFETIME = 120
+IAT_SKEW = 10
+KEY_MAX_LIFETIME = 365 * 24 * 3600
+MAX_KEYS = 5
+MAX_BODY = 1 << 20
+KID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+ORGNO_RE = re.compile(r"^[0-9]{9}$")
+SUBSCOPE_RE = re.compile(r"^[a-zæøå0-9]([a-zæøå0-9._/:-]*[a-zæøå0-9])?$")
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+INTEGRATION_TYPES = {"maskinporten", "api_klient", "idporten", "krr", "eformidling"}
+AUTH_METHODS = {"private_key_jwt", "client_secret_basic", "client_secret_post", "none"}
+GRANT_TYPES = {JWT_BEARER, "authorization_code", "refresh_token", "client_credentials"}
+APPLICATION_TYPES = {"web", "browser", "native"}
+OID_ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
+
+DEFAULT_SETTINGS = {
+    "admin_token_lifetime": 3600,
+    "client_token_lifetime": None,  # None: the client's access_token_lifetime
+    "propagation_delay": 0.0,
+    "clock_offset": 0.0,
+    "org_prefix": "test",
+    "revoke_admin": False,
+}
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text):
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def orgno_valid(orgno):
+    """Nine digits with a valid modulus-11 check digit, as Norwegian organisation numbers have."""
+    if not isinstance(orgno, str) or not ORGNO_RE.match(orgno):
+        return False
+    weights = (3, 2, 7, 6, 5, 4, 3, 2)
+    rest = 11 - sum(int(d) * w for d, w in zip(orgno[:8], weights)) % 11
+    check = 0 if rest == 11 else rest
+    return check != 10 and check == int(orgno[8])
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ---------------------------------------------------------------------------
+# Key material, generated fresh at every start.
+
+
+def _name(**attrs):
+    oids = {
+        "cn": NameOID.COMMON_NAME,
+        "o": NameOID.ORGANIZATION_NAME,
+        "c": NameOID.COUNTRY_NAME,
+        "serial": NameOID.SERIAL_NUMBER,
+        "orgid": OID_ORGANIZATION_IDENTIFIER,
+    }
+    return x509.Name([x509.NameAttribute(oids[k], v) for k, v in attrs.items()])
+
+
+def _cert(subject, issuer, pub, signer, issuer_pub, ca, sans=None, eku=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_pub), critical=False)
+    )
+    if ca:
+        b = b.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        b = b.add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if eku:
+        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return b.sign(signer, hashes.SHA256())
+
+
+def _pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Material:
+    """Every key and certificate of one emulator run.
+
+    TLS and the business CA use P-256 (fast to make); the keys that sign RS256
+    (the emulator's token key and the admin client's business certificate)
+    are RSA-2048.
+    """
+
+    def __init__(self, orgno):
+        tls_ca_key = ec.generate_private_key(ec.SECP256R1())
+        tls_ca_name = _name(cn="Maskinporten emulator TLS CA", o="emulator")
+        self.tls_ca = _cert(
+            tls_ca_name, tls_ca_name, tls_ca_key.public_key(), tls_ca_key, tls_ca_key.public_key(), True
+        )
+        self.tls_key = ec.generate_private_key(ec.SECP256R1())
+        self.tls_cert = _cert(
+            _name(cn="localhost", o="emulator"),
+            tls_ca_name,
+            self.tls_key.public_key(),
+            tls_ca_key,
+            tls_ca_key.public_key(),
+            False,
+            sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+            eku=[ExtendedKeyUsageOID.SERVER_AUTH],
+        )
+
+        biz_ca_key = ec.generate_private_key(ec.SECP256R1())
+        biz_ca_name = _name(cn="Emulated business certificate CA", o="emulator", c="NO")
+        self.biz_ca = _cert(
+            biz_ca_name, biz_ca_name, biz_ca_key.public_key(), biz_ca_key, biz_ca_key.public_key(), True
+        )
+        self.biz_ca_key = biz_ca_key
+        self.admin_key = rsa.generate_private_key(65537, 2048)
+        self.admin_cert = self.make_business_cert(orgno, self.admin_key.public_key())
+        # The pre-registered admin JWK's kid is x5t#S256 of the leaf, as DigDir used it in 2023.
+        self.admin_kid = b64url(self.admin_cert.fingerprint(hashes.SHA256()))
+
+        self.sign_key = rsa.generate_private_key(65537, 2048)
+        self.sign_jwk = jwk.JWK.from_pyca(self.sign_key)
+        self.sign_kid = self.sign_jwk.thumbprint()
+
+    def make_business_cert(self, orgno, pub, name="EMULATED ORGANISATION"):
+        """A leaf under the business CA for organisation orgno (tests use it for foreign certificates)."""
+        subject = _name(cn=name, o=name, serial=orgno, orgid="NTRNO-" + orgno, c="NO")
+        return _cert(
+            subject,
+            self.biz_ca.subject,
+            pub,
+            self.biz_ca_key,
+            self.biz_ca_key.public_key(),
+            False,
+            eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        )
+
+    def public_jwks(self):
+        pub = json.loads(self.sign_jwk.export_public())
+        pub.update({"kid": self.sign_kid, "use": "sig", "alg": "RS256"})
+        return {"keys": [pub]}
+
+    def write(self, state_dir):
+        def put(name, data, mode=0o644):
+            path = os.path.join(state_dir, name)
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(path + ".tmp", mode)
+            os.replace(path + ".tmp", path)
+            return path
+
+        files = {}
+        files["ca_file"] = put("ca.pem", _pem(self.tls_ca))
+        files["server_cert"] = put("server-cert.pem", _pem(self.tls_cert) + _pem(self.tls_ca))
+        files["server_key"] = put(
+            "server-key.pem",
+            self.tls_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
+        files["admin_key_file"] = put(
+            "admin-key.pem",
+            self.admin_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
+        files["admin_cert_file"] = put("admin-chain.pem", _pem(self.admin_cert) + _pem(self.biz_ca))
+        files["business_ca_file"] = put("business-ca.pem", _pem(self.biz_ca))
+        return files
+
+
+def _verify_with(pub, signature, data, hash_cls):
+    """Verifies an RSA PKCS#1 v1.5 or ECDSA signature; False when it does not hold."""
+    try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(signature, data, padding.PKCS1v15(), hash_cls())
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(signature, data, ec.ECDSA(hash_cls()))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _rsa_from_jwk(key):
+    n = int.from_bytes(b64url_decode(key["n"]), "big")
+    e = int.from_bytes(b64url_decode(key["e"]), "big")
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+# ---------------------------------------------------------------------------
+# Errors and replies.
+
+
+class Reply:
+    def __init__(self, status, body=None, content_type="application/json", headers=None):
+        self.status = status
+        if body is None:
+            self.body = b""
+        elif isinstance(body, bytes):
+            self.body = body
+        elif isinstance(body, str):
+            self.body = body.encode("utf-8")
+        else:
+            self.body = json.dumps(body).encode("utf-8")
+        self.content_type = content_type if self.body or content_type != "application/json" else None
+        self.headers = dict(headers or {})
+
+
+class MPError(Exception):
+    """A Maskinporten token-endpoint error."""
+
+    def __init__(self, error, description, code=None, status=400):
+        super().__init__(description)
+        self.error, self.description, self.code, self.status = error, description, code, status
+
+
+class DDError(Exception):
+    """A DigDir admin API error: status and a list of (message, field or None)."""
+
+    def __init__(self, status, messages, object_name="Client", headers=None):
+        if isinstance(messages, str):
+            messages = [(messages, None)]
+        super().__init__("; ".join(m for m, _ in messages))
+        self.status, self.messages, self.object_name = status, messages, object_name
+        self.headers = headers or {}
+
+
+def dd_error_body(status, messages, object_name="Client"):
+    """DigDir's error shape (reference section 2.5), including its odd leading ", "."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    joined = "".join(", " + m for m, _ in messages)
+    return {
+        "status": status,
+        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + "%09dZ" % (now.microsecond * 1000),
+        "correlation_id": str(uuid.uuid4()),
+        "errors": [
+            {
+                "errorMessage": m,
+                "isFieldError": f is not None,
+                "objectName": object_name,
+                "fieldIdentifier": f,
+            }
+            for m, f in messages
+        ],
+        "error": joined,
+        "error_description": joined,
+    }
+
+
+# ---------------------------------------------------------------------------
+# The emulated services.
+
+
+class Service:
+    def __init__(self, material, orgno, base_url, propagation_delay=0.0):
+        self.m = material
+        self.orgno = orgno
+        self.base_url = base_url
+        self.issuer = base_url + "/"
+        self.admin_client_id = "emulator-admin-" + uuid.uuid4().hex[:12]
+        self.initial_propagation_delay = float(propagation_delay)
+        self.lock = threading.RLock()
+        self._last_stamp_ms = 0
+        self.reset()
+
+    # -- clock and bookkeeping
+
+    def now(self):
+        return time.time() + float(self.settings["clock_offset"])
+
+    def stamp(self):
+        """An ISO-8601 timestamp with milliseconds, distinct and increasing within the run."""
+        with self.lock:
+            ms = max(int(self.now() * 1000), self._last_stamp_ms + 1)
+            self._last_stamp_ms = ms
+        dt = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+        return dt.isoformat(timespec="milliseconds")
+
+    def reset(self):
+        with self.lock:
+            self.settings = dict(DEFAULT_SETTINGS)
+            self.settings["propagation_delay"] = self.initial_propagation_delay
+            self.clients = {}
+            self.scopes = {}
+            self.access = {}
+            self.faults = []
+            self.counts = {}
+            self.log = []
+            self.used_jti = {}
+            self._seed()
+
+    def _seed(self):
+        skatt, nav, ks = "974761076", "983887457", "971032146"
+        self.seed_scope({"name": "skatteetaten:testapi", "owner_orgno": skatt,
+                 "consumers": [{"orgno": self.orgno, "state": "APPROVED"}]})
+        self.seed_scope({"name": "nav:test/api", "owner_orgno": nav,
+                 "consumers": [{"orgno": self.orgno, "state": "APPROVED"}]})
+        self.seed_scope({"name": "ks:fiks", "owner_orgno": ks, "accessible_for_all": True})
+        self.seed_scope({"name": "folkeregister:deling/offentligutenhjemmel", "owner_orgno": skatt})
+
+    def count(self, key):
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def record(self, method, path, status):
+        with self.lock:
+            self.log.append({"method": method, "path": path, "status": status, "time": time.time()})
+            if len(self.log) > 10000:
+                del self.log[:1000]
+
+    # -- faults
+
+    def add_fault(self, spec):
+        if not isinstance(spec, dict):
+            raise DDError(400, "fault must be an object")
+        try:
+            fault = {
+                "id": uuid.uuid4().hex[:8],
+                "method": spec.get("method"),
+                "path_re": re.compile(spec.get("path") or ""),
+                "path": spec.get("path"),
+                "status": spec.get("status"),
+                "body": spec.get("body"),
+                "retry_after": spec.get("retry_after"),
+                "delay": float(spec.get("delay") or 0),
+                "drop": bool(spec.get("drop")),
+                "malformed": bool(spec.get("malformed")),
+                "truncate": bool(spec.get("truncate")),
+                "content_type": spec.get("content_type"),
+                "count": spec.get("count"),
+                "fraction": float(spec.get("fraction", 1.0)),
+            }
+        except (re.error, TypeError, ValueError) as e:
+            raise DDError(400, "bad fault: %s" % e)
+        with self.lock:
+            self.faults.append(fault)
+        return {"id": fault["id"]}
+
+    def take_fault(self, method, path):
+        """The first fault matching this request, consuming one of its count."""
+        with self.lock:
+            for f in self.faults:
+                if f["method"] and f["method"].upper() != method:
+                    continue
+                if not f["path_re"].search(path):
+                    continue
+                if f["fraction"] < 1.0 and random.random() >= f["fraction"]:
+                    continue
+                if f["count"] is not None:
+                    f["count"] -= 1
+                    if f["count"] <= 0:
+                        self.faults.remove(f)
+                return dict(f)
+        return None
+
+    def fault_reply(self, fault, path):
+        status = int(fault["status"])
+        if fault["body"] is not None:
+            body = fault["body"]
+        elif path.startswith("/api/"):
+            body = dd_error_body(status, [("injected fault", None)])
+        else:
+            body = {"error": "server_error", "error_description": "injected fault (trace_id: %s)" % uuid.uuid4().hex}
+        return Reply(status, body)
+
+    # -- Maskinporten
+
+    def metadata(self):
+        return {
+            "authorization_details_types_supported": ["urn:altinn:systemuser", "urn:altinn:consent"],
+            "grant_types_supported": [JWT_BEARER],
+            "issuer": self.issuer,
+            "jwks_uri": self.base_url + "/jwk",
+            "token_endpoint": self.base_url + "/token",
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": sorted(GRANT_ALGS),
+        }
+
+    def mp_error_reply(self, e):
+        body = {"error": e.error, "error_description": "%s (trace_id: %s)" % (e.description, uuid.uuid4().hex)}
+        if e.code:
+            body["error_uri"] = "%s/errors/%s" % (self.base_url, e.code)
+        return Reply(e.status, body)
+
+    def token(self, headers, raw):
+        try:
+            return Reply(200, self._token(headers, raw), headers={"Cache-Control": "no-store"})
+        except MPError as e:
+            return self.mp_error_reply(e)
+
+    def _token(self, headers, raw):
+        ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise MPError("invalid_request", "Invalid request. Content-Type must be application/x-www-form-urlencoded", "MP-011")
+        try:
+            form = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
+        except (UnicodeDecodeError, ValueError):
+            raise MPError("invalid_request", "Invalid request. Malformed form body", "MP-011")
+        if any(len(v) > 1 for v in form.values()):
+            raise MPError("invalid_request", "Invalid request. Repeated parameter", "MP-011")
+        grant_type = form.get("grant_type", [None])[0]
+        if grant_type != JWT_BEARER:
+            raise MPError("unsupported_grant_type", "Invalid request. Unsupported grant_type")
+        assertion = form.get("assertion", [""])[0]
+        if not assertion:
+            raise MPError("invalid_request", "Invalid request. Missing assertion", "MP-011")
+        header, claims, signing_input, signature = self._parse_jws(assertion)
+
+        alg = header.get("alg")
+        if alg not in GRANT_ALGS:
+            raise MPError("invalid_grant", "Invalid assertion. Unsupported signing algorithm %s" % alg, "MP-124")
+        kid, x5c = header.get("kid"), header.get("x5c")
+        if kid is None and x5c is None:
+            raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. The JWT header must hold kid or x5c", "MP-100")
+        if x5c is not None and (not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c)):
+            raise MPError("invalid_grant", "Invalid assertion. Invalid x5c header: must be an array of strings", "MP-123")
+        if kid is not None and not isinstance(kid, str):
+            raise MPError("invalid_request", "Invalid assertion. Invalid parameter value: kid", "MP-011")
+
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if self.issuer not in auds:
+            raise MPError("invalid_grant", "Invalid assertion. Invalid JWT claim aud", "MP-110")
+
+        now = self.now()
+        with self.lock:
+            iss = claims.get("iss")
+            is_admin = iss == self.admin_client_id
+            client = None if is_admin else self._known_client(iss, now)
+            if not is_admin and client is None:
+                raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. Client not found", "MP-100")
+            orgno = self.orgno if is_admin else client["orgno"]
+            pub, amr = self._grant_key(is_admin, client, orgno, kid, x5c, now)
+            if not _verify_with(pub, signature, signing_input, GRANT_ALGS[alg]):
+                raise MPError("invalid_grant", "Invalid assertion. Invalid JWT signature", "MP-124")
+            if is_admin and self.settings["revoke_admin"]:
+                raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. Certificate is revoked", "MP-120")
+
+            iat, exp = claims.get("iat"), claims.get("exp")
+            if not is_num(iat) or not is_num(exp):
+                raise MPError("invalid_request", "Invalid assertion. Invalid parameter value: iat and exp are required", "MP-011")
+            if iat > now + IAT_SKEW:
+                raise MPError("invalid_grant", "Invalid assertion. Issue time is after now", "MP-130")
+            if iat < now - IAT_SKEW:
+                raise MPError("invalid_grant", "Invalid assertion. Issue time is more than %d seconds before now" % IAT_SKEW, "MP-130")
+            if exp - iat > GRANT_MAX_LIFETIME:
+                raise MPError("invalid_grant", "Invalid assertion. exp - iat exceeds %d seconds" % GRANT_MAX_LIFETIME, "MP-130")
+            if exp <= now:
+                raise MPError("invalid_grant", "Invalid assertion. JWT is expired", "MP-130")
+            nbf = claims.get("nbf")
+            if nbf is not None and (not is_num(nbf) or nbf > now + IAT_SKEW):
+                raise MPError("invalid_grant", "Invalid assertion. JWT is not yet valid (nbf)", "MP-130")
+            jti = claims.get("jti")
+            if jti is not None and not isinstance(jti, str):
+                raise MPError("invalid_request", "Invalid assertion. Invalid parameter value: jti", "MP-011")
+            for used in [j for j, until in self.used_jti.items() if until < now]:
+                del self.used_jti[used]
+            if jti is not None and (iss, jti) in self.used_jti:
+                raise MPError("invalid_grant", "Invalid assertion. Grant is used before", "MP-012")
+
+            scope = claims.get("scope")
+            scopes = scope.split() if isinstance(scope, str) else []
+            if not scopes:
+                raise MPError("invalid_scope", "Token request contains no scope", "MP-200")
+            allowed = ADMIN_SCOPES if is_admin else set(client["reg"]["scopes"])
+            bad = [s for s in scopes if s not in allowed]
+            if bad:
+                raise MPError("invalid_scope", "Token request contains invalid scopes for client, %s" % " ".join(bad), "MP-200")
+            if not is_admin:
+                for s in scopes:
+                    if not self._may_consume(orgno, s):
+                        raise MPError("forbidden", "Consumer has not been granted access to the scope %s." % s, "MP-250", 403)
+
+            if jti is not None:
+                self.used_jti[(iss, jti)] = exp + IAT_SKEW
+            if is_admin:
+                lifetime = int(self.settings["admin_token_lifetime"])
+            elif self.settings["client_token_lifetime"] is not None:
+                lifetime = int(self.settings["client_token_lifetime"])
+            else:
+                lifetime = int(client["reg"].get("access_token_lifetime") or 120)
+            self.counts["token:admin" if is_admin else "token:client"] = (
+                self.counts.get("token:admin" if is_admin else "token:client", 0) + 1
+            )
+        access_token = self.issue_token(iss, orgno, " ".join(scopes), lifetime, amr, is_admin, now)
+        return {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(scopes)}
+
+    def _parse_jws(self, assertion):
+        parts = assertion.split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError("not a compact JWS")
+            header = json.loads(b64url_decode(parts[0]))
+            claims = json.loads(b64url_decode(parts[1]))
+            signature = b64url_decode(parts[2])
+            if not isinstance(header, dict) or not isinstance(claims, dict):
+                raise ValueError("not objects")
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise MPError("invalid_request", "Invalid assertion. Invalid parameter value: not a signed JWT", "MP-011")
+        return header, claims, (parts[0] + "." + parts[1]).encode("ascii"), signature
+
+    def _known_client(self, client_id, now):
+        """The active client, once DigDir's propagation delay has passed since it was made."""
+        if not isinstance(client_id, str):
+            return None
+        c = self.clients.get(client_id)
+        if c is None or not c["reg"]["active"]:
+            return None
+        if c["known_since"] + float(self.settings["propagation_delay"]) > now:
+            return None
+        return c
+
+    def _grant_key(self, is_admin, client, orgno, kid, x5c, now):
+        """The public key the grant must verify with, and the client_amr it earns."""
+        if x5c is not None and (is_admin or kid is None):
+            if not is_admin and client["jwks"]["keys"]:
+                raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. The client has registered keys: use kid", "MP-100")
+            leaf = self._verify_chain(x5c, now)
+            serials = leaf.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+            if not serials or serials[0].value != orgno:
+                raise MPError("invalid_grant", "Invalid assertion. The certificate's organisation number does not match the client's", "MP-122")
+            return leaf.public_key(), "virksomhetssertifikat"
+        if is_admin:
+            if kid != self.m.admin_kid:
+                raise MPError("invalid_grant", "Invalid assertion. Unknown key identifier (kid) for client", "MP-100")
+            return self.m.admin_cert.public_key(), "private_key_jwt"
+        for key in client["jwks"]["keys"]:
+            if key["kid"] != kid:
+                continue
+            if client["key_since"].get(kid, 0) + float(self.settings["propagation_delay"]) > now:
+                break
+            if key["exp"] <= now:
+                raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. Expired key", "MP-121")
+            return _rsa_from_jwk(key), "private_key_jwt"
+        raise MPError("invalid_grant", "Invalid assertion. Unknown key identifier (kid) for client", "MP-100")
+
+    def _verify_chain(self, x5c, now):
+        """Leaf of an x5c chain (standard base64 DER, leaf first) that ends at the business CA."""
+        try:
+            certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
+        except (ValueError, binascii.Error):
+            raise MPError("invalid_grant", "Invalid assertion. Invalid x5c header: not base64 DER certificates", "MP-123")
+        ca = self.m.biz_ca
+        when = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).replace(tzinfo=None)
+        chain = list(certs)
+        if chain[-1] == ca:
+            chain.pop()
+        if not chain:
+            raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. Signed with an invalid certificate", "MP-120")
+        for i, cert in enumerate(chain):
+            issuer = chain[i + 1] if i + 1 < len(chain) else ca
+            ok = (
+                cert.issuer == issuer.subject
+                and cert.not_valid_before <= when <= cert.not_valid_after
+                and _verify_with(issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, type(cert.signature_hash_algorithm))
+            )
+            if not ok:
+                raise MPError("invalid_grant", "Invalid assertion. Client authentication failed. Signed with an invalid certificate", "MP-120")
+        return chain[0]
+
+    def _may_consume(self, orgno, name):
+        s = self.scopes.get(name)
+        if s is None or not s["active"]:
+            return False
+        if s["owner_orgno"] == orgno or s["accessible_for_all"]:
+            return True
+        a = self.access.get((name, orgno))
+        return a is not None and a["state"] == "APPROVED"
+
+    def issue_token(self, client_id, orgno, scope, lifetime, amr, is_admin, now=None):
+        now = int(self.now() if now is None else now)
+        claims = {
+            "iss": self.issuer,
+            "client_amr": amr,
+            "token_type": "Bearer",
+            "client_id": client_id,
+            "consumer": {"authority": "iso6523-actorid-upis", "ID": "0192:" + orgno},
+            "scope": scope,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": str(uuid.uuid4()),
+        }
+        if is_admin:
+            claims["client_orgno"] = orgno
+        t = jwt.JWT(header={"alg": "RS256", "kid": self.m.sign_kid, "typ": "at+jwt"}, claims=claims)
+        t.make_signed_token(self.m.sign_jwk)
+        return t.serialize()
+
+    def admin_token(self):
+        lifetime = int(self.settings["admin_token_lifetime"])
+        token = self.issue_token(self.admin_client_id, self.orgno, " ".join(sorted(ADMIN_SCOPES)), lifetime, "virksomhetssertifikat", True)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
+
+    # -- DigDir authentication
+
+    def bearer(self, headers):
+        """Checks the Authorization header; returns (orgno, set of scopes)."""
+        auth = headers.get("Authorization") or ""
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise DDError(401, "Full authentication is required to access this resource", headers={"WWW-Authenticate": "Bearer"})
+        bad = DDError(401, "Invalid or expired access token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        parts = auth[7:].strip().split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            header = json.loads(b64url_decode(parts[0]))
+            claims = json.loads(b64url_decode(parts[1]))
+            sig = b64url_decode(parts[2])
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise bad
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise bad
+        if header.get("alg") != "RS256" or header.get("kid") != self.m.sign_kid:
+            raise bad
+        if not _verify_with(self.m.sign_key.public_key(), sig, (parts[0] + "." + parts[1]).encode(), hashes.SHA256):
+            raise bad
+        if claims.get("iss") != self.issuer or not is_num(claims.get("exp")) or claims["exp"] <= self.now():
+            raise bad
+        if claims.get("client_id") == self.admin_client_id and self.settings["revoke_admin"]:
+            raise bad
+        orgno = claims.get("client_orgno")
+        if not orgno:
+            consumer = claims.get("consumer") or {}
+            orgno = str(consumer.get("ID", "")).split(":")[-1]
+        scopes = set(str(claims.get("scope", "")).split())
+        return orgno, scopes
+
+    @staticmethod
+    def need(scopes, *any_of):
+        if not scopes.intersection(any_of):
+            raise DDError(403, "Access denied: the token needs one of the scopes %s" % ", ".join(any_of))
+
+    # -- DigDir clients
+
+    def client_view(self, c):
+        return json.loads(json.dumps(c["reg"]))
+
+    def _client(self, orgno, client_id):
+        c = self.clients.get(client_id)
+        if c is None or c["orgno"] != orgno or not c["reg"]["active"]:
+            raise DDError(404, "Client %s not found" % client_id)
+        return c
+
+    def validate_client(self, body, orgno, existing=None):
+        """Returns the registration fields of body, or raises DDError(400) listing every problem."""
+        if not isinstance(body, dict):
+            raise DDError(400, "The request body must be a JSON object")
+        errs = []
+
+        def field(name, msg):
+            errs.append(("%s: %s" % (name, msg), name))
+
+        itype = body.get("integration_type")
+        if itype not in INTEGRATION_TYPES:
+            field("integration_type", "must be one of %s" % ", ".join(sorted(INTEGRATION_TYPES)))
+        if existing is not None and itype != existing["reg"]["integration_type"]:
+            field("integration_type", "cannot change integration type after creation (existing: %s, requested: %s)" % (existing["reg"]["integration_type"], itype))
+        for name in ("client_name", "description"):
+            v = body.get(name)
+            if not isinstance(v, str) or not v.strip():
+                field(name, "must not be empty")
+            elif len(v) > 255:
+                field(name, "must be at most 255 characters")
+        method = body.get("token_endpoint_auth_method", "private_key_jwt")
+        if method not in AUTH_METHODS:
+            field("token_endpoint_auth_method", "unknown method %r" % method)
+        elif itype == "maskinporten" and method != "private_key_jwt":
+            field("token_endpoint_auth_method", "maskinporten clients must use private_key_jwt")
+        grants = body.get("grant_types")
+        if not isinstance(grants, list) or not grants or not all(isinstance(g, str) for g in grants):
+            field("grant_types", "must be a non-empty list of strings")
+        elif any(g not in GRANT_TYPES for g in grants):
+            field("grant_types", "unknown grant type")
+        elif itype == "maskinporten" and grants != [JWT_BEARER]:
+            field("grant_types", "maskinporten clients must have exactly the grant %s" % JWT_BEARER)
+        app_type = body.get("application_type", "web")
+        if app_type not in APPLICATION_TYPES:
+            field("application_type", "unknown application type")
+        elif itype == "maskinporten" and app_type != "web":
+            field("application_type", "maskinporten clients must have application_type web")
+        for name in ("access_token_lifetime", "authorization_lifetime", "refresh_token_lifetime"):
+            v = body.get(name)
+            if v is not None and (not is_int(v) or v < 0):
+                field(name, "must be a non-negative integer")
+        for name in ("redirect_uris", "post_logout_redirect_uris"):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, list) or not all(isinstance(u, str) for u in v)):
+                field(name, "must be null or a list of strings")
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            field("scopes", "must be a list of strings")
+        elif not scopes:
+            field("scopes", "a client must have at least one scope")
+        else:
+            if len(set(scopes)) != len(scopes):
+                field("scopes", "contains duplicates")
+            for s in scopes:
+                reg = self.scopes.get(s)
+                if reg is None or not reg["active"]:
+                    field("scopes", "unknown scope %s" % s)
+                elif not self._may_consume(orgno, s):
+                    field("scopes", "organisation %s has no access to scope %s" % (orgno, s))
+        if errs:
+            raise DDError(400, errs)
+
+        reg = {
+            "access_token_lifetime": body.get("access_token_lifetime", 120),
+            "application_type": app_type,
+            "authorization_lifetime": body.get("authorization_lifetime", 0),
+            "client_name": body["client_name"],
+            "description": body["description"],
+            "frontchannel_logout_session_required": bool(body.get("frontchannel_logout_session_required", False)),
+            "grant_types": list(grants),
+            "integration_type": itype,
+            "post_logout_redirect_uris": body.get("post_logout_redirect_uris") or [],
+            "redirect_uris": body.get("redirect_uris") or [],
+            "refresh_token_lifetime": body.get("refresh_token_lifetime", 0),
+            "refresh_token_usage": body.get("refresh_token_usage", "ONETIME"),
+            "scopes": list(scopes),
+            "sso_disabled": bool(body.get("sso_disabled", False)),
+            "token_endpoint_auth_method": method,
+        }
+        for name in ("client_uri", "frontchannel_logout_uri"):
+            if isinstance(body.get(name), str):
+                reg[name] = body[name]
+        return reg
+
+    def create_client(self, reg, orgno, jwks=None, known_since=None):
+        stamp = self.stamp()
+        client_id = str(uuid.uuid4())
+        reg = dict(reg)
+        reg.update({"client_id": client_id, "client_orgno": orgno, "created": stamp, "last_updated": stamp, "active": True})
+        c = {
+            "reg": reg,
+            "orgno": orgno,
+            "known_since": self.now() if known_since is None else known_since,
+            "jwks": {"keys": []},
+            "key_since": {},
+        }
+        self.clients[client_id] = c
+        if jwks:
+            self.set_jwks(c, jwks, strict=False)
+        return c
+
+    def set_jwks(self, c, keys, strict=True):
+        """Replaces the client's whole key set. strict=False (control API) skips DigDir's rules on exp."""
+        now = self.now()
+        errs = []
+        if not isinstance(keys, list):
+            raise DDError(400, [("keys: must be a list", "keys")], "JWKS")
+        if strict and len(keys) > MAX_KEYS:
+            raise DDError(400, [("keys: at most %d keys are allowed, got %d" % (MAX_KEYS, len(keys)), "keys")], "JWKS")
+        seen = set()
+        out = []
+        for i, key in enumerate(keys):
+            def bad(msg, i=i):
+                errs.append(("keys[%d]: %s" % (i, msg), "keys[%d]" % i))
+
+            if not isinstance(key, dict):
+                bad("must be an object")
+                continue
+            if key.get("kty") != "RSA":
+                bad("kty must be RSA")
+            if "use" not in key:
+                bad("use is required")
+            elif key["use"] != "sig":
+                bad("use must be sig")
+            kid = key.get("kid")
+            if not isinstance(kid, str) or not KID_RE.match(kid):
+                bad("kid must match ^[A-Za-z0-9._-]+$")
+            elif kid in seen:
+                bad("duplicate kid %s" % kid)
+            else:
+                seen.add(kid)
+            if key.get("alg") not in GRANT_ALGS:
+                bad("alg must be one of RS256, RS384, RS512")
+            private = [m for m in PRIVATE_JWK_MEMBERS if m in key]
+            if private:
+                bad("private key members are not allowed: %s" % ", ".join(private))
+            try:
+                n = int.from_bytes(b64url_decode(key.get("n")), "big")
+                e = int.from_bytes(b64url_decode(key.get("e")), "big")
+                if n.bit_length() < 2048 or e < 3:
+                    bad("n must be at least 2048 bits")
+            except (ValueError, TypeError, binascii.Error):
+                bad("n and e must be base64url")
+            exp = key.get("exp")
+            if exp is None:
+                exp = int(now) + KEY_MAX_LIFETIME
+            elif not is_int(exp):
+                bad("exp must be an integer (seconds since the epoch)")
+            elif strict and exp <= now:
+                bad("exp is in the past")
+            elif strict:
+                exp = min(exp, int(now) + KEY_MAX_LIFETIME)
+            pub = {m: key[m] for m in ("kty", "e", "use", "kid", "alg", "n") if m in key}
+            if isinstance(key.get("x5c"), list):
+                pub["x5c"] = key["x5c"]
+            pub["exp"] = exp
+            out.append(pub)
+        if errs:
+            raise DDError(400, errs, "JWKS")
+        old = {k["kid"]: k for k in c["jwks"]["keys"]}
+        since = {}
+        for k in out:
+            prev = old.get(k["kid"])
+            same = prev is not None and prev["n"] == k["n"] and prev["e"] == k["e"]
+            since[k["kid"]] = c["key_since"].get(k["kid"], now) if same else (now if strict else 0)
+        stamp = self.stamp()
+        c["jwks"] = {"keys": out, "created": c["jwks"].get("created", stamp), "last_updated": stamp}
+        c["key_since"] = since
+        return json.loads(json.dumps(c["jwks"]))
+
+    # -- DigDir scopes
+
+    def seed_scope(self, spec):
+        name = spec.get("name")
+        owner = spec.get("owner_orgno")
+        if not isinstance(name, str) or ":" not in name or not isinstance(owner, str):
+            raise DDError(400, "seed scope needs name (prefix:subscope) and owner_orgno", "Scope")
+        prefix, subscope = name.split(":", 1)
+        with self.lock:
+            s = self.scopes.get(name)
+            stamp = self.stamp()
+            if s is None:
+                s = self._new_scope(prefix, subscope, owner, {}, stamp)
+                self.scopes[name] = s
+            s["owner_orgno"] = owner
+            for k in ("accessible_for_all", "active", "visibility", "at_max_age", "description", "allowed_integration_types"):
+                if k in spec:
+                    s[k] = spec[k]
+            s["last_updated"] = stamp
+            for cons in spec.get("consumers") or []:
+                self._set_access(name, owner, cons["orgno"], cons.get("state", "APPROVED"))
+            return dict(s)
+
+    def _new_scope(self, prefix, subscope, owner, body, stamp):
+        s = {
+            "name": prefix + ":" + subscope,
+            "prefix": prefix,
+            "subscope": subscope,
+            "description": body.get("description", ""),
+            "active": body.get("active", True),
+            "accessible_for_all": body.get("accessible_for_all", False),
+            "allowed_integration_types": body.get("allowed_integration_types", ["maskinporten"]),
+            "at_max_age": body.get("at_max_age", 30),
+            "authorization_max_lifetime": body.get("authorization_max_lifetime", 0),
+            "long_description": body.get("long_description", ""),
+            "requires_pseudonymous_tokens": body.get("requires_pseudonymous_tokens", False),
+            "requires_user_authentication": body.get("requires_user_authentication", False),
+            "requires_user_consent": body.get("requires_user_consent", False),
+            "token_type": body.get("token_type", "SELF_CONTAINED"),
+            "visibility": body.get("visibility", "PUBLIC"),
+            "owner_orgno": owner,
+            "created": stamp,
+            "last_updated": stamp,
+        }
+        if body.get("delegation_source"):
+            s["delegation_source"] = body["delegation_source"]
+        return s
+
+    def _set_access(self, scope, owner, consumer, state):
+        stamp = self.stamp()
+        a = self.access.get((scope, consumer))
+        if a is None:
+            a = {"consumer_orgno": consumer, "owner_orgno": owner, "scope": scope, "state": state,
+                 "created": stamp, "last_updated": stamp, "prefix": None}
+            self.access[(scope, consumer)] = a
+        a["state"], a["last_updated"] = state, stamp
+        return dict(a)
+
+    def validate_scope(self, body, existing=None):
+        if not isinstance(body, dict):
+            raise DDError(400, "The request body must be a JSON object", "Scope")
+        errs = []
+
+        def field(name, msg):
+            errs.append(("%s: %s" % (name, msg), name))
+
+        for name in ("accessible_for_all", "active", "requires_pseudonymous_tokens", "requires_user_authentication", "requires_user_consent"):
+            if name in body and not isinstance(body[name], bool):
+                field(name, "must be a boolean")
+        if "at_max_age" in body and (not is_int(body["at_max_age"]) or body["at_max_age"] < 0):
+            field("at_max_age", "must be a non-negative integer")
+        ait = body.get("allowed_integration_types", ["maskinporten"])
+        if not isinstance(ait, list) or not ait or any(t not in INTEGRATION_TYPES for t in ait):
+            field("allowed_integration_types", "must be a non-empty list of integration types")
+        if body.get("visibility", "PUBLIC") not in ("PUBLIC", "PRIVATE"):
+            field("visibility", "must be PUBLIC or PRIVATE")
+        if "description" in body and not isinstance(body["description"], str):
+            field("description", "must be a string")
+        if existing is None:
+            sub = body.get("subscope")
+            if not isinstance(sub, str) or not SUBSCOPE_RE.match(sub):
+                field("subscope", "is required and may hold a-z, æøå, 0-9 and . _ / : -")
+        else:
+            for name in ("prefix", "subscope"):
+                if body.get(name) not in (None, "", existing[name]):
+                    field(name, "cannot be changed")
+        if errs:
+            raise DDError(400, errs, "Scope")
+
+    def _owned_scope(self, orgno, query):
+        name = (query.get("scope") or [None])[0]
+        if not name:
+            raise DDError(400, [("scope: query parameter is required", "scope")], "Scope")
+        s = self.scopes.get(name)
+        if s is None:
+            raise DDError(404, "Scope %s not found" % name, "Scope")
+        if s["owner_orgno"] != orgno:
+            raise DDError(403, "Scope %s is owned by another organisation" % name, "Scope")
+        return s
+
+    # -- DigDir routing
+
+    def digdir(self, method, path, query, headers, raw):
+        """Handles /api/v1/...; returns a Reply."""
+        try:
+            return self._digdir(method, path[len("/api/v1"):], query, headers, raw)
+        except DDError as e:
+            return Reply(e.status, dd_error_body(e.status, e.messages, e.object_name), headers=e.headers)
+
+    def _digdir(self, method, sub, query, headers, raw):
+        if sub == "/delegationsources" and method == "GET":
+            stamp = "2024-01-01T00:00:00.000+00:00"
+            return Reply(200, [{"name": "altinn", "issuer": "https://tt02.altinn.no/", "last_updated": stamp, "created": stamp}])
+        orgno, scopes = self.bearer(headers)
+        body = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise DDError(400, "Malformed JSON in request body")
+        inactive = (query.get("inactive") or ["false"])[0].lower() == "true"
+        read = ("idporten:dcr.read",)
+        write = ("idporten:dcr.write", "idporten:dcr.modify")
+        swrite = ("idporten:scopes.write",)
+        with self.lock:
+            m = re.fullmatch(r"/clients(?:/([^/]+)(/jwks)?)?", sub)
+            if m:
+                cid, jwks = m.group(1), m.group(2)
+                if cid is None and method == "GET":
+                    self.need(scopes, *read)
+                    out = [self.client_view(c) for c in self.clients.values()
+                           if c["orgno"] == orgno and (inactive or c["reg"]["active"])]
+                    return Reply(200, out)
+                if cid is None and method == "POST":
+                    self.need(scopes, "idporten:dcr.write")
+                    reg = self.validate_client(body, orgno)
+                    return Reply(201, self.client_view(self.create_client(reg, orgno)))
+                if cid is not None and not jwks and method == "GET":
+                    self.need(scopes, *read)
+                    return Reply(200, self.client_view(self._client(orgno, cid)))
+                if cid is not None and not jwks and method == "PUT":
+                    self.need(scopes, *write)
+                    c = self._client(orgno, cid)
+                    reg = self.validate_client(body, orgno, c)
+                    for k in ("client_id", "client_orgno", "created", "active"):
+                        reg[k] = c["reg"][k]
+                    reg["last_updated"] = self.stamp()
+                    c["reg"] = reg
+                    return Reply(200, self.client_view(c))
+                if cid is not None and not jwks and method == "DELETE":
+                    self.need(scopes, *write)
+                    c = self._client(orgno, cid)
+                    c["reg"]["active"] = False
+                    c["reg"]["last_updated"] = self.stamp()
+                    return Reply(200, self.client_view(c))
+                if jwks and method == "GET":
+                    self.need(scopes, *read)
+                    return Reply(200, json.loads(json.dumps(self._client(orgno, cid)["jwks"])))
+                if jwks and method in ("POST", "PUT"):
+                    self.need(scopes, *write)
+                    c = self._client(orgno, cid)
+                    if not isinstance(body, dict) or "keys" not in body:
+                        raise DDError(400, [("keys: is required", "keys")], "JWKS")
+                    return Reply(200 if method == "PUT" else 201, self.set_jwks(c, body["keys"]))
+                if jwks and method == "DELETE":
+                    self.need(scopes, *write)
+                    c = self._client(orgno, cid)
+                    c["jwks"] = {"keys": [], "created": c["jwks"].get("created", self.stamp()), "last_updated": self.stamp()}
+                    c["key_since"] = {}
+                    return Reply(200, json.loads(json.dumps(c["jwks"])))
+                raise DDError(405, "Method %s not allowed" % method)
+
+            if sub == "/scopes/access/all" and method == "GET":
+                self.need(scopes, "idporten:scopes.write", "idporten:dcr.read")
+                return Reply(200, [dict(a) for a in self.access.values() if a["consumer_orgno"] == orgno])
+            if sub == "/scopes/all" and method == "GET":
+                self.need(scopes, "idporten:scopes.write", "idporten:dcr.read")
+                want = query.get("accessible_for_all")
+                out = [dict(s) for s in self.scopes.values() if s["active"] and s["visibility"] == "PUBLIC"]
+                if want:
+                    flag = want[0].lower() == "true"
+                    out = [s for s in out if s["accessible_for_all"] == flag]
+                return Reply(200, out)
+            m = re.fullmatch(r"/scopes/access/([^/]+)", sub)
+            if m and method in ("PUT", "DELETE"):
+                self.need(scopes, *swrite)
+                s = self._owned_scope(orgno, query)
+                consumer = m.group(1)
+                if not orgno_valid(consumer):
+                    raise DDError(400, [("consumer_orgno: %s is not a valid organisation number" % consumer, "consumer_orgno")], "Access")
+                if method == "DELETE" and (s["name"], consumer) not in self.access:
+                    raise DDError(404, "No access for %s to %s" % (consumer, s["name"]), "Access")
+                state = "APPROVED" if method == "PUT" else "DENIED"
+                return Reply(200, self._set_access(s["name"], orgno, consumer, state))
+            if sub == "/scopes/access" and method == "GET":
+                self.need(scopes, *swrite)
+                s = self._owned_scope(orgno, query)
+                return Reply(200, [dict(a) for (n, _), a in self.access.items() if n == s["name"]])
+            if sub == "/scopes":
+                self.need(scopes, *swrite)
+                if method == "GET" and "scope" in query:
+                    name = query["scope"][0]
+                    s = self.scopes.get(name)
+                    if s is None or (s["owner_orgno"] != orgno and not (s["active"] and s["visibility"] == "PUBLIC")):
+                        raise DDError(404, "Scope %s not found" % name, "Scope")
+                    return Reply(200, dict(s))
+                if method == "GET":
+                    return Reply(200, [dict(s) for s in self.scopes.values()
+                               if s["owner_orgno"] == orgno and (inactive or s["active"])])
+                if method == "POST":
+                    self.validate_scope(body)
+                    prefix = self.settings["org_prefix"]
+                    if body.get("prefix") not in (None, "", prefix):
+                        raise DDError(403, [("prefix: organisation %s may only use prefix %s" % (orgno, prefix), "prefix")], "Scope")
+                    name = prefix + ":" + body["subscope"]
+                    s = self.scopes.get(name)
+                    if s is not None and s["active"]:
+                        raise DDError(400, [("scope %s already exists" % name, "subscope")], "Scope")
+                    if s is not None:
+                        raise DDError(409, "Scope %s exists but is inactive: reactivate it with PUT" % name, "Scope")
+                    s = self._new_scope(prefix, body["subscope"], orgno, body, self.stamp())
+                    self.scopes[name] = s
+                    return Reply(201, dict(s))
+                if method == "PUT":
+                    s = self._owned_scope(orgno, query)
+                    self.validate_scope(body, s)
+                    for k in ("description", "active", "accessible_for_all", "allowed_integration_types", "at_max_age",
+                          "authorization_max_lifetime", "long_description", "requires_pseudonymous_tokens",
+                          "requires_user_authentication", "requires_user_consent", "token_type", "visibility",
+                          "delegation_source"):
+                        if k in body:
+                            s[k] = body[k]
+                    s["last_updated"] = self.stamp()
+                    return Reply(200, dict(s))
+                if method == "DELETE":
+                    s = self._owned_scope(orgno, query)
+                    s["active"] = False
+                    s["last_updated"] = self.stamp()
+                    return Reply(200, dict(s))
+                raise DDError(405, "Method %s not allowed" % method, "Scope")
+        raise DDError(404, "No such endpoint: %s %s" % (method, sub), "Request")
+
+    # -- control API
+
+    def control(self, method, path, query, raw):
+        try:
+            body = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            return Reply(400, {"error": "malformed JSON"})
+        try:
+            return self._control(method, path[len("/_emulator"):], query, body)
+        except DDError as e:
+            return Reply(e.status, {"error": str(e)})
+
+    def all_clients_view(self, inactive):
+        return [self.client_dump(c) for c in self.clients.values() if inactive or c["reg"]["active"]]
+
+    def client_dump(self, c):
+        out = self.client_view(c)
+        out["orgno"] = c["orgno"]
+        out["jwks"] = json.loads(json.dumps(c["jwks"]))
+        return out
+
+    def _control(self, method, sub, query, body):
+        with self.lock:
+            if sub == "/reset" and method == "POST":
+                self.reset()
+                return Reply(200, {"ok": True})
+            if sub == "/scopes" and method == "POST":
+                return Reply(200, self.seed_scope(body))
+            if sub == "/scopes" and method == "GET":
+                return Reply(200, {"scopes": list(self.scopes.values()), "access": list(self.access.values())})
+            if sub == "/clients" and method == "POST":
+                spec = dict(body)
+                orgno = spec.pop("orgno", None) or self.orgno
+                keys = spec.pop("jwks", None) or []
+                if isinstance(keys, dict):
+                    keys = keys.get("keys", [])
+                reg = {
+                    "client_name": "made by hand",
+                    "description": "made by hand",
+                    "integration_type": "maskinporten",
+                    "application_type": "web",
+                    "token_endpoint_auth_method": "private_key_jwt",
+                    "grant_types": [JWT_BEARER],
+                    "scopes": [],
+                    "access_token_lifetime": 120,
+                    "authorization_lifetime": 0,
+                    "refresh_token_lifetime": 0,
+                    "refresh_token_usage": "ONETIME",
+                    "frontchannel_logout_session_required": False,
+                    "redirect_uris": [],
+                    "post_logout_redirect_uris": [],
+                    "sso_disabled": False,
+                }
+                reg.update(spec)
+                active = reg.pop("active", True)
+                c = self.create_client(reg, orgno, jwks=keys, known_since=0)
+                c["reg"]["active"] = bool(active)
+                return Reply(200, self.client_dump(c))
+            if sub == "/clients" and method == "GET":
+                inactive = (query.get("inactive") or ["false"])[0].lower() == "true"
+                return Reply(200, self.all_clients_view(inactive))
+            m = re.fullmatch(r"/clients/([^/]+)", sub)
+            if m and method == "GET":
+                c = self.clients.get(m.group(1))
+                if c is None:
+                    return Reply(404, {"error": "no such client"})
+                return Reply(200, self.client_dump(c))
+            if sub == "/faults" and method == "POST":
+                return Reply(200, self.add_fault(body))
+            if sub == "/faults" and method == "DELETE":
+                self.faults = []
+                return Reply(200, {"ok": True})
+            if sub == "/faults" and method == "GET":
+                return Reply(200, [{k: v for k, v in f.items() if k != "path_re"} for f in self.faults])
+            if sub == "/counts" and method == "GET":
+                return Reply(200, dict(self.counts))
+            if sub == "/log" and method == "GET":
+                return Reply(200, list(self.log))
+            if sub == "/settings" and method == "POST":
+                unknown = set(body) - set(DEFAULT_SETTINGS)
+                if unknown:
+                    return Reply(400, {"error": "unknown settings: %s" % ", ".join(sorted(unknown))})
+                self.settings.update(body)
+                return Reply(200, dict(self.settings))
+            if sub == "/settings" and method == "GET":
+                return Reply(200, dict(self.settings))
+            if sub == "/admin-token" and method == "GET":
+                self.counts["control:admin-token"] = self.counts.get("control:admin-token", 0) + 1
+                return Reply(200, self.admin_token())
+        return Reply(404, {"error": "no such control endpoint: %s %s" % (method, sub)})
+
+    # -- the request entry point for the two emulated services
+
+    def route_template(self, method, path):
+        """The path with ids templated, for counts: /api/v1/clients/{id}/jwks."""
+        path = re.sub(r"^/api/v1/clients/[^/]+", "/api/v1/clients/{id}", path)
+        path = re.sub(r"^/api/v1/scopes/access/(?!all$)[^/]+$", "/api/v1/scopes/access/{orgno}", path)
+        return "%s %s" % (method, path)
+
+    def handle(self, method, path, query, headers, raw):
+        if path == "/.well-known/oauth-authorization-server" and method == "GET":
+            return Reply(200, self.metadata())
+        if path == "/jwk" and method == "GET":
+            return Reply(200, self.m.public_jwks())
+        if path == "/token":
+            if method != "POST":
+                return Reply(405, {"error": "invalid_request", "error_description": "use POST"}, headers={"Allow": "POST"})
+            return self.token(headers, raw)
+        if path == "/api/v1" or path.startswith("/api/v1/"):
+            return self.digdir(method, path, query, headers, raw)
+        return Reply(404, {"error": "not_found", "error_description": "no such endpoint"})
+
+
+# ---------------------------------------------------------------------------
+# HTTP plumbing.
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "maskinporten-emulator/1"
+    timeout = 120
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+        super().setup()
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+    def read_body(self):
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+                if len(data) > MAX_BODY:
+                    raise ValueError("body too large")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0 or length > MAX_BODY:
+            raise ValueError("body too large")
+        return self.rfile.read(length) if length else b""
+
+    def dispatch(self):
+        svc = self.server.svc
+        method = self.command
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query, keep_blank_values=True)
+        try:
+            raw = self.read_body()
+        except ValueError:
+            self.close_connection = True
+            self.send(Reply(413, {"error": "request body too large or malformed"}))
+            return
+        if path == "/_emulator" or path.startswith("/_emulator/"):
+            self.send(svc.control(method, path, query, raw))
+            return
+
+        svc.count(svc.route_template(method, path))
+        fault = svc.take_fault(method, path)
+        if fault and fault["delay"] > 0:
+            time.sleep(fault["delay"])
+        if fault and fault["drop"]:
+            svc.record(method, self.path, 0)
+            self.abort()
+            return
+        if fault and fault["status"] is not None:
+            reply = svc.fault_reply(fault, path)
+        else:
+            reply = svc.handle(method, path, query, self.headers, raw)
+        truncate = False
+        if fault:
+            if fault["malformed"]:
+                reply.body = b'{"malformed": [tru'
+                reply.content_type = reply.content_type or "application/json"
+            if fault["content_type"] is not None:
+                reply.content_type = fault["content_type"]
+            if fault["retry_after"] is not None:
+                reply.headers["Retry-After"] = str(fault["retry_after"])
+            truncate = fault["truncate"]
+        svc.record(method, self.path, reply.status)
+        self.send(reply, truncate=truncate)
+
+    def send(self, reply, truncate=False):
+        body = reply.body
+        self.send_response(reply.status)
+        if reply.content_type:
+            self.send_header("Content-Type", reply.content_type)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        if truncate:
+            if len(body) < 2:
+                body = b'{"truncated": true}'
+            self.send_header("Content-Length", str(len(body) + 64))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.abort()
+            return
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def abort(self):
+        """Closes the connection without (the rest of) an answer."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, addr, svc, tls_context=None):
+        self.svc = svc
+        self.tls_context = tls_context
+        super().__init__(addr, Handler)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.tls_context is not None:
+            # The handshake runs in the connection's own thread (Handler.setup), never in accept.
+            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--http", action="store_true", help="plain HTTP instead of HTTPS (tests only)")
+    ap.add_argument("--propagation-delay", type=float, default=0.0)
+    ap.add_argument("--org", default="889640782")
+    args = ap.parse_args(argv)
+    if not orgno_valid(args.org):
+        ap.error("--org must be a valid 9-digit organisation number")
+
+    os.makedirs(args.state_dir, exist_ok=True)
+    material = Material(args.org)
+    files = material.write(args.state_dir)
+    tls = None
+    if not args.http:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(files["server_cert"], files["server_key"])
+    server = Server((args.host, args.port), None, tls)
+    port = server.server_address[1]
+    host = "[%s]" % args.host if ":" in args.host else args.host
+    base = "%s://%s:%d" % ("http" if args.http else "https", host, port)
+    svc = Service(material, args.org, base, args.propagation_delay)
+    server.svc = svc
+
+    info = {
+        "base_url": base,
+        "issuer": svc.issuer,
+        "well_known_url": base + "/.well-known/oauth-authorization-server",
+        "digdir_url": base,
+        "token_endpoint": base + "/token",
+        "jwks_uri": base + "/jwk",
+        "control_url": base + "/_emulator",
+        "ca_file": files["ca_file"],
+        "business_ca_file": files["business_ca_file"],
+        "admin_client_id": svc.admin_client_id,
+        "admin_key_file": files["admin_key_file"],
+        "admin_cert_file": files["admin_cert_file"],
+        "admin_kid": material.admin_kid,
+        "org_number": args.org,
+        "pid": os.getpid(),
+    }
+    line = json.dumps(info)
+    with open(os.path.join(args.state_dir, "emulator.json.tmp"), "w") as f:
+        f.write(line + "\n")
+    os.replace(os.path.join(args.state_dir, "emulator.json.tmp"), os.path.join(args.state_dir, "emulator.json"))
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    while not stop.wait(1.0):
+        pass
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
