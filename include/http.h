@@ -18,9 +18,10 @@
 #define HTTP_MAX_BODY_DEFAULT (1024 * 1024)
 
 struct http_config {
-	const char *ca_file;	 /* CA bundle; NULL: the system's */
-	const char *https_proxy; /* NULL: HTTPS_PROXY / https_proxy / NO_PROXY from the environment */
-	bool allow_http;	 /* plain http:// URLs (tests only) */
+	const char *ca_file; /* CA bundle; NULL: the system's */
+	const char
+	    *https_proxy; /* NULL: HTTPS_PROXY / https_proxy / NO_PROXY from the environment */
+	bool allow_http;  /* plain http:// URLs (tests only) */
 	long connect_timeout_ms; /* 0: 5000 */
 	long attempt_timeout_ms; /* one attempt; 0: 30000 */
 	size_t max_body;	 /* 0: HTTP_MAX_BODY_DEFAULT */
@@ -41,7 +42,7 @@ struct http *http_new(const struct http_config *config, struct err *err);
 void http_free(struct http *http);
 
 struct http_request {
-	const char *method;	  /* "GET", "POST", "PUT", "DELETE" */
+	const char *method; /* "GET", "POST", "PUT", "DELETE" */
 	const char *url;
 	const char *service;	  /* metrics and errors: "digdir" or "maskinporten" */
 	const char *endpoint;	  /* template for metrics and errors: "GET /clients/{id}" */
@@ -49,8 +50,16 @@ struct http_request {
 	const char *content_type; /* of body, or NULL */
 	const char *body;	  /* may be NULL */
 	size_t body_len;
-	bool idempotent;	  /* false: never retried once the request may have been sent */
-	int64_t deadline_ms;	  /* http_now_ms() clock; 0: none beyond the attempt timeout */
+	bool idempotent;     /* false: never retried once the request may have been sent */
+	int64_t deadline_ms; /* http_now_ms() clock; 0: none beyond the attempt timeout */
+	/*
+	 * Optional: makes a fresh body before every attempt (a JWT grant with a
+	 * new jti), which makes a non-idempotent request safe to retry. Returns
+	 * 0 with *ret_body (freed with free_body) or a negative errno.
+	 */
+	int (*make_body)(void *ctx, char **ret_body, size_t *ret_len);
+	void (*free_body)(char *body);
+	void *body_ctx;
 };
 
 struct http_response {
@@ -79,5 +88,19 @@ int64_t http_now_ms(void);
 
 /* Percent-encodes s for a query parameter. Returns a malloc'd string or NULL. */
 char *http_escape(const char *s);
+
+/* Pure helpers, exported for the unit tests. */
+
+/* Full-jitter backoff before retry number `retry` (1 = first retry): a value in
+ * [0, min(max_ms, base_ms * 2^(retry-1))] chosen by random. */
+long http_backoff_ms(int retry, long base_ms, long max_ms, uint64_t random);
+
+/* Retry-After header value (delay-seconds or an HTTP-date) in ms from now_unix;
+ * -1 when absent or unparseable. */
+long http_parse_retry_after(const char *value, int64_t now_unix);
+
+/* The timeout of one attempt: attempt_ms, but never past the deadline (0: none).
+ * Returns 0 when the deadline has passed. */
+long http_clamp_timeout_ms(long attempt_ms, int64_t deadline_ms, int64_t now_ms);
 
 #endif

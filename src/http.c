@@ -1,0 +1,585 @@
+/*
+ * http: the only module that touches libcurl. One share handle (connections,
+ * DNS and TLS sessions) serves every thread, so connections to DigDir and
+ * Maskinporten are kept alive and reused; easy handles come from a small pool.
+ * Requests are HTTPS only, never follow redirects, stop reading at the body
+ * limit, and are retried with full-jitter backoff that never sleeps past the
+ * caller's deadline.
+ *
+ * Must never log or copy a bearer token or a body: both may be secrets.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "http.h"
+#include "metrics.h"
+
+#define POOL_MAX	      8
+#define RETRY_AFTER_MAX_MS    (120 * 1000)
+#define MIN_USEFUL_ATTEMPT_MS 50
+
+struct http {
+	CURLSH *share;
+	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
+	pthread_mutex_t pool_lock;
+	CURL *pool[POOL_MAX];
+	int npool;
+
+	char *ca_file;
+	char *https_proxy;
+	char *user_agent;
+	bool allow_http;
+	long connect_timeout_ms;
+	long attempt_timeout_ms;
+	size_t max_body;
+	int max_attempts;
+	long backoff_base_ms;
+	long backoff_max_ms;
+};
+
+/* What one attempt gathered; reset before each attempt. */
+struct attempt {
+	char *body;
+	size_t len;
+	size_t cap;
+	size_t max;
+	bool too_big;
+	long retry_after_ms;
+};
+
+int http_global_init(void)
+{
+	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
+}
+
+void http_global_cleanup(void)
+{
+	curl_global_cleanup();
+}
+
+int64_t http_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+long http_backoff_ms(int retry, long base_ms, long max_ms, uint64_t random)
+{
+	long cap = base_ms;
+
+	if (retry < 1 || base_ms <= 0 || max_ms <= 0)
+		return 0;
+	/* Double per retry, stopping at the cap before it can overflow. */
+	for (int i = 1; i < retry && cap < max_ms; i++)
+		cap *= 2;
+	if (cap > max_ms)
+		cap = max_ms;
+	return (long)(random % ((uint64_t)cap + 1));
+}
+
+long http_parse_retry_after(const char *value, int64_t now_unix)
+{
+	char *end = NULL;
+	long long secs;
+	time_t when;
+
+	if (!value)
+		return -1;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	if (*value >= '0' && *value <= '9') {
+		errno = 0;
+		secs = strtoll(value, &end, 10);
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		if (errno || *end)
+			return -1;
+		if (secs > RETRY_AFTER_MAX_MS / 1000)
+			secs = RETRY_AFTER_MAX_MS / 1000;
+		return (long)secs * 1000;
+	}
+	/* An HTTP-date: how far ahead of now it lies. */
+	when = curl_getdate(value, NULL);
+	if (when == (time_t)-1)
+		return -1;
+	if ((int64_t)when <= now_unix)
+		return 0;
+	if ((int64_t)when - now_unix > RETRY_AFTER_MAX_MS / 1000)
+		return RETRY_AFTER_MAX_MS;
+	return (long)((int64_t)when - now_unix) * 1000;
+}
+
+long http_clamp_timeout_ms(long attempt_ms, int64_t deadline_ms, int64_t now_ms)
+{
+	if (deadline_ms <= 0)
+		return attempt_ms;
+	if (deadline_ms <= now_ms)
+		return 0;
+	if (deadline_ms - now_ms < attempt_ms)
+		return (long)(deadline_ms - now_ms);
+	return attempt_ms;
+}
+
+char *http_escape(const char *s)
+{
+	char *c, *r;
+
+	if (!s)
+		return NULL;
+	c = curl_easy_escape(NULL, s, 0);
+	if (!c)
+		return NULL;
+	/* Hand back memory that plain free() releases. */
+	r = strdup(c);
+	curl_free(c);
+	return r;
+}
+
+static void share_lock(CURL *handle, curl_lock_data data, curl_lock_access access, void *userp)
+{
+	struct http *http = userp;
+
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_lock(&http->share_locks[data]);
+}
+
+static void share_unlock(CURL *handle, curl_lock_data data, void *userp)
+{
+	struct http *http = userp;
+
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_unlock(&http->share_locks[data]);
+}
+
+static int dup_opt(const char *s, char **ret)
+{
+	*ret = NULL;
+	if (!s || !*s)
+		return 0;
+	*ret = strdup(s);
+	return *ret ? 0 : -ENOMEM;
+}
+
+struct http *http_new(const struct http_config *config, struct err *err)
+{
+	struct http *http = NULL;
+	bool ok = true;
+
+	http = calloc(1, sizeof(*http));
+	if (!http) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return NULL;
+	}
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&http->share_locks[i], NULL);
+	pthread_mutex_init(&http->pool_lock, NULL);
+
+	http->allow_http = config->allow_http;
+	http->connect_timeout_ms =
+	    config->connect_timeout_ms > 0 ? config->connect_timeout_ms : 5000;
+	http->attempt_timeout_ms =
+	    config->attempt_timeout_ms > 0 ? config->attempt_timeout_ms : 30000;
+	http->max_body = config->max_body > 0 ? config->max_body : HTTP_MAX_BODY_DEFAULT;
+	http->max_attempts = config->max_attempts > 0 ? config->max_attempts : 4;
+	http->backoff_base_ms = config->backoff_base_ms > 0 ? config->backoff_base_ms : 200;
+	http->backoff_max_ms = config->backoff_max_ms > 0 ? config->backoff_max_ms : 5000;
+	if (dup_opt(config->ca_file, &http->ca_file) < 0 ||
+	    dup_opt(config->https_proxy, &http->https_proxy) < 0 ||
+	    dup_opt(config->user_agent ? config->user_agent
+				       : "maskinporten-csi-provider/" PROVIDER_VERSION,
+		    &http->user_agent) < 0) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto fail;
+	}
+
+	/* Connections, DNS answers and TLS sessions are shared by every thread. */
+	http->share = curl_share_init();
+	if (!http->share) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "libcurl: cannot create a share handle");
+		goto fail;
+	}
+	ok =
+	    curl_share_setopt(http->share, CURLSHOPT_LOCKFUNC, share_lock) == CURLSHE_OK &&
+	    curl_share_setopt(http->share, CURLSHOPT_UNLOCKFUNC, share_unlock) == CURLSHE_OK &&
+	    curl_share_setopt(http->share, CURLSHOPT_USERDATA, http) == CURLSHE_OK &&
+	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) == CURLSHE_OK &&
+	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) == CURLSHE_OK &&
+	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) ==
+		CURLSHE_OK;
+	if (!ok) {
+		err_set(err, ERR_INTERNAL, EIO, "libcurl: cannot configure the share handle");
+		goto fail;
+	}
+	return http;
+fail:
+	http_free(http);
+	return NULL;
+}
+
+void http_free(struct http *http)
+{
+	if (!http)
+		return;
+	/* Easy handles first: the share handle refuses to go while they use it. */
+	for (int i = 0; i < http->npool; i++)
+		curl_easy_cleanup(http->pool[i]);
+	if (http->share)
+		curl_share_cleanup(http->share);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&http->share_locks[i]);
+	pthread_mutex_destroy(&http->pool_lock);
+	free(http->ca_file);
+	free(http->https_proxy);
+	free(http->user_agent);
+	free(http);
+}
+
+static CURL *pool_get(struct http *http)
+{
+	CURL *curl = NULL;
+
+	pthread_mutex_lock(&http->pool_lock);
+	if (http->npool > 0)
+		curl = http->pool[--http->npool];
+	pthread_mutex_unlock(&http->pool_lock);
+	return curl ? curl : curl_easy_init();
+}
+
+static void pool_put(struct http *http, CURL *curl)
+{
+	if (!curl)
+		return;
+	/* Forget this request's options; the connection stays in the share. */
+	curl_easy_reset(curl);
+	pthread_mutex_lock(&http->pool_lock);
+	if (http->npool < POOL_MAX) {
+		http->pool[http->npool++] = curl;
+		curl = NULL;
+	}
+	pthread_mutex_unlock(&http->pool_lock);
+	if (curl)
+		curl_easy_cleanup(curl);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct attempt *a = userp;
+	size_t n = size * nmemb;
+	char *p;
+
+	/* Returning less than n aborts the transfer with CURLE_WRITE_ERROR. */
+	if (n > a->max - a->len) {
+		a->too_big = true;
+		return 0;
+	}
+	if (a->len + n + 1 > a->cap) {
+		size_t cap = a->cap ? a->cap : 4096;
+
+		while (cap < a->len + n + 1)
+			cap *= 2;
+		p = realloc(a->body, cap);
+		if (!p)
+			return 0;
+		a->body = p;
+		a->cap = cap;
+	}
+	memcpy(a->body + a->len, data, n);
+	a->len += n;
+	a->body[a->len] = '\0';
+	return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct attempt *a = userp;
+	size_t n = size * nmemb;
+	static const char name[] = "retry-after:";
+	char value[64];
+	size_t vlen;
+
+	if (n > sizeof(name) - 1 && n - (sizeof(name) - 1) < sizeof(value) &&
+	    strncasecmp(data, name, sizeof(name) - 1) == 0) {
+		vlen = n - (sizeof(name) - 1);
+		memcpy(value, data + sizeof(name) - 1, vlen);
+		value[vlen] = '\0';
+		a->retry_after_ms = http_parse_retry_after(value, (int64_t)time(NULL));
+	}
+	return n;
+}
+
+/* Sets every option of one attempt; each setopt is checked. */
+static CURLcode setup(struct http *http, CURL *curl, const struct http_request *req,
+		      const char *body, size_t body_len, struct curl_slist *headers,
+		      struct attempt *a, char *errbuf, long timeout_ms)
+{
+	long connect_ms =
+	    http->connect_timeout_ms < timeout_ms ? http->connect_timeout_ms : timeout_ms;
+	CURLcode c = CURLE_OK;
+
+#define SET(opt, val)                                                                              \
+	do {                                                                                       \
+		if ((c = curl_easy_setopt(curl, opt, val)) != CURLE_OK)                            \
+			return c;                                                                  \
+	} while (0)
+
+	SET(CURLOPT_SHARE, http->share);
+	SET(CURLOPT_URL, req->url);
+	SET(CURLOPT_PROTOCOLS_STR, http->allow_http ? "http,https" : "https");
+	SET(CURLOPT_FOLLOWLOCATION, 0L);
+	SET(CURLOPT_NOSIGNAL, 1L);
+	SET(CURLOPT_ERRORBUFFER, errbuf);
+	SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+	SET(CURLOPT_TIMEOUT_MS, timeout_ms);
+	SET(CURLOPT_USERAGENT, http->user_agent);
+	SET(CURLOPT_HTTPHEADER, headers);
+	SET(CURLOPT_WRITEFUNCTION, on_body);
+	SET(CURLOPT_WRITEDATA, a);
+	SET(CURLOPT_HEADERFUNCTION, on_header);
+	SET(CURLOPT_HEADERDATA, a);
+	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)http->max_body);
+	if (http->ca_file)
+		SET(CURLOPT_CAINFO, http->ca_file);
+	if (http->https_proxy)
+		SET(CURLOPT_PROXY, http->https_proxy);
+	if (req->bearer) {
+		SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+		SET(CURLOPT_XOAUTH2_BEARER, req->bearer);
+	}
+	if (!strcmp(req->method, "POST")) {
+		SET(CURLOPT_POST, 1L);
+	} else if (strcmp(req->method, "GET") != 0) {
+		SET(CURLOPT_CUSTOMREQUEST, req->method);
+	}
+	/* POST and PUT always carry a body, if only an empty one (Content-Length: 0). */
+	if (body || !strcmp(req->method, "POST") || !strcmp(req->method, "PUT")) {
+		SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
+		SET(CURLOPT_POSTFIELDS, body ? body : "");
+	}
+#undef SET
+	return c;
+}
+
+static bool sleep_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0)
+		if (errno != EINTR)
+			return false;
+	return true;
+}
+
+static uint64_t random_u64(void)
+{
+	uint64_t v = 0;
+
+	/* Jitter only needs to differ between nodes; a short read leaves a fixed value. */
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
+		v = (uint64_t)http_now_ms() * 6364136223846793005ULL;
+	return v;
+}
+
+/* A transport failure that cannot have delivered the request to the server. */
+static bool never_sent(CURLcode c, CURL *curl)
+{
+	long sent = 0;
+
+	if (c == CURLE_COULDNT_RESOLVE_HOST || c == CURLE_COULDNT_RESOLVE_PROXY ||
+	    c == CURLE_COULDNT_CONNECT)
+		return true;
+	return curl_easy_getinfo(curl, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0;
+}
+
+static struct curl_slist *make_headers(const struct http_request *req)
+{
+	struct curl_slist *h = NULL, *t;
+	char ct[160];
+
+	h = curl_slist_append(NULL, "Accept: application/json");
+	/* No 100-continue round trip for our small bodies. */
+	if (h && (t = curl_slist_append(h, "Expect:")))
+		h = t;
+	else if (h) {
+		curl_slist_free_all(h);
+		return NULL;
+	}
+	if (h && req->content_type) {
+		snprintf(ct, sizeof(ct), "Content-Type: %s", req->content_type);
+		t = curl_slist_append(h, ct);
+		if (!t) {
+			curl_slist_free_all(h);
+			return NULL;
+		}
+		h = t;
+	}
+	return h;
+}
+
+int http_do(struct http *http, const struct http_request *req, struct http_response *ret,
+	    struct err *err)
+{
+	struct attempt a = { 0 };
+	struct curl_slist *headers = NULL;
+	char errbuf[CURL_ERROR_SIZE];
+	char *body = NULL;
+	size_t body_len = 0;
+	CURL *curl = NULL;
+	CURLcode c = CURLE_OK;
+	long status = 0, timeout, wait;
+	int attempt, r = 0;
+	const char *ctype;
+	bool retry_safe;
+
+	if (err) {
+		snprintf(err->endpoint, sizeof(err->endpoint), "%s %s", req->service,
+			 req->endpoint);
+		err->http_status = 0;
+	}
+	headers = make_headers(req);
+	curl = pool_get(http);
+	if (!headers || !curl) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "%s %s: out of memory", req->service,
+			    req->endpoint);
+		goto out;
+	}
+
+	for (attempt = 1;; attempt++) {
+		free(a.body);
+		a = (struct attempt){ .max = http->max_body, .retry_after_ms = -1 };
+		errbuf[0] = '\0';
+		status = 0;
+
+		timeout = http_clamp_timeout_ms(http->attempt_timeout_ms, req->deadline_ms,
+						http_now_ms());
+		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
+			r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+				    "%s %s: deadline passed after %d attempt(s)", req->service,
+				    req->endpoint, attempt - 1);
+			goto out;
+		}
+		if (req->make_body) {
+			if (body)
+				req->free_body(body);
+			body = NULL;
+			r = req->make_body(req->body_ctx, &body, &body_len);
+			if (r < 0) {
+				r = err_set(err, ERR_INTERNAL, -r,
+					    "%s %s: cannot build the request", req->service,
+					    req->endpoint);
+				goto out;
+			}
+		}
+
+		curl_easy_reset(curl);
+		c = setup(http, curl, req, req->make_body ? body : req->body,
+			  req->make_body ? body_len : req->body_len, headers, &a, errbuf, timeout);
+		if (c != CURLE_OK) {
+			r = err_set(err, ERR_INTERNAL, EINVAL, "%s %s: libcurl option refused: %s",
+				    req->service, req->endpoint, curl_easy_strerror(c));
+			goto out;
+		}
+		c = curl_easy_perform(curl);
+		if (c == CURLE_OK)
+			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+		metrics_upstream_request(req->service, req->endpoint, c == CURLE_OK ? status : 0);
+
+		if (a.too_big || c == CURLE_FILESIZE_EXCEEDED) {
+			r = err_set(err, ERR_BAD_RESPONSE, EMSGSIZE,
+				    "%s %s: answer larger than %zu bytes", req->service,
+				    req->endpoint, http->max_body);
+			goto out;
+		}
+
+		/* A final answer: anything but 429 and 5xx. */
+		if (c == CURLE_OK && status != 429 && status < 500)
+			break;
+
+		/* Only what cannot have reached the server is retried, unless repeating is safe. */
+		retry_safe = req->idempotent || req->make_body ||
+			     (c != CURLE_OK ? never_sent(c, curl) : status == 429);
+		wait = http_backoff_ms(attempt, http->backoff_base_ms, http->backoff_max_ms,
+				       random_u64());
+		if (c == CURLE_OK && status == 429 && a.retry_after_ms >= 0)
+			wait = a.retry_after_ms;
+
+		if (!retry_safe || attempt >= http->max_attempts ||
+		    (req->deadline_ms > 0 &&
+		     http_now_ms() + wait + MIN_USEFUL_ATTEMPT_MS > req->deadline_ms)) {
+			if (err)
+				err->http_status = c == CURLE_OK ? status : 0;
+			if (c == CURLE_OPERATION_TIMEDOUT)
+				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+					    "%s %s: timed out (%ld ms per attempt, %d attempt(s))",
+					    req->service, req->endpoint, http->attempt_timeout_ms,
+					    attempt);
+			else if (c != CURLE_OK)
+				r = err_set(err, ERR_UNAVAILABLE, ECONNRESET,
+					    "%s %s: %s (%d attempt(s))", req->service,
+					    req->endpoint,
+					    errbuf[0] ? errbuf : curl_easy_strerror(c), attempt);
+			else if (status == 429)
+				r = err_set(
+				    err, ERR_THROTTLED, EAGAIN,
+				    "%s %s: throttled (HTTP 429, %d attempt(s)); try again later",
+				    req->service, req->endpoint, attempt);
+			else
+				r = err_set(err, ERR_UNAVAILABLE, EIO,
+					    "%s %s: HTTP %ld (%d attempt(s))", req->service,
+					    req->endpoint, status, attempt);
+			goto out;
+		}
+		metrics_upstream_retry(req->service, req->endpoint);
+		if (wait > 0)
+			sleep_ms(wait);
+	}
+
+	ret->status = status;
+	ret->attempts = attempt;
+	ret->content_type[0] = '\0';
+	if (curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &ctype) == CURLE_OK && ctype)
+		snprintf(ret->content_type, sizeof(ret->content_type), "%s", ctype);
+	if (!a.body) {
+		a.body = strdup("");
+		if (!a.body) {
+			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	ret->body = a.body;
+	ret->body_len = a.len;
+	a.body = NULL;
+	r = 0;
+out:
+	if (a.body) {
+		/* Bodies may hold tokens: wipe before freeing. */
+		explicit_bzero(a.body, a.cap);
+		free(a.body);
+	}
+	if (body)
+		req->free_body(body);
+	curl_slist_free_all(headers);
+	pool_put(http, curl);
+	return r;
+}
+
+void http_response_release(struct http_response *resp)
+{
+	if (!resp || !resp->body)
+		return;
+	/* The body may be a token endpoint answer. */
+	explicit_bzero(resp->body, resp->body_len);
+	free(resp->body);
+	resp->body = NULL;
+	resp->body_len = 0;
+}
