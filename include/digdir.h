@@ -21,13 +21,13 @@
 #include "maskinporten.h"
 
 struct digdir_config {
-	const char *base_url;		/* https://api.test.samarbeid.digdir.no ("/api/v1" appended) */
-	const char *client_name;	/* client_name of new clients; NULL: "maskinporten-csi-provider" */
-	const char *client_uri;		/* NULL: left out */
-	const char *default_scope;	/* registered when an app consumes none (DigDir requires one) */
-	long access_token_lifetime;	/* 0: 3600 */
-	long authorization_lifetime;	/* 0: 7200 */
-	long scope_cache_seconds;	/* how long scope access lists are trusted; 0: 600 */
+	const char *base_url;	 /* https://api.test.samarbeid.digdir.no ("/api/v1" appended) */
+	const char *client_name; /* client_name of new clients; NULL: "maskinporten-csi-provider" */
+	const char *client_uri;	 /* NULL: left out */
+	const char *default_scope;  /* registered when an app consumes none (DigDir requires one) */
+	long access_token_lifetime; /* 0: 3600 */
+	long authorization_lifetime; /* 0: 7200 */
+	long scope_cache_seconds;    /* how long scope access lists are trusted; 0: 600 */
 };
 
 struct digdir;
@@ -100,5 +100,23 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 
 /* The organisation number of the admin token, or NULL. Borrowed. */
 const char *digdir_org_number(struct digdir *dd);
+
+/* Pure helpers, exported for the unit tests. */
+
+/*
+ * The client digdir_find_client's rule picks out of a GET /clients list:
+ * pinned_id when non-NULL, else the earliest `created` (ties: smallest
+ * client_id) of the active clients with this description and integration_type
+ * maskinporten. Borrowed from clients, or NULL. *ret_matches (may be NULL)
+ * gets how many matched.
+ */
+json_t *digdir_pick_client(const json_t *clients, const char *description, const char *pinned_id,
+			   size_t *ret_matches);
+
+/* Whether a client's "scopes" array holds exactly the wanted scopes, as sets. */
+bool digdir_scopes_equal(const json_t *have, const char *const *want, size_t nwant);
+
+/* DigDir's ISO 8601 time ("2021-09-15T10:20:43.354+02:00", "...Z") in Unix ms. */
+int digdir_parse_time(const char *s, int64_t *ret_ms);
 
 #endif

@@ -1,0 +1,508 @@
+/*
+ * maskinporten: the metadata document, the admin access token and app token
+ * requests. The admin token is fetched with a JWT grant (x5c of the business
+ * certificate chain, or the kid of a pre-registered key) and cached until
+ * shortly before it expires; one refresh runs at a time and other callers
+ * wait for it.
+ *
+ * Must never log or put into an error: grants, access tokens, or the token
+ * endpoint's answers (only Maskinporten's error code and description).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "keys.h"
+#include "maskinporten.h"
+
+#define WELL_KNOWN_SUFFIX ".well-known/oauth-authorization-server"
+#define GRANT_LIFETIME	  60 /* seconds; Maskinporten allows at most 120 */
+#define TOKEN_MARGIN_S	  60 /* refresh this long before expiry, or 10% of the lifetime */
+
+struct mp {
+	struct http *http;
+	char *well_known_url;
+	char *admin_client_id;
+	char *admin_kid;
+	char *admin_scopes;
+	EVP_PKEY *admin_key;
+	json_t *x5c; /* NULL when the admin key is identified by kid */
+
+	/* Metadata, fetched once; meta_lock is held across that one fetch. */
+	pthread_mutex_t meta_lock;
+	bool have_meta;
+	struct mp_metadata meta;
+
+	/* The admin token. SECRET: token. Guarded by lock; cond wakes waiters. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool refreshing;
+	char *token;
+	int64_t refresh_at_ms;
+	char orgno[32];
+};
+
+static char *dup_or_null(const char *s)
+{
+	return s && *s ? strdup(s) : NULL;
+}
+
+struct mp *mp_new(struct http *http, const struct mp_config *config, struct err *err)
+{
+	pthread_condattr_t ca;
+	struct mp *mp = NULL;
+
+	mp = calloc(1, sizeof(*mp));
+	if (!mp) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&mp->meta_lock, NULL);
+	pthread_mutex_init(&mp->lock, NULL);
+	/* Waits are bounded by deadlines on the monotonic clock. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&mp->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	mp->http = http;
+
+	mp->well_known_url = dup_or_null(config->well_known_url);
+	mp->admin_client_id = dup_or_null(config->admin_client_id);
+	mp->admin_kid = dup_or_null(config->admin_kid);
+	mp->admin_scopes =
+	    strdup(config->admin_scopes && *config->admin_scopes ? config->admin_scopes
+								 : MP_ADMIN_SCOPES_DEFAULT);
+	if (!mp->well_known_url || !mp->admin_scopes) {
+		err_set(err, ERR_INVALID, EINVAL, "missing the Maskinporten well-known URL");
+		goto fail;
+	}
+	/* The admin key is needed only for admin tokens: app token requests work without. */
+	if (config->admin_key_file && *config->admin_key_file) {
+		if (!mp->admin_client_id) {
+			err_set(err, ERR_INVALID, EINVAL, "missing the admin client id");
+			goto fail;
+		}
+		mp->admin_key = keys_pkey_from_pem_file(config->admin_key_file, err);
+		if (!mp->admin_key)
+			goto fail;
+		if (config->admin_cert_file && *config->admin_cert_file) {
+			mp->x5c = keys_x5c_from_pem_file(config->admin_cert_file, err);
+			if (!mp->x5c)
+				goto fail;
+		} else if (!mp->admin_kid) {
+			err_set(err, ERR_INVALID, EINVAL,
+				"the admin key needs --admin-cert-file (x5c) or --admin-kid");
+			goto fail;
+		}
+	}
+	return mp;
+fail:
+	mp_free(mp);
+	return NULL;
+}
+
+void mp_free(struct mp *mp)
+{
+	if (!mp)
+		return;
+	free(mp->well_known_url);
+	free(mp->admin_client_id);
+	free(mp->admin_kid);
+	free(mp->admin_scopes);
+	EVP_PKEY_free(mp->admin_key);
+	json_decref(mp->x5c);
+	free((char *)mp->meta.issuer);
+	free((char *)mp->meta.token_endpoint);
+	free((char *)mp->meta.jwks_uri);
+	keys_free_secret(mp->token);
+	pthread_mutex_destroy(&mp->meta_lock);
+	pthread_mutex_destroy(&mp->lock);
+	pthread_cond_destroy(&mp->cond);
+	free(mp);
+}
+
+/* True when the media type of a Content-Type value is exactly application/json. */
+static bool is_json_type(const char *ct)
+{
+	static const char want[] = "application/json";
+	size_t n = sizeof(want) - 1;
+
+	if (!ct || strncasecmp(ct, want, n) != 0)
+		return false;
+	return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
+}
+
+static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct err *err)
+{
+	struct http_request req = {
+		.method = "GET",
+		.url = mp->well_known_url,
+		.service = "maskinporten",
+		.endpoint = "GET /.well-known/oauth-authorization-server",
+		.idempotent = true,
+		.deadline_ms = deadline_ms,
+	};
+	struct http_response resp = { 0 };
+	const char *issuer = NULL, *token_endpoint = NULL, *jwks_uri = NULL;
+	json_error_t jerr;
+	json_t *doc = NULL;
+	char joined[1024];
+	int r;
+
+	r = http_do(mp->http, &req, &resp, err);
+	if (r < 0)
+		goto out;
+	if (resp.status != 200) {
+		if (err)
+			err->http_status = resp.status;
+		r = err_set(err, resp.status >= 500 ? ERR_UNAVAILABLE : ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: HTTP %ld", mp->well_known_url, resp.status);
+		goto out;
+	}
+	if (!is_json_type(resp.content_type)) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: Content-Type '%s', not application/json",
+			    mp->well_known_url, resp.content_type);
+		goto out;
+	}
+	doc = json_loadb(resp.body, resp.body_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!doc ||
+	    json_unpack_ex(doc, &jerr, 0, "{s:s, s:s, s:s}", "issuer", &issuer, "token_endpoint",
+			   &token_endpoint, "jwks_uri", &jwks_uri) < 0 ||
+	    !*issuer || !*token_endpoint || !*jwks_uri) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: not a metadata document (%s)",
+			    mp->well_known_url, doc ? jerr.text : "not JSON");
+		goto out;
+	}
+	/* The issuer must serve this very document (a trailing '/' on it is absorbed). */
+	snprintf(joined, sizeof(joined), "%s%s%s", issuer,
+		 issuer[strlen(issuer) - 1] == '/' ? "" : "/", WELL_KNOWN_SUFFIX);
+	if (strcmp(joined, mp->well_known_url) != 0) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata: issuer %s does not match the well-known URL %s",
+			    issuer, mp->well_known_url);
+		goto out;
+	}
+	mp->meta.well_known_url = mp->well_known_url;
+	mp->meta.issuer = strdup(issuer);
+	mp->meta.token_endpoint = strdup(token_endpoint);
+	mp->meta.jwks_uri = strdup(jwks_uri);
+	if (!mp->meta.issuer || !mp->meta.token_endpoint || !mp->meta.jwks_uri) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	mp->have_meta = true;
+	r = 0;
+out:
+	json_decref(doc);
+	http_response_release(&resp);
+	return r;
+}
+
+int mp_metadata(struct mp *mp, int64_t deadline_ms, const struct mp_metadata **ret, struct err *err)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&mp->meta_lock);
+	if (!mp->have_meta) {
+		free((char *)mp->meta.issuer);
+		free((char *)mp->meta.token_endpoint);
+		free((char *)mp->meta.jwks_uri);
+		memset(&mp->meta, 0, sizeof(mp->meta));
+		r = fetch_metadata(mp, deadline_ms, err);
+	}
+	pthread_mutex_unlock(&mp->meta_lock);
+	if (r == 0)
+		*ret = &mp->meta;
+	return r;
+}
+
+/* What a person should do about each of Maskinporten's error codes. */
+static const char *hint(const char *code, bool admin)
+{
+	if (!strcmp(code, "invalid_scope"))
+		return admin
+			   ? "the admin client lacks these scopes: check --admin-scopes and the "
+			     "admin client's registration"
+			   : "the scope is not registered on the client: add it to the client's "
+			     "scopes (the SecretProviderClass `scopes` parameter) and mount again";
+	if (!strcmp(code, "invalid_grant") || !strcmp(code, "invalid_client"))
+		return admin ? "check --admin-client-id, the admin key and certificate, and the "
+			       "clock"
+			     : "check the client id and that its key is registered (new keys take "
+			       "up to 2 minutes to reach Maskinporten), and the clock";
+	if (!strcmp(code, "forbidden"))
+		return "the organisation has no access to the scope: ask the scope's owner to "
+		       "grant it";
+	if (!strcmp(code, "invalid_request"))
+		return "the grant was malformed";
+	return "see Maskinporten's error description";
+}
+
+struct grant_ctx {
+	EVP_PKEY *pkey;
+	const char *kid;
+	const json_t *x5c;
+	const char *iss;
+	const char *aud;
+	const char *scope;
+};
+
+/* A fresh grant (new jti) for every attempt. SECRET: the body. */
+static int make_grant_body(void *p, char **ret_body, size_t *ret_len)
+{
+	static const char prefix[] =
+	    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=";
+	struct grant_ctx *g = p;
+	char *jwt, *body;
+	size_t jlen;
+
+	jwt = keys_grant(g->pkey, g->kid, g->x5c, g->iss, g->aud, g->scope, (int64_t)time(NULL),
+			 GRANT_LIFETIME);
+	if (!jwt)
+		return -EIO;
+	/* A compact JWS is base64url and dots: safe in a form body as it is. */
+	jlen = strlen(jwt);
+	body = malloc(sizeof(prefix) + jlen);
+	if (!body) {
+		keys_free_secret(jwt);
+		return -ENOMEM;
+	}
+	memcpy(body, prefix, sizeof(prefix) - 1);
+	memcpy(body + sizeof(prefix) - 1, jwt, jlen + 1);
+	keys_free_secret(jwt);
+	*ret_body = body;
+	*ret_len = sizeof(prefix) - 1 + jlen;
+	return 0;
+}
+
+static int token_request(struct http *http, const char *token_endpoint, const struct grant_ctx *g,
+			 bool admin, int64_t deadline_ms, json_t **ret_response, struct err *err)
+{
+	struct http_request req = {
+		.method = "POST",
+		.url = token_endpoint,
+		.service = "maskinporten",
+		.endpoint = "POST /token",
+		.content_type = "application/x-www-form-urlencoded",
+		.idempotent = false,
+		.deadline_ms = deadline_ms,
+		.make_body = make_grant_body,
+		.free_body = keys_free_secret,
+		.body_ctx = (void *)g,
+	};
+	struct http_response resp = { 0 };
+	const char *code = NULL, *desc = NULL, *token = NULL;
+	json_error_t jerr;
+	json_t *doc = NULL;
+	int r;
+
+	r = http_do(http, &req, &resp, err);
+	if (r < 0)
+		goto out;
+	/* Only the error fields are ever read out of the answer into messages. */
+	doc = json_loadb(resp.body, resp.body_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (resp.status != 200) {
+		if (err)
+			err->http_status = resp.status;
+		if (doc && json_unpack_ex(doc, &jerr, 0, "{s:s, s?s}", "error", &code,
+					  "error_description", &desc) == 0)
+			r = err_set(err, ERR_UPSTREAM, EPERM,
+				    "Maskinporten refused the grant: %s: %s (%s)", code,
+				    desc ? desc : "no description", hint(code, admin));
+		else
+			r = err_set(err, ERR_UPSTREAM, EPROTO,
+				    "Maskinporten's token endpoint answered HTTP %ld without an "
+				    "error code",
+				    resp.status);
+		goto out;
+	}
+	if (!doc || json_unpack_ex(doc, &jerr, 0, "{s:s}", "access_token", &token) < 0 || !*token) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten's token endpoint answered without an access_token");
+		goto out;
+	}
+	*ret_response = doc;
+	doc = NULL;
+	r = 0;
+out:
+	json_decref(doc);
+	http_response_release(&resp);
+	return r;
+}
+
+int mp_token_request(struct http *http, const char *token_endpoint, const char *issuer,
+		     EVP_PKEY *pkey, const char *kid, const char *client_id, const char *scope,
+		     int64_t deadline_ms, json_t **ret_response, struct err *err)
+{
+	struct grant_ctx g = {
+		.pkey = pkey, .kid = kid, .iss = client_id, .aud = issuer, .scope = scope
+	};
+
+	return token_request(http, token_endpoint, &g, false, deadline_ms, ret_response, err);
+}
+
+int mp_client_token(struct mp *mp, EVP_PKEY *pkey, const char *kid, const char *client_id,
+		    const char *scope, int64_t deadline_ms, json_t **ret_response, struct err *err)
+{
+	const struct mp_metadata *meta;
+	int r;
+
+	r = mp_metadata(mp, deadline_ms, &meta, err);
+	if (r < 0)
+		return r;
+	return mp_token_request(mp->http, meta->token_endpoint, meta->issuer, pkey, kid, client_id,
+				scope, deadline_ms, ret_response, err);
+}
+
+/*
+ * The organisation number out of the admin token's claims: client_orgno, else
+ * consumer.ID "0192:<orgno>". Not verified: the token came over TLS from the
+ * issuer we trust, and it is only used to read scope access lists.
+ */
+static void read_orgno(const char *token, char *ret, size_t len)
+{
+	const char *p1, *p2, *orgno = NULL, *id = NULL;
+	unsigned char *raw = NULL;
+	json_t *claims = NULL;
+	size_t rawlen = 0;
+	char *part = NULL;
+
+	ret[0] = '\0';
+	p1 = strchr(token, '.');
+	p2 = p1 ? strchr(p1 + 1, '.') : NULL;
+	if (!p2)
+		return;
+	part = strndup(p1 + 1, (size_t)(p2 - p1 - 1));
+	raw = part ? keys_b64url_decode(part, &rawlen) : NULL;
+	claims = raw ? json_loadb((const char *)raw, rawlen, JSON_REJECT_DUPLICATES, NULL) : NULL;
+	if (claims && json_unpack(claims, "{s:s}", "client_orgno", &orgno) == 0)
+		snprintf(ret, len, "%s", orgno);
+	else if (claims && json_unpack(claims, "{s:{s:s}}", "consumer", "ID", &id) == 0 &&
+		 strncmp(id, "0192:", 5) == 0)
+		snprintf(ret, len, "%s", id + 5);
+	json_decref(claims);
+	free(raw);
+	free(part);
+}
+
+static int fetch_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token,
+			     long *ret_lifetime, struct err *err)
+{
+	const struct mp_metadata *meta;
+	struct grant_ctx g = { 0 };
+	json_t *resp = NULL, *jexp;
+	const char *token;
+	int r;
+
+	if (!mp->admin_key)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "no admin key configured (--admin-key-file)");
+	r = mp_metadata(mp, deadline_ms, &meta, err);
+	if (r < 0)
+		return r;
+	g = (struct grant_ctx){ .pkey = mp->admin_key,
+				.kid = mp->x5c ? NULL : mp->admin_kid,
+				.x5c = mp->x5c,
+				.iss = mp->admin_client_id,
+				.aud = meta->issuer,
+				.scope = mp->admin_scopes };
+	r = token_request(mp->http, meta->token_endpoint, &g, true, deadline_ms, &resp, err);
+	if (r < 0) {
+		err_prefix(err, "admin token: ");
+		return r;
+	}
+	json_unpack(resp, "{s:s}", "access_token", &token);
+	jexp = json_object_get(resp, "expires_in");
+	*ret_lifetime = json_is_integer(jexp) && json_integer_value(jexp) > 0
+			    ? (long)json_integer_value(jexp)
+			    : 120;
+	*ret_token = strdup(token);
+	json_decref(resp);
+	if (!*ret_token)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	return 0;
+}
+
+int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct err *err)
+{
+	char *fresh = NULL, *copy = NULL;
+	struct timespec ts;
+	long lifetime = 0, margin;
+	int r = 0;
+
+	pthread_mutex_lock(&mp->lock);
+	/* A valid cached token, or wait while another caller refreshes it. */
+	for (;;) {
+		if (mp->token && http_now_ms() < mp->refresh_at_ms) {
+			copy = strdup(mp->token);
+			pthread_mutex_unlock(&mp->lock);
+			if (!copy)
+				return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			*ret_token = copy;
+			return 0;
+		}
+		if (!mp->refreshing)
+			break;
+		if (deadline_ms > 0) {
+			ts.tv_sec = deadline_ms / 1000;
+			ts.tv_nsec = (deadline_ms % 1000) * 1000000L;
+			if (pthread_cond_timedwait(&mp->cond, &mp->lock, &ts) == ETIMEDOUT) {
+				pthread_mutex_unlock(&mp->lock);
+				return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+					       "deadline passed waiting for the admin token");
+			}
+		} else {
+			pthread_cond_wait(&mp->cond, &mp->lock);
+		}
+	}
+	mp->refreshing = true;
+	pthread_mutex_unlock(&mp->lock);
+
+	r = fetch_admin_token(mp, deadline_ms, &fresh, &lifetime, err);
+
+	pthread_mutex_lock(&mp->lock);
+	mp->refreshing = false;
+	if (r == 0) {
+		keys_free_secret(mp->token);
+		mp->token = fresh;
+		margin = lifetime / 10 < TOKEN_MARGIN_S ? lifetime / 10 : TOKEN_MARGIN_S;
+		mp->refresh_at_ms = http_now_ms() + (int64_t)(lifetime - margin) * 1000;
+		if (!mp->orgno[0])
+			read_orgno(fresh, mp->orgno, sizeof(mp->orgno));
+		copy = strdup(fresh);
+		if (!copy)
+			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	}
+	pthread_cond_broadcast(&mp->cond);
+	pthread_mutex_unlock(&mp->lock);
+	if (r == 0)
+		*ret_token = copy;
+	return r;
+}
+
+void mp_admin_token_invalidate(struct mp *mp, const char *token)
+{
+	pthread_mutex_lock(&mp->lock);
+	if (mp->token && token && strcmp(mp->token, token) == 0) {
+		keys_free_secret(mp->token);
+		mp->token = NULL;
+	}
+	pthread_mutex_unlock(&mp->lock);
+}
+
+const char *mp_org_number(struct mp *mp)
+{
+	const char *r;
+
+	/* Written once per refresh under the lock, always with the same value. */
+	pthread_mutex_lock(&mp->lock);
+	r = mp->orgno[0] ? mp->orgno : NULL;
+	pthread_mutex_unlock(&mp->lock);
+	return r;
+}
