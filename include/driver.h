@@ -21,7 +21,7 @@ void driver_free(struct driver *d);
  * One unary call of method ("/v1alpha1.CSIDriverProvider/Mount") with the
  * packed request, waiting at most timeout_ms. Returns 0 with *ret_status
  * the gRPC status code, *ret_message its details (malloc'd, may be NULL)
- * and, on status 0, *ret_payload/*ret_len the packed response (malloc'd;
+ * and, on status 0, *ret_payload and *ret_len the packed response (malloc'd;
  * SECRET for Mount). Returns a negative errno when the call could not be made.
  * Thread-safe: several threads may call concurrently on one driver.
  */

@@ -1,0 +1,634 @@
+/*
+ * server: the provider's gRPC API on a Unix socket, on the gRPC C core. The
+ * only module that touches the gRPC server API: it accepts calls, checks
+ * sizes and deadlines, hands request bytes to the handlers and sends their
+ * answers back. It never decodes a message and never logs a payload: Mount
+ * requests carry service account tokens and Mount answers a private key.
+ *
+ * One completion-queue thread accepts every call and runs the fast handlers
+ * inline; calls a fast handler cannot answer go to a bounded queue served by
+ * a pool of worker threads, so a slow cold Mount never delays a warm one.
+ * A worker answers with grpc_call_start_batch (thread-safe); the batch's
+ * completion comes back on the one queue, where the call is released.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+#include <openssl/crypto.h>
+
+#include "log.h"
+#include "server.h"
+
+#define METHOD_VERSION "/v1alpha1.CSIDriverProvider/Version"
+#define METHOD_MOUNT   "/v1alpha1.CSIDriverProvider/Mount"
+
+/* The queue is polled this often so that the loop notices *stop. */
+#define POLL_MS 200
+
+/* What a completion-queue tag stands for: each call has one pending at a time. */
+enum tag_kind {
+	TAG_NEW_VERSION, /* a requested Version call arrived */
+	TAG_NEW_MOUNT,	 /* a requested Mount call arrived */
+	TAG_NEW_OTHER,	 /* a call to a method we do not serve arrived */
+	TAG_REPLY_DONE,	 /* our answer's batch completed: release the call */
+	TAG_SHUTDOWN,	 /* grpc_server_shutdown_and_notify finished */
+};
+
+struct server;
+
+/* One call, from the request for it to the completion of our answer. */
+struct call {
+	enum tag_kind kind;
+	struct server *srv;
+	grpc_call *call;
+	gpr_timespec deadline;
+	grpc_call_details details; /* unregistered calls only */
+	grpc_metadata_array metadata;
+	grpc_byte_buffer *payload;
+	grpc_slice request;	    /* SECRET: the request bytes, wiped before release */
+	int64_t deadline_ms;	    /* the deadline on the http_now_ms() clock */
+	struct server_reply reply;  /* reply.payload is SECRET for Mount */
+	grpc_byte_buffer *response; /* holds a copy of reply.payload while it is sent */
+	grpc_slice status_details;
+	int cancelled;
+	struct call *next; /* link in the worker queue */
+};
+
+struct server {
+	const struct server_config *config;
+	const struct server_ops *ops;
+	grpc_server *server;
+	grpc_completion_queue *cq;
+	void *method_version;
+	void *method_mount;
+	bool shutting_down;
+	bool bound;	 /* the socket file is ours to remove */
+	long live_calls; /* calls accepted and not yet released (CQ thread only) */
+
+	/* The worker queue, under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct call *head, *tail;
+	int queued;
+	bool workers_exit;
+	pthread_t *threads;
+	int nthreads;
+};
+
+/*
+ * Monotonic milliseconds, the clock of deadlines. Temporary twin of
+ * http_now_ms() (src/http.c is not in the tree yet): both are CLOCK_MONOTONIC
+ * in milliseconds, so deadlines computed here compare with http's.
+ */
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct call *call_new(struct server *srv, enum tag_kind kind)
+{
+	struct call *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->kind = kind;
+	c->srv = srv;
+	c->request = grpc_empty_slice();
+	c->status_details = grpc_empty_slice();
+	grpc_call_details_init(&c->details);
+	grpc_metadata_array_init(&c->metadata);
+	return c;
+}
+
+/* Releases everything a call holds, wiping the request and the answer. */
+static void call_free(struct call *c)
+{
+	if (!c)
+		return;
+	if (GRPC_SLICE_LENGTH(c->request) > 0)
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(c->request), GRPC_SLICE_LENGTH(c->request));
+	grpc_slice_unref(c->request);
+	grpc_slice_unref(c->status_details);
+	if (c->reply.payload) {
+		OPENSSL_cleanse(c->reply.payload, c->reply.len);
+		free(c->reply.payload);
+	}
+	grpc_byte_buffer_destroy(c->payload);
+	grpc_byte_buffer_destroy(c->response);
+	grpc_call_details_destroy(&c->details);
+	grpc_metadata_array_destroy(&c->metadata);
+	if (c->call)
+		grpc_call_unref(c->call);
+	free(c);
+}
+
+/* Asks the core for the next call of one kind. Returns 0 or -errno. */
+static int arm(struct server *srv, enum tag_kind kind)
+{
+	struct call *c = call_new(srv, kind);
+	grpc_call_error e;
+
+	if (!c)
+		return -ENOMEM;
+	if (kind == TAG_NEW_OTHER)
+		e = grpc_server_request_call(srv->server, &c->call, &c->details, &c->metadata,
+					     srv->cq, srv->cq, c);
+	else
+		e = grpc_server_request_registered_call(
+		    srv->server, kind == TAG_NEW_VERSION ? srv->method_version : srv->method_mount,
+		    &c->call, &c->deadline, &c->metadata, &c->payload, srv->cq, srv->cq, c);
+	if (e != GRPC_CALL_OK) {
+		log_error("gRPC: requesting a call failed (%d)", (int)e);
+		call_free(c);
+		return -EIO;
+	}
+	return 0;
+}
+
+/*
+ * Sends the call's reply: SEND_INITIAL_METADATA, SEND_MESSAGE (on OK),
+ * SEND_STATUS_FROM_SERVER, RECV_CLOSE_ON_SERVER. Thread-safe: workers call
+ * it. The completion (TAG_REPLY_DONE) releases the call on the CQ thread.
+ */
+static void send_reply(struct call *c)
+{
+	grpc_op ops[4];
+	grpc_slice body;
+	size_t n = 0;
+	grpc_call_error e;
+
+	memset(ops, 0, sizeof(ops));
+	ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+	n++;
+	if (c->reply.code == SERVER_OK && c->reply.len > (size_t)c->srv->config->max_send_bytes) {
+		log_error("gRPC: answer of %zu bytes is over the limit of %ld", c->reply.len,
+			  c->srv->config->max_send_bytes);
+		c->reply.code = SERVER_RESOURCE_EXHAUSTED;
+		snprintf(c->reply.message, sizeof(c->reply.message),
+			 "provider answer of %zu bytes is larger than max %ld", c->reply.len,
+			 c->srv->config->max_send_bytes);
+	}
+	if (c->reply.code == SERVER_OK) {
+		/* The byte buffer takes its own copy; both are wiped on release. */
+		body = grpc_slice_from_copied_buffer((const char *)c->reply.payload, c->reply.len);
+		c->response = grpc_raw_byte_buffer_create(&body, 1);
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
+		grpc_slice_unref(body);
+		ops[n].op = GRPC_OP_SEND_MESSAGE;
+		ops[n].data.send_message.send_message = c->response;
+		n++;
+		c->status_details = grpc_empty_slice();
+	} else {
+		c->reply.message[sizeof(c->reply.message) - 1] = '\0';
+		c->status_details = grpc_slice_from_copied_string(c->reply.message);
+	}
+	ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+	ops[n].data.send_status_from_server.status = (grpc_status_code)c->reply.code;
+	ops[n].data.send_status_from_server.status_details = &c->status_details;
+	n++;
+	ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+	n++;
+
+	c->kind = TAG_REPLY_DONE;
+	e = grpc_call_start_batch(c->call, ops, n, c, NULL);
+	if (e != GRPC_CALL_OK) {
+		/* Nothing will complete: cancel, and let the CQ thread release it. */
+		log_error("gRPC: sending an answer failed (%d)", (int)e);
+		grpc_call_cancel(c->call, NULL);
+		c->reply.code = SERVER_INTERNAL;
+		e = grpc_call_start_batch(c->call, NULL, 0, c, NULL);
+		if (e != GRPC_CALL_OK)
+			log_error("gRPC: call leaked after failed batch (%d)", (int)e);
+	}
+}
+
+static void reply_status(struct call *c, enum server_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void reply_status(struct call *c, enum server_code code, const char *fmt, ...)
+{
+	va_list ap;
+
+	c->reply.code = code;
+	va_start(ap, fmt);
+	vsnprintf(c->reply.message, sizeof(c->reply.message), fmt, ap);
+	va_end(ap);
+	send_reply(c);
+}
+
+/*
+ * Converts the caller's deadline to the http_now_ms() clock. Returns the
+ * remaining milliseconds (<= 0: already passed), default_timeout_ms when
+ * the call has none.
+ */
+static int64_t remaining_ms(const struct server *srv, gpr_timespec deadline)
+{
+	gpr_timespec now, left;
+	int64_t ms;
+
+	if (deadline.clock_type == GPR_TIMESPAN || deadline.tv_sec == INT64_MAX ||
+	    gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) >= 0)
+		return srv->config->default_timeout_ms;
+	deadline = gpr_convert_clock_type(deadline, GPR_CLOCK_REALTIME);
+	now = gpr_now(GPR_CLOCK_REALTIME);
+	left = gpr_time_sub(deadline, now);
+	/* Clamp far deadlines to a day: nothing here runs that long. */
+	if (left.tv_sec > 24 * 3600)
+		return 24 * 3600 * 1000;
+	ms = left.tv_sec * 1000 + left.tv_nsec / 1000000;
+	return ms;
+}
+
+/* Puts a call on the worker queue. Returns false when the queue is full. */
+static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&srv->lock);
+	*ret_queued = srv->queued;
+	if (srv->queued < srv->config->queue_max) {
+		c->next = NULL;
+		if (srv->tail)
+			srv->tail->next = c;
+		else
+			srv->head = c;
+		srv->tail = c;
+		srv->queued++;
+		ok = true;
+		pthread_cond_signal(&srv->cond);
+	}
+	pthread_mutex_unlock(&srv->lock);
+	return ok;
+}
+
+static void *worker_main(void *arg)
+{
+	struct server *srv = arg;
+	struct call *c;
+
+	for (;;) {
+		pthread_mutex_lock(&srv->lock);
+		while (!srv->head && !srv->workers_exit)
+			pthread_cond_wait(&srv->cond, &srv->lock);
+		c = srv->head;
+		if (c) {
+			srv->head = c->next;
+			if (!srv->head)
+				srv->tail = NULL;
+			srv->queued--;
+		}
+		pthread_mutex_unlock(&srv->lock);
+		if (!c)
+			return NULL;
+
+		/* Calls that waited past their deadline are not worth starting. */
+		if (now_ms() >= c->deadline_ms) {
+			reply_status(c, SERVER_DEADLINE_EXCEEDED,
+				     "deadline passed while the Mount waited for a worker");
+			continue;
+		}
+		srv->ops->mount_slow(srv->ops->ctx, GRPC_SLICE_START_PTR(c->request),
+				     GRPC_SLICE_LENGTH(c->request), c->deadline_ms, &c->reply);
+		send_reply(c);
+	}
+}
+
+/* A new call arrived: check it, answer it inline or queue it for a worker. */
+static void dispatch(struct server *srv, struct call *c)
+{
+	const struct server_config *cfg = srv->config;
+	grpc_byte_buffer_reader reader;
+	server_fast_fn fast;
+	int64_t left;
+	size_t len;
+	int queued = 0;
+	int r;
+
+	srv->live_calls++;
+	if (c->kind == TAG_NEW_OTHER) {
+		char method[256];
+		size_t mlen = GRPC_SLICE_LENGTH(c->details.method);
+
+		if (mlen >= sizeof(method))
+			mlen = sizeof(method) - 1;
+		memcpy(method, GRPC_SLICE_START_PTR(c->details.method), mlen);
+		method[mlen] = '\0';
+		log_debug("gRPC: unknown method %s", method);
+		reply_status(c, SERVER_UNIMPLEMENTED, "unknown method %s", method);
+		return;
+	}
+
+	left = remaining_ms(srv, c->deadline);
+	if (left <= 0) {
+		reply_status(c, SERVER_DEADLINE_EXCEEDED, "deadline passed before the call began");
+		return;
+	}
+	c->deadline_ms = now_ms() + left;
+
+	/* A NULL payload is an empty message, a valid empty request. */
+	if (c->payload) {
+		len = grpc_byte_buffer_length(c->payload);
+		if (len > (size_t)cfg->max_recv_bytes) {
+			reply_status(c, SERVER_RESOURCE_EXHAUSTED,
+				     "request of %zu bytes is larger than max %ld", len,
+				     cfg->max_recv_bytes);
+			return;
+		}
+		if (!grpc_byte_buffer_reader_init(&reader, c->payload)) {
+			reply_status(c, SERVER_INTERNAL, "cannot read the request");
+			return;
+		}
+		c->request = grpc_byte_buffer_reader_readall(&reader);
+		grpc_byte_buffer_reader_destroy(&reader);
+		grpc_byte_buffer_destroy(c->payload);
+		c->payload = NULL;
+	}
+
+	fast = c->kind == TAG_NEW_VERSION ? srv->ops->version : srv->ops->mount_fast;
+	r = fast ? fast(srv->ops->ctx, GRPC_SLICE_START_PTR(c->request),
+			GRPC_SLICE_LENGTH(c->request), c->deadline_ms, &c->reply)
+		 : 1;
+	if (r == 0) {
+		send_reply(c);
+		return;
+	}
+	if (c->kind == TAG_NEW_VERSION || !srv->ops->mount_slow) {
+		reply_status(c, SERVER_INTERNAL, "no handler for this call");
+		return;
+	}
+	if (!enqueue(srv, c, &queued)) {
+		log_warn("gRPC: %d Mounts queued, answering RESOURCE_EXHAUSTED", queued);
+		reply_status(c, SERVER_RESOURCE_EXHAUSTED, "provider busy: %d Mounts queued, retry",
+			     queued);
+	}
+}
+
+/* Handles one completion. Returns true when the shutdown notification came. */
+static bool handle_event(struct server *srv, grpc_event ev)
+{
+	struct call *c = ev.tag;
+
+	if (c->kind == TAG_SHUTDOWN)
+		return true;
+	if (c->kind == TAG_REPLY_DONE) {
+		if (!ev.success || c->cancelled)
+			log_debug("gRPC: call ended without a clean close (client gone?)");
+		srv->live_calls--;
+		call_free(c);
+		return false;
+	}
+	/* A request for a new call: it failed only because we are shutting down. */
+	if (!ev.success) {
+		call_free(c);
+		return false;
+	}
+	if (!srv->shutting_down && arm(srv, c->kind) < 0)
+		log_error("gRPC: cannot accept further %s calls",
+			  c->kind == TAG_NEW_OTHER ? "unknown" : "provider");
+	dispatch(srv, c);
+	return false;
+}
+
+static gpr_timespec deadline_in(long ms)
+{
+	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+/* Refuses anything at path that is not a socket; removes a stale socket. */
+static int clear_socket_path(const char *path)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode)) {
+		log_error("socket path %s exists and is not a socket: refusing to remove it", path);
+		return -EEXIST;
+	}
+	if (unlink(path) < 0)
+		return -errno;
+	log_info("removed stale socket %s", path);
+	return 0;
+}
+
+/* Answers every call still waiting for a worker: the server is stopping. */
+static void flush_queue(struct server *srv)
+{
+	struct call *c, *next;
+
+	pthread_mutex_lock(&srv->lock);
+	c = srv->head;
+	srv->head = srv->tail = NULL;
+	srv->queued = 0;
+	pthread_mutex_unlock(&srv->lock);
+	for (; c; c = next) {
+		next = c->next;
+		reply_status(c, SERVER_UNAVAILABLE, "provider is shutting down, retry");
+	}
+}
+
+static void stop_workers(struct server *srv)
+{
+	pthread_mutex_lock(&srv->lock);
+	srv->workers_exit = true;
+	pthread_cond_broadcast(&srv->cond);
+	pthread_mutex_unlock(&srv->lock);
+	for (int i = 0; i < srv->nthreads; i++)
+		pthread_join(srv->threads[i], NULL);
+	srv->nthreads = 0;
+}
+
+/* Stops accepting, gives in-flight calls grace_ms, cancels the rest, waits. */
+static void drain(struct server *srv)
+{
+	struct call shutdown_tag = { .kind = TAG_SHUTDOWN };
+	gpr_timespec grace = deadline_in(srv->config->grace_ms);
+	bool done = false, cancelled = false;
+	grpc_event ev;
+
+	srv->shutting_down = true;
+	grpc_server_shutdown_and_notify(srv->server, srv->cq, &shutdown_tag);
+	while (!done) {
+		ev = grpc_completion_queue_next(srv->cq, cancelled ? deadline_in(POLL_MS) : grace,
+						NULL);
+		if (ev.type == GRPC_OP_COMPLETE) {
+			done = handle_event(srv, ev);
+		} else if (ev.type == GRPC_QUEUE_TIMEOUT && !cancelled) {
+			log_warn("gRPC: %ld calls still running after %ld ms, cancelling them",
+				 srv->live_calls, srv->config->grace_ms);
+			grpc_server_cancel_all_calls(srv->server);
+			flush_queue(srv);
+			cancelled = true;
+		} else if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+			break;
+		}
+	}
+	/* The shutdown tag came once every call was released: workers are idle. */
+	stop_workers(srv);
+}
+
+static int start(struct server *srv)
+{
+	const struct server_config *cfg = srv->config;
+	grpc_server_credentials *creds = NULL;
+	grpc_arg args[2];
+	grpc_channel_args chargs = { .num_args = 2, .args = args };
+	char addr[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+	mode_t old_umask;
+	int port, r;
+
+	if (!cfg->socket_path || !*cfg->socket_path ||
+	    strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		log_error("socket path is empty or longer than a Unix socket path may be");
+		return -ENAMETOOLONG;
+	}
+	r = clear_socket_path(cfg->socket_path);
+	if (r < 0)
+		return r;
+
+	args[0].type = GRPC_ARG_INTEGER;
+	args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	args[0].value.integer =
+	    cfg->max_recv_bytes > INT32_MAX ? INT32_MAX : (int)cfg->max_recv_bytes;
+	args[1].type = GRPC_ARG_INTEGER;
+	args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+	args[1].value.integer =
+	    cfg->max_send_bytes > INT32_MAX ? INT32_MAX : (int)cfg->max_send_bytes;
+
+	srv->cq = grpc_completion_queue_create_for_next(NULL);
+	srv->server = grpc_server_create(&chargs, NULL);
+	if (!srv->cq || !srv->server)
+		return -ENOMEM;
+	grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
+	srv->method_version = grpc_server_register_method(
+	    srv->server, METHOD_VERSION, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+	srv->method_mount = grpc_server_register_method(
+	    srv->server, METHOD_MOUNT, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+	if (!srv->method_version || !srv->method_mount)
+		return -EIO;
+
+	/* The socket is created 0600 by the umask, never briefly open to all. */
+	snprintf(addr, sizeof(addr), "unix:%s", cfg->socket_path);
+	creds = grpc_insecure_server_credentials_create();
+	old_umask = umask(077);
+	port = grpc_server_add_http2_port(srv->server, addr, creds);
+	umask(old_umask);
+	grpc_server_credentials_release(creds);
+	if (port == 0) {
+		log_error("cannot listen on %s", cfg->socket_path);
+		return -EADDRNOTAVAIL;
+	}
+	srv->bound = true;
+	if (chmod(cfg->socket_path, cfg->socket_mode) < 0) {
+		r = -errno;
+		log_error("chmod %04o %s: %s", cfg->socket_mode, cfg->socket_path, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+int server_run(const struct server_config *config, const struct server_ops *ops,
+	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx)
+{
+	struct server srv = { .config = config, .ops = ops };
+	bool started = false;
+	grpc_event ev;
+	int r = 0;
+
+	if (config->workers < 1 || config->queue_max < 0 || !ops->version || !ops->mount_fast)
+		return -EINVAL;
+	grpc_init();
+	pthread_mutex_init(&srv.lock, NULL);
+	pthread_cond_init(&srv.cond, NULL);
+
+	r = start(&srv);
+	if (r < 0)
+		goto out;
+
+	srv.threads = calloc((size_t)config->workers, sizeof(*srv.threads));
+	if (!srv.threads) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (int i = 0; i < config->workers; i++) {
+		r = -pthread_create(&srv.threads[i], NULL, worker_main, &srv);
+		if (r < 0)
+			goto out;
+		srv.nthreads++;
+	}
+
+	grpc_server_start(srv.server);
+	started = true;
+	if (arm(&srv, TAG_NEW_VERSION) < 0 || arm(&srv, TAG_NEW_MOUNT) < 0 ||
+	    arm(&srv, TAG_NEW_OTHER) < 0) {
+		r = -EIO;
+		goto out;
+	}
+	log_info("serving on %s (%d workers, queue %d)", config->socket_path, config->workers,
+		 config->queue_max);
+	if (on_ready)
+		on_ready(ready_ctx);
+
+	while (!*stop) {
+		ev = grpc_completion_queue_next(srv.cq, deadline_in(POLL_MS), NULL);
+		if (ev.type == GRPC_OP_COMPLETE)
+			handle_event(&srv, ev);
+		else if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+	}
+	log_info("stopping: draining calls for up to %ld ms", config->grace_ms);
+
+out:
+	if (started)
+		drain(&srv);
+	else if (srv.server) {
+		/* Never started: shutdown still has to be notified before destroy. */
+		struct call tag = { .kind = TAG_SHUTDOWN };
+
+		grpc_server_shutdown_and_notify(srv.server, srv.cq, &tag);
+		do
+			ev = grpc_completion_queue_next(srv.cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+							NULL);
+		while (ev.type == GRPC_OP_COMPLETE && ev.tag != &tag);
+	}
+	stop_workers(&srv);
+	free(srv.threads);
+	if (srv.server)
+		grpc_server_destroy(srv.server);
+	if (srv.cq) {
+		grpc_completion_queue_shutdown(srv.cq);
+		do {
+			ev = grpc_completion_queue_next(srv.cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+							NULL);
+			if (ev.type == GRPC_OP_COMPLETE && ev.tag &&
+			    ((struct call *)ev.tag)->kind != TAG_SHUTDOWN)
+				call_free(ev.tag);
+		} while (ev.type != GRPC_QUEUE_SHUTDOWN);
+		grpc_completion_queue_destroy(srv.cq);
+	}
+	if (srv.bound)
+		unlink(config->socket_path);
+	pthread_cond_destroy(&srv.cond);
+	pthread_mutex_destroy(&srv.lock);
+	grpc_shutdown();
+	return r;
+}
