@@ -1,10 +1,417 @@
-/* cli_client: placeholder until its module lands; says so and fails. */
+/*
+ * cli_client: `client list|show|ensure|delete`, an administrator's view of
+ * the organisation's clients at DigDir. Each verb is one function in the
+ * table below, so new verbs (adopt) slot in beside them.
+ *
+ * Must never print private key material: only kids, key types and expiry.
+ */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
+#include "app.h"
 #include "cli.h"
+#include "config.h"
+#include "http.h"
+
+static const char usage[] =
+    "Usage: maskinporten-csi-provider client VERB [ARGS] [FLAGS]\n"
+    "\n"
+    "  list                              the organisation's clients (--json for JSON)\n"
+    "  show CLUSTER:NAMESPACE:APP|ID     a client and its keys (ours: which epoch)\n"
+    "  ensure CLUSTER:NAMESPACE:APP --scopes \"a b\"\n"
+    "                                    provision or adopt the client and register\n"
+    "                                    this epoch's keys; prints the client_id\n"
+    "  delete CLUSTER:NAMESPACE:APP|ID [--permanent]\n"
+    "                                    deactivate the client at DigDir (only with\n"
+    "                                    --permanent; without it, says what would happen)\n"
+    "\n"
+    "Needs --digdir-url, --well-known-url, --admin-client-id, --admin-key-file and\n"
+    "--admin-cert-file or --admin-kid; ensure also needs --seed-file.\n";
+
+struct verb {
+	const char *name;
+	int nargs;	/* positional arguments after the verb */
+	unsigned flags; /* APP_NEED_* */
+	int (*run)(struct app *app, char **args, int64_t deadline_ms, struct err *err);
+};
+
+/*
+ * config_parse stops at the first word that is not a flag; people put flags
+ * after the words too ("ensure a:b:c --scopes x"). Walk the segments with a
+ * scratch config to learn which tokens are flags, then parse the flags once,
+ * in order, and hand back the words. *ret_flat and *ret_words are malloc'd.
+ */
+static int parse_args(struct config *cfg, int argc, char **argv, char ***ret_flat,
+		      char ***ret_words, int *ret_nwords, struct err *err)
+{
+	char **flat = calloc((size_t)argc + 1, sizeof(*flat));
+	char **words = calloc((size_t)argc + 1, sizeof(*words));
+	struct config tmp;
+	char **seg = argv;
+	int nseg = argc, nflat = 1, nwords = 0, r;
+
+	if (!flat || !words) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto fail;
+	}
+	flat[0] = argv[0];
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			r = config_parse(cfg, argc, argv, usage, err);
+			goto fail;
+		}
+	for (;;) {
+		bool dashdash = false;
+		int consumed;
+
+		config_defaults(&tmp);
+		r = config_parse(&tmp, nseg, seg, NULL, err);
+		if (r != 0)
+			goto fail;
+		consumed = nseg - tmp.argc;
+		for (int i = 1; i < consumed; i++) {
+			if (!strcmp(seg[i], "--"))
+				dashdash = true;
+			else
+				flat[nflat++] = seg[i];
+		}
+		if (tmp.argc == 0)
+			break;
+		if (dashdash) {
+			for (int i = 0; i < tmp.argc; i++)
+				words[nwords++] = tmp.argv[i];
+			break;
+		}
+		words[nwords++] = tmp.argv[0];
+		seg = tmp.argv;
+		nseg = tmp.argc;
+	}
+	r = config_parse(cfg, nflat, flat, usage, err);
+	if (r != 0)
+		goto fail;
+	*ret_flat = flat;
+	*ret_words = words;
+	*ret_nwords = nwords;
+	return 0;
+fail:
+	free(flat);
+	free(words);
+	return r;
+}
+
+static const char *str(const json_t *obj, const char *key)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s ? s : "";
+}
+
+static void print_scopes(FILE *f, const json_t *scopes)
+{
+	json_t *s;
+	size_t i;
+
+	json_array_foreach(scopes, i, s)
+	    fprintf(f, "%s%s", i ? " " : "", json_string_value(s) ? json_string_value(s) : "?");
+}
+
+static int do_list(struct app *app, char **args, int64_t deadline_ms, struct err *err)
+{
+	json_t *list = NULL, *c;
+	size_t i;
+	int r;
+
+	r = digdir_list_clients(app->dd, deadline_ms, &list, err);
+	if (r < 0)
+		return r;
+	if (app->cfg->json) {
+		json_dumpf(list, stdout, JSON_INDENT(2));
+		putchar('\n');
+	} else {
+		printf("%-36s  %-40s  %s\n", "CLIENT_ID", "DESCRIPTION", "SCOPES");
+		json_array_foreach(list, i, c)
+		{
+			printf("%-36s  %-40s  ", str(c, "client_id"), str(c, "description"));
+			print_scopes(stdout, json_object_get(c, "scopes"));
+			putchar('\n');
+		}
+	}
+	json_decref(list);
+	return 0;
+}
+
+/* "cluster:namespace:app" names a client by description; anything else is a client_id. */
+static int find(struct app *app, const char *which, int64_t deadline_ms, json_t **ret,
+		struct err *err)
+{
+	bool by_desc = strchr(which, ':') != NULL;
+	int r;
+
+	r = digdir_find_client(app->dd, by_desc ? which : NULL, by_desc ? NULL : which, deadline_ms,
+			       ret, err);
+	if (r == 0 && !*ret)
+		r = err_set(err, ERR_NOT_FOUND, ENOENT, "no active client %s %s at DigDir",
+			    by_desc ? "with description" : "with client_id", which);
+	return r;
+}
+
+static void iso_time(json_int_t t, char *buf, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (!gmtime_r(&tt, &tm) || !strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		snprintf(buf, len, "?");
+}
+
+/* Public facts of each key only: never anything but kid, type, algorithm, use and expiry. */
+static json_t *key_facts(struct app *app, const char *client_id, const json_t *keys)
+{
+	json_t *out = json_array(), *k, *o;
+	char when[32];
+	int64_t epoch;
+	size_t i;
+	bool own;
+
+	json_array_foreach(keys, i, k)
+	{
+		json_t *exp = json_object_get(k, "exp");
+
+		own =
+		    app->have_seed && keys_kid_is_own(&app->seed, client_id, str(k, "kid"), &epoch);
+		o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "kid", str(k, "kid"), "kty",
+			      str(k, "kty"), "alg", str(k, "alg"), "use", str(k, "use"), "own",
+			      own);
+		if (!o)
+			continue;
+		if (own)
+			json_object_set_new(o, "epoch", json_integer(epoch));
+		else if (!app->have_seed)
+			json_object_set_new(o, "own", json_null());
+		if (json_is_integer(exp)) {
+			iso_time(json_integer_value(exp), when, sizeof(when));
+			json_object_set_new(o, "exp", json_string(when));
+		}
+		json_array_append_new(out, o);
+	}
+	return out;
+}
+
+static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err *err)
+{
+	json_t *client = NULL, *keys = NULL, *facts = NULL, *k, *out;
+	const char *id;
+	size_t i;
+	int r;
+
+	r = find(app, args[0], deadline_ms, &client, err);
+	if (r < 0)
+		goto out;
+	id = str(client, "client_id");
+	r = digdir_get_jwks(app->dd, id, deadline_ms, &keys, err);
+	if (r < 0)
+		goto out;
+	facts = key_facts(app, id, keys);
+	if (app->cfg->json) {
+		out = json_pack("{s:O, s:O}", "client", client, "keys", facts);
+		json_dumpf(out, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(out);
+		goto out;
+	}
+	printf("client_id:         %s\n", id);
+	printf("description:       %s\n", str(client, "description"));
+	printf("client_name:       %s\n", str(client, "client_name"));
+	printf("integration_type:  %s\n", str(client, "integration_type"));
+	printf("scopes:            ");
+	print_scopes(stdout, json_object_get(client, "scopes"));
+	printf("\ncreated:           %s\n", str(client, "created"));
+	printf("last_updated:      %s\n", str(client, "last_updated"));
+	printf("keys:              %zu\n", json_array_size(facts));
+	json_array_foreach(facts, i, k)
+	{
+		json_t *own = json_object_get(k, "own");
+		char whose[48];
+
+		if (json_is_true(own))
+			snprintf(whose, sizeof(whose), "ours, epoch %lld",
+				 (long long)json_integer_value(json_object_get(k, "epoch")));
+		else
+			snprintf(whose, sizeof(whose), "%s",
+				 json_is_null(own) ? "unknown (no --seed-file)" : "foreign");
+		printf("  %s  %s  exp %s\n", str(k, "kid"), whose, str(k, "exp"));
+	}
+out:
+	json_decref(facts);
+	json_decref(keys);
+	json_decref(client);
+	return r;
+}
+
+struct derive_ctx {
+	const struct keys_seed *seed;
+	const char *client_id;
+};
+
+/* The public JWK of our key for an epoch: derived on demand by keys_schedule. */
+static json_t *derive_public(void *p, int64_t epoch)
+{
+	struct derive_ctx *d = p;
+	char kid[KEYS_KID_MAX];
+	EVP_PKEY *key;
+	json_t *jwk;
+
+	if (keys_kid(d->seed, d->client_id, epoch, kid) < 0)
+		return NULL;
+	key = keys_derive(d->seed, d->client_id, epoch);
+	if (!key)
+		return NULL;
+	jwk = keys_jwk_public(key, kid);
+	EVP_PKEY_free(key);
+	return jwk;
+}
+
+/* Splits a space-separated list in place; returns how many words. */
+static size_t split_words(char *s, const char **out, size_t max)
+{
+	size_t n = 0;
+
+	while (s && *s && n < max) {
+		while (*s == ' ' || *s == '\t' || *s == '\n')
+			*s++ = '\0';
+		if (!*s)
+			break;
+		out[n++] = s;
+		while (*s && *s != ' ' && *s != '\t' && *s != '\n')
+			s++;
+	}
+	return n;
+}
+
+static bool valid_description(const char *d)
+{
+	const char *a = strchr(d, ':'), *b = a ? strchr(a + 1, ':') : NULL;
+
+	return a && b && a > d && b > a + 1 && b[1] && !strchr(b + 1, ':');
+}
+
+static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct err *err)
+{
+	const char *scopes[64];
+	struct derive_ctx dc;
+	char *buf = NULL, *client_id = NULL;
+	size_t nscopes;
+	bool uploaded = false;
+	int64_t epoch;
+	int r;
+
+	if (!valid_description(args[0]))
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "'%s' is not CLUSTER:NAMESPACE:APP (three non-empty parts)",
+			       args[0]);
+	buf = app->cfg->scopes ? strdup(app->cfg->scopes) : NULL;
+	if (app->cfg->scopes && !buf)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	nscopes = split_words(buf, scopes, sizeof(scopes) / sizeof(scopes[0]));
+
+	r = digdir_ensure_client(app->dd, args[0], scopes, nscopes, NULL, deadline_ms, &client_id,
+				 err);
+	if (r < 0)
+		goto out;
+	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
+	dc = (struct derive_ctx){ .seed = &app->seed, .client_id = client_id };
+	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length, false,
+			     derive_public, &dc, deadline_ms, NULL, &uploaded, err);
+	if (r < 0) {
+		err_prefix(err, "client %s: ", client_id);
+		goto out;
+	}
+	fprintf(stderr, "client %s for %s: %s (epoch %lld)\n", client_id, args[0],
+		uploaded ? "keys registered" : "keys already registered", (long long)epoch);
+	printf("%s\n", client_id);
+out:
+	free(client_id);
+	free(buf);
+	return r;
+}
+
+static int do_delete(struct app *app, char **args, int64_t deadline_ms, struct err *err)
+{
+	json_t *client = NULL;
+	const char *id;
+	int r;
+
+	r = find(app, args[0], deadline_ms, &client, err);
+	if (r < 0)
+		return r;
+	id = str(client, "client_id");
+	if (!app->cfg->permanent) {
+		fprintf(
+		    stderr,
+		    "client delete: would deactivate client %s (%s) at DigDir.\n"
+		    "  Pods using it lose access once their tokens expire, its keys stop working,\n"
+		    "  and DigDir keeps it inactive: it cannot be reactivated, a later mount\n"
+		    "  provisions a new client_id.\n"
+		    "Nothing was changed. Run again with --permanent to do it.\n",
+		    id, str(client, "description"));
+		r = err_set(err, ERR_INVALID, EPERM, "refused without --permanent");
+		goto out;
+	}
+	r = digdir_delete_client(app->dd, id, deadline_ms, err);
+	if (r == 0)
+		printf("deleted client %s (%s)\n", id, str(client, "description"));
+out:
+	json_decref(client);
+	return r;
+}
+
+static const struct verb verbs[] = {
+	{ "list", 0, APP_NEED_DIGDIR, do_list },
+	{ "show", 1, APP_NEED_DIGDIR, do_show },
+	{ "ensure", 1, APP_NEED_DIGDIR | APP_NEED_SEED, do_ensure },
+	{ "delete", 1, APP_NEED_DIGDIR, do_delete },
+};
 
 int cmd_client(int argc, char **argv)
 {
-	fprintf(stderr, "maskinporten-csi-provider client: not implemented yet\n");
-	return 2;
+	const struct verb *v = NULL;
+	struct err err = { 0 };
+	struct config cfg;
+	struct app app = { 0 };
+	char **flat = NULL, **words = NULL;
+	int nwords = 0, r, status = 1;
+
+	config_defaults(&cfg);
+	r = parse_args(&cfg, argc, argv, &flat, &words, &nwords, &err);
+	if (r == 1)
+		return 0;
+	if (r < 0) {
+		fprintf(stderr, "maskinporten-csi-provider client: %s\n", err.msg);
+		return 2;
+	}
+	log_init(cfg.log_level, LOG_FORMAT_TEXT);
+	for (size_t i = 0; nwords > 0 && i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		if (!strcmp(words[0], verbs[i].name))
+			v = &verbs[i];
+	if (!v || nwords - 1 != v->nargs) {
+		fprintf(stderr, "%s%s", nwords > 0 && !v ? "client: unknown verb\n\n" : "", usage);
+		status = 2;
+		goto out;
+	}
+
+	r = app_open(&app, &cfg, v->flags, &err);
+	if (r == 0)
+		r = v->run(&app, words + 1, http_now_ms() + cfg.mount_timeout_ms, &err);
+	if (r < 0) {
+		fprintf(stderr, "maskinporten-csi-provider client %s: %s\n", v->name, err.msg);
+		goto out;
+	}
+	status = 0;
+out:
+	app_close(&app);
+	free(flat);
+	free(words);
+	return status;
 }
