@@ -230,7 +230,6 @@ struct health *health_start(const char *addr, const struct health_ops *ops, stru
 	}
 	h->port = info->port;
 	freeaddrinfo(ai);
-	log_info("health: serving /healthz /readyz /metrics on %s (port %d)", addr, h->port);
 	return h;
 fail:
 	if (ai)

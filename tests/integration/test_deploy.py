@@ -407,3 +407,17 @@ def test_containerfile_installs_what_the_makefile_links():
     for p in pkgs:
         assert p in dev, f"Makefile links {p}: add its Debian package here and in the image"
         assert dev[p] in installs
+
+
+# ---- docs/operations.md ------------------------------------------------------
+
+def test_operations_doc_covers_every_variable_and_metric(known_env):
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as f:
+        doc = f.read()
+    missing = [v for v in known_env if f"`{v}`" not in doc]
+    assert not missing, f"docs/operations.md does not document {missing}"
+    with open(os.path.join(ROOT, "src", "metrics.c"), encoding="utf-8") as f:
+        metrics = set(re.findall(r'"(mpcsi_[a-z_]+?)(?:_bucket|_sum|_count)?[ "{]', f.read()))
+    assert "mpcsi_mounts_total" in metrics
+    missing = [m for m in sorted(metrics) if f"`{m}`" not in doc]
+    assert not missing, f"docs/operations.md does not list metrics {missing}"
