@@ -22,7 +22,7 @@
 
 static const char usage[] =
     "Usage: maskinporten-csi-provider keys derive --seed-file FILE --client-id ID\n"
-    "           [--epoch N | --at TIME] [--epoch-length DURATION] [--private FILE]\n"
+    "           [--epoch N | --at TIME] [--epoch-length DURATION] [--private FILE] [--json]\n"
     "       maskinporten-csi-provider keys grant --seed-file FILE --client-id ID\n"
     "           --aud AUDIENCE --scope SCOPES [--epoch N | --at TIME] [--epoch-length DURATION]\n"
     "\n"
@@ -148,6 +148,29 @@ fail:
 	return r;
 }
 
+/*
+ * --json: wraps the public JWK in what an operator wants to know about it:
+ * {"kid","epoch","handed_out_from","handed_out_until","exp","thumbprint","jwk"}.
+ */
+static int describe(json_t **jwk, EVP_PKEY *pkey, int64_t epoch, int64_t len)
+{
+	char tp[KEYS_THUMBPRINT_LEN + 1];
+	json_t *o;
+
+	if (keys_thumbprint(pkey, tp) < 0)
+		return -EIO;
+	o = json_pack("{s:O, s:I, s:I, s:I, s:I, s:s, s:O}", "kid", json_object_get(*jwk, "kid"),
+		      "epoch", (json_int_t)epoch, "handed_out_from",
+		      (json_int_t)keys_epoch_start(epoch, len), "handed_out_until",
+		      (json_int_t)keys_epoch_end(epoch, len), "exp",
+		      (json_int_t)keys_epoch_end(epoch + 1, len), "thumbprint", tp, "jwk", *jwk);
+	if (!o)
+		return -ENOMEM;
+	json_decref(*jwk);
+	*jwk = o;
+	return 0;
+}
+
 static int fail(const struct err *err)
 {
 	fprintf(stderr, PROG ": %s\n", err->msg);
@@ -239,6 +262,10 @@ int cmd_keys(int argc, char **argv)
 	}
 
 	jwk = keys_jwk_public(pkey, kid);
+	if (jwk && cfg.json && describe(&jwk, pkey, epoch, cfg.epoch_length) < 0) {
+		json_decref(jwk);
+		jwk = NULL;
+	}
 	pub = jwk ? json_dumps(jwk, JSON_COMPACT) : NULL;
 	if (!pub) {
 		err_set(&err, ERR_INTERNAL, ENOMEM, "serialising the public JWK failed");
