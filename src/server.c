@@ -132,6 +132,19 @@ static void call_free(struct call *c)
 		free(c->reply.payload);
 	}
 	grpc_byte_buffer_destroy(c->payload);
+	if (c->response) {
+		grpc_byte_buffer_reader reader;
+		grpc_slice s;
+
+		/* The reader hands out references to the buffer's own memory. */
+		if (grpc_byte_buffer_reader_init(&reader, c->response)) {
+			while (grpc_byte_buffer_reader_next(&reader, &s)) {
+				OPENSSL_cleanse(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
+				grpc_slice_unref(s);
+			}
+			grpc_byte_buffer_reader_destroy(&reader);
+		}
+	}
 	grpc_byte_buffer_destroy(c->response);
 	grpc_call_details_destroy(&c->details);
 	grpc_metadata_array_destroy(&c->metadata);
@@ -187,10 +200,12 @@ static void send_reply(struct call *c)
 			 c->srv->config->max_send_bytes);
 	}
 	if (c->reply.code == SERVER_OK) {
-		/* The byte buffer takes its own copy; both are wiped on release. */
+		/*
+		 * The byte buffer shares the slice's memory, so it can only be wiped
+		 * once the message is sent: call_free does that.
+		 */
 		body = grpc_slice_from_copied_buffer((const char *)c->reply.payload, c->reply.len);
 		c->response = grpc_raw_byte_buffer_create(&body, 1);
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
 		grpc_slice_unref(body);
 		ops[n].op = GRPC_OP_SEND_MESSAGE;
 		ops[n].data.send_message.send_message = c->response;

@@ -30,6 +30,7 @@
 #define M_VERSION "/v1alpha1.CSIDriverProvider/Version"
 #define M_MOUNT	  "/v1alpha1.CSIDriverProvider/Mount"
 #define SLOW_MS	  300
+#define BIG_LEN	  (256 * 1024)
 
 static atomic_int slow_started;
 static atomic_int slow_finished;
@@ -75,6 +76,16 @@ static int fake_mount_fast(void *ctx, const uint8_t *req, size_t len, int64_t de
 	seen_deadline_ms = deadline_ms;
 	if (len > 0 && req[0] == 'F') {
 		echo(req, len, ret);
+		return 0;
+	}
+	if (len > 0 && req[0] == 'B') {
+		/* A large answer, like a Mount's: must arrive intact, not wiped early. */
+		ret->len = BIG_LEN;
+		ret->payload = malloc(BIG_LEN);
+		assert_non_null(ret->payload);
+		for (size_t i = 0; i < BIG_LEN; i++)
+			ret->payload[i] = (uint8_t)('a' + i % 26);
+		ret->code = SERVER_OK;
 		return 0;
 	}
 	if (len > 0 && req[0] == 'E') {
@@ -221,8 +232,11 @@ static void test_version_and_mounts(void **state)
 {
 	struct fixture f;
 	char out[256], msg[256];
-	char *runtime = NULL;
+	char *runtime = NULL, *message = NULL;
 	struct err err = { 0 };
+	uint8_t *payload = NULL;
+	size_t plen = 0;
+	int status = -1;
 
 	fixture_init(&f);
 	fixture_start(&f);
@@ -241,6 +255,16 @@ static void test_version_and_mounts(void **state)
 	assert_int_equal(call(f.driver, M_MOUNT, "E", 1, 5000, NULL, 0, msg, sizeof(msg)),
 			 SERVER_INVALID_ARGUMENT);
 	assert_string_equal(msg, "bad request for pod ns/p");
+
+	assert_int_equal(driver_call(f.driver, M_MOUNT, (const uint8_t *)"B", 1, 5000, &status,
+				     &message, &payload, &plen),
+			 0);
+	assert_int_equal(status, 0);
+	assert_int_equal(plen, BIG_LEN);
+	for (size_t i = 0; i < BIG_LEN; i++)
+		assert_int_equal(payload[i], 'a' + i % 26);
+	free(payload);
+	free(message);
 
 	/* An empty message is a valid (empty) request: it reaches the slow path. */
 	assert_int_equal(call(f.driver, M_MOUNT, "", 0, 5000, out, sizeof(out), NULL, 0), 0);
