@@ -625,32 +625,39 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 			     int64_t deadline_ms, json_t **ret_winner, struct err *err)
 {
 	struct err cerr = { 0 };
-	json_t *list = NULL, *winner;
+	json_t *list = NULL, *winner = NULL;
 	char *ours = NULL;
-	int r, rc;
+	int r = 0, rc;
 
-	rc = create_client(dd, body, deadline_ms, &ours, &cerr);
-	if (rc < 0 && !maybe_created(&cerr)) {
-		if (err)
-			*err = cerr;
-		return rc;
-	}
-	/* Never blindly repeat a create that may have reached DigDir: look first. */
-	r = digdir_list_clients(dd, deadline_ms, &list, err);
-	if (r < 0)
-		goto out;
-	winner = digdir_pick_client(list, description, NULL, NULL);
-	if (!winner) {
-		if (rc < 0) {
+	/* A second create only after the listing showed that the first did not happen. */
+	for (int tries = 0; tries < 2 && !winner; tries++) {
+		rc = create_client(dd, body, deadline_ms, &ours, &cerr);
+		if (rc < 0 && !maybe_created(&cerr)) {
 			if (err)
 				*err = cerr;
 			r = rc;
-		} else {
+			goto out;
+		}
+		/* Never blindly repeat a create that may have reached DigDir: look first. */
+		json_decref(list);
+		list = NULL;
+		r = digdir_list_clients(dd, deadline_ms, &list, err);
+		if (r < 0)
+			goto out;
+		winner = digdir_pick_client(list, description, NULL, NULL);
+		if (winner)
+			break;
+		if (rc == 0) {
 			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 				    "DigDir created client %s but does not list it", ours);
+			goto out;
 		}
-		goto out;
+		if (err)
+			*err = cerr;
+		r = rc;
 	}
+	if (!winner)
+		goto out;
 	if (ours && strcmp(json_string_value(json_object_get(winner, "client_id")), ours) != 0) {
 		/* Another node won the race; ours goes, so one client stays active. */
 		r = digdir_delete_client(dd, ours, deadline_ms, err);
