@@ -19,16 +19,16 @@
 
 #include "err.h"
 
-#define KEYS_SEED_MIN	       32   /* bytes */
-#define KEYS_SEED_MAX	       4096 /* bytes */
-#define KEYS_SEED_ID_LEN       8    /* hex characters */
-#define KEYS_KID_MAX	       128  /* including the NUL */
-#define KEYS_MAX_REGISTERED    5    /* DigDir's limit of keys per client */
-#define KEYS_EPOCH_DEFAULT     (30 * 24 * 3600)
-#define KEYS_EPOCH_MIN	       60
-#define KEYS_EPOCH_MAX	       (120 * 24 * 3600) /* three epochs must fit in DigDir's one-year exp */
-#define KEYS_GRANT_LIFETIME    120		 /* Maskinporten's limit on exp - iat, seconds */
-#define KEYS_THUMBPRINT_LEN    43		 /* base64url of SHA-256, unpadded */
+#define KEYS_SEED_MIN	    32	 /* bytes */
+#define KEYS_SEED_MAX	    4096 /* bytes */
+#define KEYS_SEED_ID_LEN    8	 /* hex characters */
+#define KEYS_KID_MAX	    128	 /* including the NUL */
+#define KEYS_MAX_REGISTERED 5	 /* DigDir's limit of keys per client */
+#define KEYS_EPOCH_DEFAULT  (30 * 24 * 3600)
+#define KEYS_EPOCH_MIN	    60
+#define KEYS_EPOCH_MAX	    (120 * 24 * 3600) /* three epochs must fit in DigDir's one-year exp */
+#define KEYS_GRANT_LIFETIME 120		      /* Maskinporten's limit on exp - iat, seconds */
+#define KEYS_THUMBPRINT_LEN 43		      /* base64url of SHA-256, unpadded */
 
 /*
  * The cluster seed, reduced at load time to its HKDF pseudo-random key.

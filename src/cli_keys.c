@@ -221,7 +221,7 @@ int cmd_keys(int argc, char **argv)
 		return usage_error(err.msg);
 	if (cfg.argc > 0)
 		return usage_error("unexpected argument");
-	if (config_require(&cfg, &err, "seed-file", "client-id", NULL) < 0)
+	if (config_require(&cfg, &err, "seed-file", "client-id", (const char *)NULL) < 0)
 		return usage_error(err.msg);
 	if (grant && (!aud || !*aud || !scope || !*scope))
 		return usage_error("grant needs --aud and --scope");
