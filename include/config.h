@@ -56,7 +56,8 @@ struct config {
 	long cache_size;
 	int workers;
 	long max_message_bytes;
-	bool check_only; /* serve --check */
+	bool check_only;       /* serve --check */
+	int64_t time_offset_s; /* tests only: shifts this process's clock (epochs, skew) */
 
 	/* Logging. */
 	enum log_level log_level;
@@ -67,18 +68,18 @@ struct config {
 	const char *service_account;
 	const char *pod_name;
 	const char *pod_uid;
-	const char *dir;	    /* mount: where to write; token: what to read */
-	const char *scopes;	    /* mount: SecretProviderClass parameter `scopes` */
-	const char *exposes;	    /* mount: parameter `exposes` */
+	const char *dir;     /* mount: where to write; token: what to read */
+	const char *scopes;  /* mount: SecretProviderClass parameter `scopes` */
+	const char *exposes; /* mount: parameter `exposes` */
 	const char *file_permission;
-	const char *extra_params;   /* mount: more parameters as a JSON object */
-	const char *client_id;	    /* keys derive */
-	int64_t epoch;		    /* keys derive --epoch, -1: unset */
-	const char *at;		    /* keys derive --at TIME */
-	const char *output;	    /* keys derive --private FILE */
-	bool json;		    /* token --json, client --json */
-	bool permanent;		    /* client delete --permanent */
-	bool drop_foreign_keys;	    /* client adopt --drop-foreign-keys */
+	const char *extra_params; /* mount: more parameters as a JSON object */
+	const char *client_id;	  /* keys derive */
+	int64_t epoch;		  /* keys derive --epoch, -1: unset */
+	const char *at;		  /* keys derive --at TIME */
+	const char *output;	  /* keys derive --private FILE */
+	bool json;		  /* token --json, client --json */
+	bool permanent;		  /* client delete --permanent */
+	bool drop_foreign_keys;	  /* client adopt --drop-foreign-keys */
 
 	/* Positional arguments left after the flags (subcommand words). */
 	int argc;

@@ -14,8 +14,20 @@
 
 #include "config.h"
 
-enum opt_type { T_STR, T_BOOL, T_SECONDS, T_MS, T_LONG, T_INT, T_MODE, T_EPOCH, T_LOGLEVEL,
-		T_LOGFORMAT, T_WRITEMODE };
+enum opt_type {
+	T_STR,
+	T_BOOL,
+	T_SECONDS,
+	T_MS,
+	T_LONG,
+	T_INT,
+	T_MODE,
+	T_EPOCH,
+	T_LOGLEVEL,
+	T_LOGFORMAT,
+	T_WRITEMODE,
+	T_OFFSET
+};
 
 struct opt {
 	const char *name;
@@ -27,7 +39,8 @@ struct opt {
 #define F(field) offsetof(struct config, field)
 
 static const struct opt opts[] = {
-	{ "cluster-name", T_STR, F(cluster_name), "cluster name, first part of client descriptions" },
+	{ "cluster-name", T_STR, F(cluster_name),
+	  "cluster name, first part of client descriptions" },
 	{ "digdir-url", T_STR, F(digdir_url), "DigDir admin API base URL" },
 	{ "well-known-url", T_STR, F(well_known_url), "Maskinporten metadata document URL" },
 	{ "admin-client-id", T_STR, F(admin_client_id), "admin (self-service) client id" },
@@ -51,11 +64,13 @@ static const struct opt opts[] = {
 	{ "metrics-addr", T_STR, F(metrics_addr), "host:port for /healthz /readyz /metrics" },
 	{ "write-mode", T_WRITEMODE, F(write_mode), "driver (files in the answer) or provider" },
 	{ "kubelet-dir", T_STR, F(kubelet_dir), "kubelet root (provider write mode)" },
-	{ "revalidate-interval", T_SECONDS, F(revalidate_interval_s), "re-check known clients (1h)" },
+	{ "revalidate-interval", T_SECONDS, F(revalidate_interval_s),
+	  "re-check known clients (1h)" },
 	{ "cache-size", T_LONG, F(cache_size), "clients kept in memory (4096)" },
 	{ "workers", T_INT, F(workers), "threads for cold Mounts (8)" },
 	{ "max-message", T_LONG, F(max_message_bytes), "largest gRPC request, bytes (1 MiB)" },
 	{ "check", T_BOOL, F(check_only), "serve: validate configuration and exit" },
+	{ "time-offset", T_OFFSET, F(time_offset_s), "tests only: shift the clock by seconds" },
 	{ "log-level", T_LOGLEVEL, F(log_level), "error, warn, info or debug" },
 	{ "log-format", T_LOGFORMAT, F(log_format), "json or text" },
 	{ "namespace", T_STR, F(namespace_name), "mount: the pod's namespace" },
@@ -73,7 +88,8 @@ static const struct opt opts[] = {
 	{ "private", T_STR, F(output), "keys derive: write the private JWK to this new file" },
 	{ "json", T_BOOL, F(json), "print JSON" },
 	{ "permanent", T_BOOL, F(permanent), "client delete: really delete" },
-	{ "drop-foreign-keys", T_BOOL, F(drop_foreign_keys), "client adopt: drop other tools' keys" },
+	{ "drop-foreign-keys", T_BOOL, F(drop_foreign_keys),
+	  "client adopt: drop other tools' keys" },
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -205,6 +221,17 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *value)
 			return r;
 		*(int64_t *)field = l;
 		return 0;
+	case T_OFFSET: {
+		char *end = NULL;
+		long long v;
+
+		errno = 0;
+		v = value ? strtoll(value, &end, 10) : 0;
+		if (!value || !*value || *end || errno || v < -(1LL << 40) || v > (1LL << 40))
+			return -EINVAL;
+		*(int64_t *)field = v;
+		return 0;
+	}
 	case T_LOGLEVEL:
 		return log_parse_level(value, (enum log_level *)field);
 	case T_LOGFORMAT:
@@ -263,13 +290,14 @@ int config_parse(struct config *cfg, int argc, char **argv, const char *usage, s
 		env_name(opts[i].name, env, sizeof(env));
 		v = getenv(env);
 		if (v && set_opt(cfg, &opts[i], v) < 0)
-			return err_set(err, ERR_INVALID, EINVAL, "environment variable %s: bad value",
-				       env);
+			return err_set(err, ERR_INVALID, EINVAL,
+				       "environment variable %s: bad value", env);
 	}
 
 	for (size_t i = 0; i < NOPTS; i++) {
 		longopts[i].name = opts[i].name;
-		longopts[i].has_arg = opts[i].type == T_BOOL ? optional_argument : required_argument;
+		longopts[i].has_arg =
+		    opts[i].type == T_BOOL ? optional_argument : required_argument;
 		longopts[i].flag = NULL;
 		longopts[i].val = 0;
 	}

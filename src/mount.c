@@ -1,0 +1,537 @@
+/*
+ * mount: the MountRequest in, the MountResponse out, no I/O in between.
+ *
+ * Identity comes only from the attributes the kubelet sets after the pod's
+ * own volumeAttributes (pod.namespace, serviceAccount.name), so a pod can
+ * never pick another app's client. Parameters are a closed set: an unknown
+ * key is an error, never silently ignored. Must never copy `secrets` or
+ * serviceAccount.tokens into a message, a log line or memory it keeps.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "keys.h"
+#include "mount.h"
+#include "provider.pb-c.h"
+
+#define ATTR_NAMESPACE "csi.storage.k8s.io/pod.namespace"
+#define ATTR_SA	       "csi.storage.k8s.io/serviceAccount.name"
+#define ATTR_POD_NAME  "csi.storage.k8s.io/pod.name"
+#define ATTR_POD_UID   "csi.storage.k8s.io/pod.uid"
+
+/* Keys the driver and the kubelet set; accepted and, but for identity, ignored. */
+static const char *const driver_keys[] = {
+	"secretProviderClass",
+	ATTR_NAMESPACE,
+	ATTR_SA,
+	ATTR_POD_NAME,
+	ATTR_POD_UID,
+	"csi.storage.k8s.io/ephemeral",
+	"csi.storage.k8s.io/serviceAccount.tokens",
+};
+
+/* Our SecretProviderClass parameters. */
+static const char *const param_keys[] = { "scopes", "filePermission", "exposes" };
+
+static bool in_list(const char *key, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(key, list[i]))
+			return true;
+	return false;
+}
+
+/* A DNS-1123 label (namespace) or subdomain (service account). */
+static bool dns_name_valid(const char *s, size_t max, bool dots)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > max || !isalnum((unsigned char)s[0]) || !isalnum((unsigned char)s[n - 1]))
+		return false;
+	for (; *s; s++)
+		if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' ||
+		      (dots && *s == '.')))
+			return false;
+	return true;
+}
+
+/* DigDir scope syntax prefix:subscope; letters (UTF-8 too), digits and :/._- */
+static bool scope_valid(const char *s, size_t n)
+{
+	const char *colon = memchr(s, ':', n);
+
+	if (n == 0 || n > MOUNT_MAX_SCOPE_LEN || !colon || colon == s || colon == s + n - 1)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!(isalnum(c) || c >= 0x80 || c == ':' || c == '/' || c == '.' || c == '_' ||
+		      c == '-'))
+			return false;
+	}
+	return true;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Splits on spaces, tabs, newlines and commas; validates and deduplicates. */
+static int parse_scopes(const char *text, struct mount_request *req, struct err *err)
+{
+	const char *p = text;
+	char *sorted[MOUNT_MAX_SCOPES];
+	size_t total = 0;
+
+	while (*p) {
+		size_t n;
+		bool dup = false;
+
+		p += strspn(p, " \t\r\n,");
+		n = strcspn(p, " \t\r\n,");
+		if (n == 0)
+			break;
+		if (!scope_valid(p, n))
+			return err_set(err, ERR_INVALID, EINVAL,
+				       "parameter \"scopes\": \"%.*s\" is not a scope (expected "
+				       "prefix:subscope of letters, digits and :/._-)",
+				       (int)(n > 80 ? 80 : n), p);
+		for (size_t i = 0; i < req->nscopes; i++)
+			if (strlen(req->scopes[i]) == n && !memcmp(req->scopes[i], p, n))
+				dup = true;
+		if (!dup) {
+			if (req->nscopes == MOUNT_MAX_SCOPES)
+				return err_set(err, ERR_INVALID, EINVAL,
+					       "parameter \"scopes\": more than %d scopes",
+					       MOUNT_MAX_SCOPES);
+			req->scopes[req->nscopes] = strndup(p, n);
+			if (!req->scopes[req->nscopes])
+				return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			req->nscopes++;
+		}
+		p += n;
+	}
+
+	memcpy(sorted, req->scopes, req->nscopes * sizeof(char *));
+	qsort(sorted, req->nscopes, sizeof(char *), cmp_str);
+	for (size_t i = 0; i < req->nscopes; i++)
+		total += strlen(sorted[i]) + 1;
+	req->scopes_key = calloc(1, total + 1);
+	if (!req->scopes_key)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	for (size_t i = 0; i < req->nscopes; i++) {
+		if (i)
+			strncat(req->scopes_key, " ", total - strlen(req->scopes_key));
+		strncat(req->scopes_key, sorted[i], total - strlen(req->scopes_key));
+	}
+	return 0;
+}
+
+/* An octal mode such as "0640" or "640", at most 0777. */
+static int parse_octal_mode(const char *s, unsigned *ret)
+{
+	char *end = NULL;
+	unsigned long v;
+
+	if (!*s || strlen(s) > 4 || strspn(s, "01234567") != strlen(s))
+		return -EINVAL;
+	v = strtoul(s, &end, 8);
+	if (*end || v > 0777)
+		return -EINVAL;
+	*ret = (unsigned)v;
+	return 0;
+}
+
+/* The driver's `permission`: JSON of a Go os.FileMode, the decimal text "420". */
+static int parse_permission(const char *s, unsigned *ret)
+{
+	char *end = NULL;
+	unsigned long v;
+
+	if (!s || !*s) {
+		*ret = MOUNT_DEFAULT_MODE;
+		return 0;
+	}
+	if (strlen(s) > 3 || strspn(s, "0123456789") != strlen(s))
+		return -EINVAL;
+	v = strtoul(s, &end, 10);
+	if (*end || v > 0777)
+		return -EINVAL;
+	*ret = (unsigned)v;
+	return 0;
+}
+
+/* `secrets` may be "", "null", "{}" or an object of strings; its content is never read. */
+static int check_secrets(const char *s, struct err *err)
+{
+	json_error_t jerr;
+	json_t *j;
+	int r = 0;
+
+	if (!s || !*s)
+		return 0;
+	j = json_loads(s, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (!j || !(json_is_null(j) || json_is_object(j)))
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "field \"secrets\" is not null or a JSON object (its content is not "
+			    "shown)");
+	json_decref(j);
+	return r;
+}
+
+static char *dup_attr(json_t *attrs, const char *key)
+{
+	const char *v = json_string_value(json_object_get(attrs, key));
+
+	return v && *v ? strdup(v) : NULL;
+}
+
+int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mount_request *ret,
+		struct err *err)
+{
+	struct mount_request req = { 0 };
+	V1alpha1__MountRequest *msg = NULL;
+	json_t *attrs = NULL;
+	json_error_t jerr;
+	const char *key, *scopes, *perm;
+	json_t *value;
+	int r;
+
+	msg = v1alpha1__mount_request__unpack(NULL, len, data);
+	if (!msg) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "the MountRequest is not a valid protobuf message");
+		goto out;
+	}
+	if (!msg->attributes || !*msg->attributes) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "field \"attributes\" is empty: the driver always sends the pod's "
+			    "attributes");
+		goto out;
+	}
+	if (strlen(msg->attributes) > MOUNT_MAX_ATTRIBUTES) {
+		r = err_set(err, ERR_INVALID, E2BIG, "field \"attributes\" is larger than %d bytes",
+			    MOUNT_MAX_ATTRIBUTES);
+		goto out;
+	}
+	attrs = json_loads(msg->attributes, JSON_REJECT_DUPLICATES, &jerr);
+	if (!attrs || !json_is_object(attrs)) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "field \"attributes\" is not a JSON object: %s at position %d",
+			    attrs ? "not an object" : jerr.text, attrs ? 0 : jerr.position);
+		goto out;
+	}
+	json_object_foreach(attrs, key, value)
+	{
+		if (!json_is_string(value)) {
+			r = err_set(err, ERR_INVALID, EINVAL,
+				    "attribute \"%.100s\" is not a string: parameters are strings",
+				    key);
+			goto out;
+		}
+		if (!in_list(key, driver_keys, sizeof(driver_keys) / sizeof(driver_keys[0])) &&
+		    !in_list(key, param_keys, sizeof(param_keys) / sizeof(param_keys[0]))) {
+			r = err_set(
+			    err, ERR_INVALID, EINVAL,
+			    "unknown parameter \"%.100s\": the maskinporten provider takes "
+			    "scopes, filePermission and exposes (a misspelt parameter would "
+			    "give a client without its scopes)",
+			    key);
+			goto out;
+		}
+	}
+	r = check_secrets(msg->secrets, err);
+	if (r < 0)
+		goto out;
+
+	req.namespace_name = dup_attr(attrs, ATTR_NAMESPACE);
+	req.service_account = dup_attr(attrs, ATTR_SA);
+	req.pod_name = dup_attr(attrs, ATTR_POD_NAME);
+	req.pod_uid = dup_attr(attrs, ATTR_POD_UID);
+	if (!req.namespace_name || !req.service_account) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "attribute \"%s\" is missing: the CSIDriver object must set "
+			    "podInfoOnMount: true so the kubelet passes the pod's identity",
+			    req.namespace_name ? ATTR_SA : ATTR_NAMESPACE);
+		goto out;
+	}
+	if (!dns_name_valid(req.namespace_name, 63, false) ||
+	    !dns_name_valid(req.service_account, 253, true)) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "the pod's namespace or service account name is not a Kubernetes name");
+		goto out;
+	}
+	if (!strcmp(req.service_account, "default")) {
+		r = err_set(err, ERR_PERMISSION, EPERM,
+			    "pod %s/%s runs as the namespace's \"default\" service account, which "
+			    "every pod of the namespace shares: give the app a dedicated "
+			    "serviceAccountName (its name names the Maskinporten client)",
+			    req.namespace_name, req.pod_name ? req.pod_name : "?");
+		goto out;
+	}
+
+	scopes = json_string_value(json_object_get(attrs, "scopes"));
+	if (scopes) {
+		r = parse_scopes(scopes, &req, err);
+		if (r < 0)
+			goto out;
+	} else {
+		req.scopes_key = strdup("");
+		if (!req.scopes_key) {
+			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+
+	perm = json_string_value(json_object_get(attrs, "filePermission"));
+	if (perm) {
+		if (parse_octal_mode(perm, &req.mode) < 0) {
+			r = err_set(err, ERR_INVALID, EINVAL,
+				    "parameter \"filePermission\": \"%.16s\" is not an octal mode "
+				    "such as \"0640\"",
+				    perm);
+			goto out;
+		}
+	} else if (parse_permission(msg->permission, &req.mode) < 0) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "field \"permission\" is not a decimal file mode such as \"420\"");
+		goto out;
+	}
+
+	if (json_object_get(attrs, "exposes")) {
+		const char *x = json_string_value(json_object_get(attrs, "exposes"));
+
+		if (strlen(x) > MOUNT_MAX_EXPOSES) {
+			r = err_set(err, ERR_INVALID, E2BIG,
+				    "parameter \"exposes\" is larger than %d bytes",
+				    MOUNT_MAX_EXPOSES);
+			goto out;
+		}
+		req.exposes = strdup(x);
+	}
+
+	if (msg->target_path && *msg->target_path)
+		req.target_path = strdup(msg->target_path);
+
+	if (asprintf(&req.description, "%s:%s:%s", cluster, req.namespace_name,
+		     req.service_account) < 0) {
+		req.description = NULL;
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+
+	*ret = req;
+	memset(&req, 0, sizeof(req));
+	r = 0;
+out:
+	mount_request_free(&req);
+	json_decref(attrs);
+	if (msg)
+		v1alpha1__mount_request__free_unpacked(msg, NULL);
+	return r;
+}
+
+void mount_request_free(struct mount_request *req)
+{
+	if (!req)
+		return;
+	free(req->namespace_name);
+	free(req->service_account);
+	free(req->pod_name);
+	free(req->pod_uid);
+	free(req->target_path);
+	free(req->description);
+	for (size_t i = 0; i < req->nscopes; i++)
+		free(req->scopes[i]);
+	free(req->scopes_key);
+	free(req->exposes);
+	memset(req, 0, sizeof(*req));
+}
+
+/* Joins the scopes as given, with single spaces. */
+static char *scopes_text(const struct mount_request *req)
+{
+	size_t total = 1;
+	char *s;
+
+	for (size_t i = 0; i < req->nscopes; i++)
+		total += strlen(req->scopes[i]) + 1;
+	s = calloc(1, total);
+	if (!s)
+		return NULL;
+	for (size_t i = 0; i < req->nscopes; i++) {
+		if (i)
+			strncat(s, " ", total - strlen(s) - 1);
+		strncat(s, req->scopes[i], total - strlen(s) - 1);
+	}
+	return s;
+}
+
+static int add_file(struct mount_file *files, size_t *n, const char *name, const char *value)
+{
+	struct mount_file *f = &files[*n];
+
+	snprintf(f->name, sizeof(f->name), "%s", name);
+	f->contents = strdup(value ? value : "");
+	if (!f->contents)
+		return -ENOMEM;
+	f->len = strlen(f->contents);
+	(*n)++;
+	return 0;
+}
+
+/* The dotenv file: KEY='value' lines that sh can source; values never hold a quote. */
+static char *env_file(const struct mount_file *files, size_t n)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (!f)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%s='%s'\n", files[i].name, files[i].contents);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+void mount_files_free(struct mount_file *files, size_t nfiles)
+{
+	for (size_t i = 0; i < nfiles; i++) {
+		if (files[i].contents) {
+			explicit_bzero(files[i].contents, files[i].len);
+			free(files[i].contents);
+		}
+		files[i].contents = NULL;
+	}
+}
+
+int mount_build_files(const struct mount_request *req, const struct mount_content *c,
+		      struct mount_file files[MOUNT_MAX_FILES], size_t *ret_nfiles)
+{
+	char *scopes = scopes_text(req), *env = NULL;
+	size_t n = 0;
+	int r = -ENOMEM;
+
+	memset(files, 0, sizeof(files[0]) * MOUNT_MAX_FILES);
+	if (!scopes)
+		goto out;
+	if (add_file(files, &n, "MASKINPORTEN_CLIENT_ID", c->client_id) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_CLIENT_JWK", c->jwk_private) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_SCOPES", scopes) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_WELL_KNOWN_URL", c->well_known_url) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_ISSUER", c->issuer) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_JWKS_URI", c->jwks_uri) < 0 ||
+	    add_file(files, &n, "MASKINPORTEN_TOKEN_ENDPOINT", c->token_endpoint) < 0)
+		goto out;
+	if (c->exposed_scopes &&
+	    add_file(files, &n, "MASKINPORTEN_EXPOSED_SCOPES", c->exposed_scopes) < 0)
+		goto out;
+	env = env_file(files, n);
+	if (!env || add_file(files, &n, "maskinporten.env", env) < 0)
+		goto out;
+	*ret_nfiles = n;
+	r = 0;
+out:
+	if (env) {
+		explicit_bzero(env, strlen(env));
+		free(env);
+	}
+	free(scopes);
+	if (r < 0)
+		mount_files_free(files, n);
+	return r;
+}
+
+int mount_build_response(const struct mount_request *req, const struct mount_content *c,
+			 bool with_files, uint8_t **ret_payload, size_t *ret_len)
+{
+	V1alpha1__MountResponse resp = V1ALPHA1__MOUNT_RESPONSE__INIT;
+	V1alpha1__File pb_files[MOUNT_MAX_FILES], *file_ptrs[MOUNT_MAX_FILES];
+	V1alpha1__ObjectVersion versions[MOUNT_MAX_FILES], *version_ptrs[MOUNT_MAX_FILES];
+	char hashes[MOUNT_MAX_FILES][17];
+	char mix[KEYS_KID_MAX + MOUNT_MAX_FILES * 20] = "";
+	struct mount_file files[MOUNT_MAX_FILES];
+	size_t nfiles = 0, len;
+	uint8_t *buf = NULL;
+	int r;
+
+	r = mount_build_files(req, c, files, &nfiles);
+	if (r < 0)
+		return r;
+
+	for (size_t i = 0; i < nfiles; i++) {
+		v1alpha1__file__init(&pb_files[i]);
+		pb_files[i].path = files[i].name;
+		pb_files[i].mode = (int32_t)req->mode;
+		pb_files[i].contents.data = (uint8_t *)files[i].contents;
+		pb_files[i].contents.len = files[i].len;
+		file_ptrs[i] = &pb_files[i];
+
+		/*
+		 * Versions follow content. The key's is its kid, the env file's a hash of
+		 * the kid and the other versions: never a hash of key material.
+		 */
+		v1alpha1__object_version__init(&versions[i]);
+		versions[i].id = files[i].name;
+		if (!strcmp(files[i].name, "MASKINPORTEN_CLIENT_JWK")) {
+			versions[i].version = (char *)c->kid;
+		} else if (!strcmp(files[i].name, "maskinporten.env")) {
+			keys_sha256_hex(mix, strlen(mix), 8, hashes[i]);
+			versions[i].version = hashes[i];
+		} else {
+			keys_sha256_hex(files[i].contents, files[i].len, 8, hashes[i]);
+			versions[i].version = hashes[i];
+		}
+		snprintf(mix + strlen(mix), sizeof(mix) - strlen(mix), "%s|", versions[i].version);
+		version_ptrs[i] = &versions[i];
+	}
+	resp.n_object_version = nfiles;
+	resp.object_version = version_ptrs;
+	if (with_files) {
+		resp.n_files = nfiles;
+		resp.files = file_ptrs;
+	}
+
+	len = v1alpha1__mount_response__get_packed_size(&resp);
+	buf = malloc(len ? len : 1);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	v1alpha1__mount_response__pack(&resp, buf);
+	*ret_payload = buf;
+	*ret_len = len;
+	r = 0;
+out:
+	mount_files_free(files, nfiles);
+	return r;
+}
+
+int mount_version_response(uint8_t **ret_payload, size_t *ret_len)
+{
+	V1alpha1__VersionResponse resp = V1ALPHA1__VERSION_RESPONSE__INIT;
+	size_t len;
+	uint8_t *buf;
+
+	resp.version = (char *)"v1alpha1";
+	resp.runtime_name = (char *)"maskinporten-csi-provider";
+	resp.runtime_version = (char *)PROVIDER_VERSION;
+	len = v1alpha1__version_response__get_packed_size(&resp);
+	buf = malloc(len ? len : 1);
+	if (!buf)
+		return -ENOMEM;
+	v1alpha1__version_response__pack(&resp, buf);
+	*ret_payload = buf;
+	*ret_len = len;
+	return 0;
+}

@@ -1,0 +1,335 @@
+/*
+ * provider: Mount and Version for the gRPC server.
+ *
+ * The fast handler runs on the server's completion-queue thread: it parses,
+ * answers bad requests and warm clients from memory, and hands everything
+ * else to a worker (the slow handler), so a cold Mount never delays a warm
+ * one. Errors become gRPC status codes here and nowhere else. Each Mount is
+ * logged once, with pod, namespace, client and result; never the key, the
+ * `secrets` field or the pod's tokens.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "mount.h"
+#include "provider.h"
+#include "registry.h"
+#include "writer.h"
+
+/* Time kept back from the caller's deadline, so our error arrives before theirs. */
+#define DEADLINE_MARGIN_MS 1500
+
+struct provider {
+	struct app *app;
+	struct registry *reg;
+	_Atomic(const struct mp_metadata *) meta; /* set once fetched; lives as long as app->mp */
+};
+
+enum server_code provider_status(enum err_kind kind)
+{
+	switch (kind) {
+	case ERR_NONE:
+		return SERVER_OK;
+	case ERR_INVALID:
+		return SERVER_INVALID_ARGUMENT;
+	case ERR_PERMISSION:
+		return SERVER_PERMISSION_DENIED;
+	case ERR_SCOPE_ACCESS:
+	case ERR_UPSTREAM:
+	case ERR_CONFLICT:
+		return SERVER_FAILED_PRECONDITION;
+	case ERR_NOT_FOUND:
+		return SERVER_NOT_FOUND;
+	case ERR_THROTTLED:
+		return SERVER_RESOURCE_EXHAUSTED;
+	case ERR_TIMEOUT:
+		return SERVER_DEADLINE_EXCEEDED;
+	/*
+	 * DigDir being down is not UNAVAILABLE: the driver would retry at once,
+	 * three times, adding load where kubelet's own backoff is the right pace.
+	 */
+	case ERR_UNAVAILABLE:
+	case ERR_BAD_RESPONSE:
+	case ERR_INTERNAL:
+		return SERVER_INTERNAL;
+	}
+	return SERVER_INTERNAL;
+}
+
+/* What a person should do about an error kind. */
+static const char *advice(enum err_kind kind)
+{
+	switch (kind) {
+	case ERR_SCOPE_ACCESS:
+		return "";
+	case ERR_PERMISSION:
+		return "";
+	case ERR_THROTTLED:
+		return "; DigDir is rate limiting, the kubelet retries with backoff";
+	case ERR_UNAVAILABLE:
+	case ERR_TIMEOUT:
+		return "; DigDir or Maskinporten did not answer in time, the kubelet retries";
+	case ERR_BAD_RESPONSE:
+		return "; DigDir or Maskinporten answered something unusable, see the provider's "
+		       "log";
+	default:
+		return "";
+	}
+}
+
+static void reply_error(struct server_reply *reply, const struct mount_request *req,
+			const struct err *err)
+{
+	int n;
+
+	reply->code = provider_status(err->kind);
+	if (req && req->description)
+		n = snprintf(reply->message, sizeof(reply->message),
+			     "maskinporten: pod %s/%s, client %s: %s", req->namespace_name,
+			     req->pod_name ? req->pod_name : "?", req->description, err->msg);
+	else
+		n = snprintf(reply->message, sizeof(reply->message), "maskinporten: %s", err->msg);
+	if (n > 0 && (size_t)n < sizeof(reply->message) && err->correlation_id[0])
+		n += snprintf(reply->message + n, sizeof(reply->message) - (size_t)n,
+			      " (DigDir correlation_id %s)", err->correlation_id);
+	if (n > 0 && (size_t)n < sizeof(reply->message))
+		snprintf(reply->message + n, sizeof(reply->message) - (size_t)n, "%s",
+			 advice(err->kind));
+}
+
+static void log_mount(const struct mount_request *req, const char *client_id, int64_t t0,
+		      const struct err *err, bool warm)
+{
+	double seconds = (double)(http_now_ms() - t0) / 1000.0;
+	char ms[32];
+	struct log_field f[] = {
+		{ "namespace", req ? req->namespace_name : NULL },
+		{ "pod", req ? req->pod_name : NULL },
+		{ "app", req ? req->service_account : NULL },
+		{ "client_id", client_id },
+		{ "duration_ms", ms },
+		{ "result", err ? "error" : "ok" },
+		{ "kind", err ? err_kind_name(err->kind) : NULL },
+		{ "cache", err ? NULL : (warm ? "hit" : "miss") },
+	};
+
+	snprintf(ms, sizeof(ms), "%.1f", seconds * 1000.0);
+	metrics_mount(err ? "error" : "ok", err ? err_kind_name(err->kind) : "none", seconds);
+	if (err)
+		log_fields(LOG_LEVEL_WARN, f, sizeof(f) / sizeof(f[0]), "mount failed: %s",
+			   err->msg);
+	else
+		log_fields(LOG_LEVEL_INFO, f, sizeof(f) / sizeof(f[0]), "mount");
+}
+
+static int version(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
+		   struct server_reply *reply)
+{
+	if (mount_version_response(&reply->payload, &reply->len) < 0) {
+		reply->code = SERVER_INTERNAL;
+		snprintf(reply->message, sizeof(reply->message), "out of memory");
+		return 0;
+	}
+	reply->code = SERVER_OK;
+	return 0;
+}
+
+/* Answers from a registry answer: files in the response, or written by us. */
+static int answer(struct provider *p, const struct mount_request *req,
+		  const struct registry_answer *a, const struct mp_metadata *meta,
+		  struct server_reply *reply, struct err *err)
+{
+	const struct config *cfg = p->app->cfg;
+	struct mount_content c = {
+		.client_id = a->client_id,
+		.jwk_private = a->jwk_private,
+		.kid = a->kid,
+		.well_known_url = meta->well_known_url,
+		.issuer = meta->issuer,
+		.jwks_uri = meta->jwks_uri,
+		.token_endpoint = meta->token_endpoint,
+	};
+	bool provider_writes = cfg->write_mode == WRITE_MODE_PROVIDER;
+	struct mount_file files[MOUNT_MAX_FILES];
+	struct writer_file wf[MOUNT_MAX_FILES];
+	size_t n = 0;
+	int r;
+
+	if (provider_writes) {
+		if (!req->target_path)
+			return err_set(err, ERR_INVALID, EINVAL,
+				       "field \"target_path\" is empty, and this provider writes "
+				       "the files itself (--write-mode provider)");
+		r = mount_build_files(req, &c, files, &n);
+		if (r < 0)
+			return err_set(err, ERR_INTERNAL, -r, "building the files failed");
+		for (size_t i = 0; i < n; i++)
+			wf[i] = (struct writer_file){ files[i].name, req->mode,
+						      (const uint8_t *)files[i].contents,
+						      files[i].len };
+		r = writer_write(cfg->kubelet_dir, req->target_path, wf, n, err);
+		mount_files_free(files, n);
+		if (r < 0)
+			return r;
+	}
+	r = mount_build_response(req, &c, !provider_writes, &reply->payload, &reply->len);
+	if (r < 0)
+		return err_set(err, ERR_INTERNAL, -r, "building the response failed");
+	reply->code = SERVER_OK;
+	return 0;
+}
+
+static int64_t budget(struct provider *p, int64_t deadline_ms)
+{
+	int64_t own = http_now_ms() + p->app->cfg->mount_timeout_ms;
+	int64_t theirs = deadline_ms - DEADLINE_MARGIN_MS;
+
+	return theirs < own ? theirs : own;
+}
+
+static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
+		      struct server_reply *reply)
+{
+	struct provider *p = ctx;
+	const struct mp_metadata *meta = atomic_load(&p->meta);
+	struct registry_answer a = { 0 };
+	struct mount_request req = { 0 };
+	struct err err = { 0 };
+	int64_t t0 = http_now_ms();
+	int handed = 1;
+
+	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0) {
+		reply_error(reply, NULL, &err);
+		log_mount(NULL, NULL, t0, &err, false);
+		return 0;
+	}
+	/* Writing files, exposed scopes and cold clients are a worker's job. */
+	if (!meta || req.exposes || p->app->cfg->write_mode == WRITE_MODE_PROVIDER ||
+	    registry_lookup(p->reg, req.description, req.scopes_key, &a) < 0)
+		goto out;
+
+	if (answer(p, &req, &a, meta, reply, &err) < 0) {
+		reply_error(reply, &req, &err);
+		log_mount(&req, a.client_id, t0, &err, true);
+	} else {
+		log_mount(&req, a.client_id, t0, NULL, true);
+	}
+	handed = 0;
+out:
+	registry_answer_release(&a);
+	mount_request_free(&req);
+	return handed;
+}
+
+static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
+		       struct server_reply *reply)
+{
+	struct provider *p = ctx;
+	struct registry_answer a = { 0 };
+	struct mount_request req = { 0 };
+	const struct mp_metadata *meta = NULL;
+	struct err err = { 0 };
+	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
+	bool parsed = false;
+
+	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
+		goto fail;
+	parsed = true;
+	if (req.exposes) {
+		err_set(&err, ERR_INVALID, EINVAL,
+			"parameter \"exposes\" is not supported by this provider version yet");
+		goto fail;
+	}
+	if (mp_metadata(p->app->mp, until, &meta, &err) < 0) {
+		err_prefix(&err, "fetching Maskinporten's metadata: ");
+		goto fail;
+	}
+	atomic_store(&p->meta, meta);
+	if (registry_ensure(p->reg, req.description, req.scopes, req.nscopes, req.scopes_key, until,
+			    &a, &err) < 0)
+		goto fail;
+	if (answer(p, &req, &a, meta, reply, &err) < 0)
+		goto fail;
+	log_mount(&req, a.client_id, t0, NULL, false);
+	goto out;
+fail:
+	reply_error(reply, parsed ? &req : NULL, &err);
+	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false);
+out:
+	registry_answer_release(&a);
+	mount_request_free(&req);
+}
+
+struct provider *provider_new(struct app *app, struct err *err)
+{
+	const struct config *cfg = app->cfg;
+	struct registry_config rc = {
+		.capacity = cfg->cache_size,
+		.epoch_len = cfg->epoch_length,
+		.revalidate_interval_s = cfg->revalidate_interval_s,
+		.flight_timeout_ms = cfg->mount_timeout_ms,
+		.time_offset_s = cfg->time_offset_s,
+	};
+	struct provider *p = calloc(1, sizeof(*p));
+
+	if (!p) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return NULL;
+	}
+	p->app = app;
+	p->reg = registry_new(&rc, app->dd, &app->seed);
+	if (!p->reg) {
+		free(p);
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return NULL;
+	}
+	metrics_epoch(registry_epoch(p->reg));
+	return p;
+}
+
+int provider_start(struct provider *p)
+{
+	return registry_start(p->reg);
+}
+
+void provider_free(struct provider *p)
+{
+	if (!p)
+		return;
+	registry_free(p->reg);
+	free(p);
+}
+
+void provider_ops(struct provider *p, struct server_ops *ret)
+{
+	*ret = (struct server_ops){
+		.version = version,
+		.mount_fast = mount_fast,
+		.mount_slow = mount_slow,
+		.ctx = p,
+	};
+}
+
+int provider_ready(struct provider *p, char *msg, size_t len)
+{
+	const struct mp_metadata *meta = NULL;
+	struct err err = { 0 };
+	char *token = NULL;
+	int r;
+
+	metrics_epoch(registry_epoch(p->reg));
+	r = mp_metadata(p->app->mp, http_now_ms() + 5000, &meta, &err);
+	if (r == 0) {
+		atomic_store(&p->meta, meta);
+		r = mp_admin_token(p->app->mp, http_now_ms() + 5000, &token, &err);
+	}
+	keys_free_secret(token);
+	if (r < 0)
+		snprintf(msg, len, "%s", err.msg);
+	return r;
+}
