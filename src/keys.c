@@ -1299,7 +1299,7 @@ int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn publi
 
 	if (!in || !in->seed || !in->client_id || in->epoch_len <= 0 || !public_jwk)
 		return err_set(err, ERR_INTERNAL, EINVAL, "keys_schedule: bad arguments");
-	if (in->current && !json_is_array(in->current))
+	if (in->current && !json_is_array(in->current) && !json_is_null(in->current))
 		return err_set(err, ERR_BAD_RESPONSE, EINVAL,
 			       "the registered keys are not a JSON array");
 	e = in->epoch;

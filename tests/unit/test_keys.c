@@ -899,6 +899,11 @@ static void test_schedule_errors(void **state)
 	assert_int_equal(schedule(bad, E, false, &set, &changed), -EINVAL);
 	assert_int_equal(schedule(obj, E, false, &set, &changed), -EINVAL);
 	assert_null(set);
+	/* JSON null, as DigDir may send for "keys", means none. */
+	assert_int_equal(schedule(json_null(), E, false, &set, &changed), 0);
+	assert_int_equal(json_array_size(set), 2);
+	assert_true(changed);
+	json_decref(set);
 	json_decref(bad);
 	json_decref(obj);
 }
