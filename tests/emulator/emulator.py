@@ -1144,6 +1144,7 @@ class Service:
         out = self.client_view(c)
         out["orgno"] = c["orgno"]
         out["jwks"] = json.loads(json.dumps(c["jwks"]))
+        out["keys"] = out["jwks"]["keys"]
         return out
 
     def _control(self, method, sub, query, body):

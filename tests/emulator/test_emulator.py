@@ -519,7 +519,9 @@ def test_delete_deactivates(emulator, keys):
     dd_error(emulator.digdir("GET", "/clients/" + cid), 404)
     dd_error(emulator.digdir("GET", "/clients/%s/jwks" % cid), 404)
     mp_error(emulator.token(client_grant(emulator, keys[0], cid, "nav:test/api")), "invalid_grant", "MP-100")
-    assert emulator.clients() == [] and emulator.clients(inactive=True)[0]["active"] is False
+    dumped = emulator.clients(inactive=True)
+    assert emulator.clients() == [] and dumped[0]["active"] is False
+    assert [k["kid"] for k in dumped[0]["keys"]] == ["key-0"] and dumped[0]["orgno"] == ORG
 
 
 # ---------------------------------------------------------------------------
