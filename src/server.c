@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -31,6 +30,7 @@
 #include <grpc/support/time.h>
 #include <openssl/crypto.h>
 
+#include "http.h"
 #include "log.h"
 #include "server.h"
 
@@ -89,19 +89,6 @@ struct server {
 	pthread_t *threads;
 	int nthreads;
 };
-
-/*
- * Monotonic milliseconds, the clock of deadlines. Temporary twin of
- * http_now_ms() (src/http.c is not in the tree yet): both are CLOCK_MONOTONIC
- * in milliseconds, so deadlines computed here compare with http's.
- */
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct call *call_new(struct server *srv, enum tag_kind kind)
 {
@@ -316,7 +303,7 @@ static void *worker_main(void *arg)
 			return NULL;
 
 		/* Calls that waited past their deadline are not worth starting. */
-		if (now_ms() >= c->deadline_ms) {
+		if (http_now_ms() >= c->deadline_ms) {
 			reply_status(c, SERVER_DEADLINE_EXCEEDED,
 				     "deadline passed while the Mount waited for a worker");
 			continue;
@@ -357,7 +344,7 @@ static void dispatch(struct server *srv, struct call *c)
 		reply_status(c, SERVER_DEADLINE_EXCEEDED, "deadline passed before the call began");
 		return;
 	}
-	c->deadline_ms = now_ms() + left;
+	c->deadline_ms = http_now_ms() + left;
 
 	/* A NULL payload is an empty message, a valid empty request. */
 	if (c->payload) {
