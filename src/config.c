@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "keys.h"
 
 enum opt_type {
 	T_STR,
@@ -330,10 +331,10 @@ int config_parse(struct config *cfg, int argc, char **argv, const char *usage, s
 	cfg->argc = argc - optind;
 	cfg->argv = argv + optind;
 
-	if (cfg->epoch_length < 60 || cfg->epoch_length > 120L * 24 * 3600)
+	if (cfg->epoch_length < KEYS_EPOCH_MIN || cfg->epoch_length > KEYS_EPOCH_MAX)
 		return err_set(err, ERR_INVALID, EINVAL,
-			       "--epoch-length must be between 60s and 120d (three epochs must fit "
-			       "in DigDir's one-year key lifetime)");
+			       "--epoch-length must be between 60s and 90d (a key registered ahead "
+			       "expires four epochs later, within DigDir's one-year limit)");
 	if (cfg->cache_size < 1 || cfg->workers < 1 || cfg->max_message_bytes < 1024)
 		return err_set(err, ERR_INVALID, EINVAL,
 			       "--cache-size, --workers and --max-message must be positive "
