@@ -35,7 +35,7 @@ struct err {
 
 /* Fills e (when non-NULL) with kind and a formatted message. Returns -errno_code. */
 int err_set(struct err *e, enum err_kind kind, int errno_code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 /* Prefixes e->msg with a formatted context ("fetching metadata: "). */
 void err_prefix(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -27,8 +27,8 @@
 #define KEYS_EPOCH_DEFAULT  (30 * 24 * 3600)
 #define KEYS_EPOCH_MIN	    60
 #define KEYS_EPOCH_MAX	    (90 * 24 * 3600) /* key e+2 expires 4 epochs ahead: within a year */
-#define KEYS_GRANT_LIFETIME 120		      /* Maskinporten's limit on exp - iat, seconds */
-#define KEYS_THUMBPRINT_LEN 43		      /* base64url of SHA-256, unpadded */
+#define KEYS_GRANT_LIFETIME 120		     /* Maskinporten's limit on exp - iat, seconds */
+#define KEYS_THUMBPRINT_LEN 43		     /* base64url of SHA-256, unpadded */
 
 /*
  * The cluster seed, reduced at load time to its HKDF pseudo-random key.

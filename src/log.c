@@ -113,7 +113,8 @@ void log_emit(enum log_level level, const struct log_field *fields, size_t nfiel
 		}
 		len = put_raw(line, len, sizeof(line), "}\n");
 	} else {
-		len = (size_t)snprintf(line, sizeof(line), "%s %-5s %s", ts, level_names[level], msg);
+		len =
+		    (size_t)snprintf(line, sizeof(line), "%s %-5s %s", ts, level_names[level], msg);
 		if (len >= sizeof(line))
 			len = sizeof(line) - 1;
 		for (size_t i = 0; i < nfields && len + 4 < sizeof(line); i++) {

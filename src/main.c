@@ -12,20 +12,20 @@
 #include "http.h"
 
 static const char usage[] =
-	"maskinporten-csi-provider: Maskinporten credentials for pods, as a provider of the\n"
-	"Kubernetes Secrets Store CSI Driver.\n"
-	"\n"
-	"Usage: maskinporten-csi-provider COMMAND [FLAGS]\n"
-	"\n"
-	"Commands:\n"
-	"  serve            serve the driver's gRPC API on a Unix socket\n"
-	"  mount            act as the driver: Mount through a socket, write the files\n"
-	"  token            read a mounted directory and fetch an access token\n"
-	"  client list|show|ensure|delete|adopt   administer clients at DigDir\n"
-	"  keys derive      print the public JWK of (seed, client, epoch)\n"
-	"  version          print the version\n"
-	"\n"
-	"Run 'maskinporten-csi-provider COMMAND --help' for a command's flags.\n";
+    "maskinporten-csi-provider: Maskinporten credentials for pods, as a provider of the\n"
+    "Kubernetes Secrets Store CSI Driver.\n"
+    "\n"
+    "Usage: maskinporten-csi-provider COMMAND [FLAGS]\n"
+    "\n"
+    "Commands:\n"
+    "  serve            serve the driver's gRPC API on a Unix socket\n"
+    "  mount            act as the driver: Mount through a socket, write the files\n"
+    "  token            read a mounted directory and fetch an access token\n"
+    "  client list|show|ensure|delete|adopt   administer clients at DigDir\n"
+    "  keys derive      print the public JWK of (seed, client, epoch)\n"
+    "  version          print the version\n"
+    "\n"
+    "Run 'maskinporten-csi-provider COMMAND --help' for a command's flags.\n";
 
 int main(int argc, char **argv)
 {

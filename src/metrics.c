@@ -22,7 +22,7 @@ struct series {
 };
 
 static const double bounds[NBUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-					  0.1,	 0.25,	 0.5,	1,    5,     30 };
+					 0.1,	0.25,	0.5,   1,    5,	    30 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct series series[MAX_SERIES];
