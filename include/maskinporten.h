@@ -17,8 +17,8 @@
 #define MP_ADMIN_SCOPES_DEFAULT "idporten:dcr.write idporten:dcr.read idporten:scopes.write"
 
 struct mp_config {
-	const char *well_known_url; /* https://test.maskinporten.no/.well-known/oauth-authorization-server
-				     */
+	/* e.g. https://test.maskinporten.no/.well-known/oauth-authorization-server */
+	const char *well_known_url;
 	const char *admin_client_id; /* iss of the admin grant */
 	const char *admin_key_file;  /* PEM private key */
 	const char *admin_cert_file; /* PEM chain, leaf first: sent as x5c. NULL: use admin_kid */

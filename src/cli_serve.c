@@ -107,7 +107,7 @@ int cmd_serve(int argc, char **argv)
 		return 2;
 	}
 	log_init(cfg.log_level, cfg.log_format);
-	if (config_require(&cfg, &err, "cluster-name", NULL) < 0 ||
+	if (config_require(&cfg, &err, "cluster-name", (const char *)NULL) < 0 ||
 	    app_open(&app, &cfg, APP_NEED_SEED | APP_NEED_DIGDIR, &err) < 0) {
 		log_error("serve: %s", err.msg);
 		goto out;
