@@ -20,7 +20,7 @@ int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *er
 
 	if (flags & APP_NEED_DIGDIR) {
 		r = config_require(cfg, err, "digdir-url", "well-known-url", "admin-client-id",
-				   "admin-key-file", NULL);
+				   "admin-key-file", (char *)NULL);
 		if (r < 0)
 			goto fail;
 		if ((!cfg->admin_cert_file || !*cfg->admin_cert_file) &&
@@ -33,7 +33,7 @@ int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *er
 		}
 	}
 	if (flags & APP_NEED_SEED) {
-		r = config_require(cfg, err, "seed-file", NULL);
+		r = config_require(cfg, err, "seed-file", (char *)NULL);
 		if (r < 0)
 			goto fail;
 	}

@@ -113,8 +113,8 @@ static void print_scopes(FILE *f, const json_t *scopes)
 	json_t *s;
 	size_t i;
 
-	json_array_foreach(scopes, i, s)
-	    fprintf(f, "%s%s", i ? " " : "", json_string_value(s) ? json_string_value(s) : "?");
+	for (i = 0; i < json_array_size(scopes) && (s = json_array_get(scopes, i)); i++)
+		fprintf(f, "%s%s", i ? " " : "", json_string_value(s) ? json_string_value(s) : "?");
 }
 
 static int do_list(struct app *app, char **args, int64_t deadline_ms, struct err *err)
@@ -131,8 +131,7 @@ static int do_list(struct app *app, char **args, int64_t deadline_ms, struct err
 		putchar('\n');
 	} else {
 		printf("%-36s  %-40s  %s\n", "CLIENT_ID", "DESCRIPTION", "SCOPES");
-		json_array_foreach(list, i, c)
-		{
+		for (i = 0; i < json_array_size(list) && (c = json_array_get(list, i)); i++) {
 			printf("%-36s  %-40s  ", str(c, "client_id"), str(c, "description"));
 			print_scopes(stdout, json_object_get(c, "scopes"));
 			putchar('\n');
@@ -175,8 +174,7 @@ static json_t *key_facts(struct app *app, const char *client_id, const json_t *k
 	size_t i;
 	bool own;
 
-	json_array_foreach(keys, i, k)
-	{
+	for (i = 0; i < json_array_size(keys) && (k = json_array_get(keys, i)); i++) {
 		json_t *exp = json_object_get(k, "exp");
 
 		own =
@@ -230,8 +228,7 @@ static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err
 	printf("\ncreated:           %s\n", str(client, "created"));
 	printf("last_updated:      %s\n", str(client, "last_updated"));
 	printf("keys:              %zu\n", json_array_size(facts));
-	json_array_foreach(facts, i, k)
-	{
+	for (i = 0; i < json_array_size(facts) && (k = json_array_get(facts, i)); i++) {
 		json_t *own = json_object_get(k, "own");
 		char whose[48];
 

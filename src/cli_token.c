@@ -181,7 +181,7 @@ int cmd_token(int argc, char **argv)
 	if (r == 0 && cfg.argc > 0)
 		r = err_set(&err, ERR_INVALID, EINVAL, "unexpected argument '%s'", cfg.argv[0]);
 	if (r == 0)
-		r = config_require(&cfg, &err, "dir", NULL);
+		r = config_require(&cfg, &err, "dir", (char *)NULL);
 	if (r < 0) {
 		fprintf(stderr, "maskinporten-csi-provider token: %s\n", err.msg);
 		return 2;

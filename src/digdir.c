@@ -124,8 +124,7 @@ static int status_error(const char *endpoint, const struct http_response *resp, 
 		json_unpack(doc, "{s?s, s?o, s?s}", "correlation_id", &cid, "errors", &errors,
 			    "error_description", &desc);
 	/* errors[].errorMessage when there are any, else error_description. */
-	json_array_foreach(errors, i, e)
-	{
+	for (i = 0; i < json_array_size(errors) && (e = json_array_get(errors, i)); i++) {
 		if (json_unpack(e, "{s:s}", "errorMessage", &m) == 0 && used < sizeof(msgs))
 			used += (size_t)snprintf(msgs + used, sizeof(msgs) - used, "%s%s",
 						 used ? "; " : "", m);
@@ -283,8 +282,7 @@ int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, st
 		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			       "DigDir GET /clients: answer is not a list of clients");
 	}
-	json_array_foreach(list, i, c)
-	{
+	for (i = 0; i < json_array_size(list) && (c = json_array_get(list, i)); i++) {
 		if (json_unpack_ex(c, &jerr, 0, "{s:s}", "client_id", &id) < 0) {
 			json_decref(list);
 			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
@@ -354,8 +352,7 @@ json_t *digdir_pick_client(const json_t *clients, const char *description, const
 	json_t *c, *best = NULL;
 	size_t i, matches = 0;
 
-	json_array_foreach(clients, i, c)
-	{
+	for (i = 0; i < json_array_size(clients) && (c = json_array_get(clients, i)); i++) {
 		if (json_is_false(json_object_get(c, "active")))
 			continue;
 		id = json_string_value(json_object_get(c, "client_id"));
@@ -448,8 +445,7 @@ static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadli
 			    "DigDir scope access lists: answer is not a list");
 		goto out;
 	}
-	json_array_foreach(access, i, e)
-	{
+	for (i = 0; i < json_array_size(access) && (e = json_array_get(access, i)); i++) {
 		if (json_unpack_ex(e, &jerr, 0, "{s:s, s:s, s:s}", "consumer_orgno", &consumer,
 				   "scope", &scope, "state", &state) < 0) {
 			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
@@ -459,8 +455,7 @@ static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadli
 		if (!strcmp(consumer, orgno) && !strcmp(state, "APPROVED"))
 			json_object_set_new(set, scope, json_true());
 	}
-	json_array_foreach(open, i, e)
-	{
+	for (i = 0; i < json_array_size(open) && (e = json_array_get(open, i)); i++) {
 		afa = 1;
 		if (json_unpack_ex(e, &jerr, 0, "{s:s, s?b}", "name", &name, "accessible_for_all",
 				   &afa) < 0) {
@@ -762,8 +757,7 @@ static int jwks_keys(json_t *doc, const char *endpoint, json_t **ret, struct err
 	if (!json_is_object(doc) || json_unpack_ex(doc, &jerr, 0, "{s?o}", "keys", &keys) < 0 ||
 	    (keys && !json_is_array(keys)))
 		return err_set(err, ERR_BAD_RESPONSE, EPROTO, "DigDir %s: not a JWKS", endpoint);
-	json_array_foreach(keys, i, k)
-	{
+	for (i = 0; i < json_array_size(keys) && (k = json_array_get(keys, i)); i++) {
 		if (json_unpack_ex(k, &jerr, 0, "{s:s}", "kid", &kid) < 0)
 			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
 				       "DigDir %s: key %zu has no kid", endpoint, i);
@@ -820,8 +814,7 @@ static bool has_kid(const json_t *keys, const char *kid)
 	json_t *k;
 	size_t i;
 
-	json_array_foreach(keys, i, k)
-	{
+	for (i = 0; i < json_array_size(keys) && (k = json_array_get(keys, i)); i++) {
 		const char *s = json_string_value(json_object_get(k, "kid"));
 		if (s && !strcmp(s, kid))
 			return true;
