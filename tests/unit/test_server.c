@@ -453,6 +453,10 @@ static void test_regular_file_refused(void **state)
 	assert_int_equal(mkdir(f.path, 0700), 0);
 	assert_int_equal(server_run(&f.cfg, &ops, &stop, NULL, NULL), -EEXIST);
 	assert_int_equal(rmdir(f.path), 0);
+
+	/* A directory that does not exist: the listener fails, nothing hangs or leaks. */
+	snprintf(f.path, sizeof(f.path), "%s/missing/provider.sock", f.dir);
+	assert_true(server_run(&f.cfg, &ops, &stop, NULL, NULL) < 0);
 	fixture_cleanup(&f);
 }
 
