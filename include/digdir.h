@@ -50,7 +50,8 @@ int digdir_find_client(struct digdir *dd, const char *description, const char *p
 
 /*
  * Makes sure the client for description exists with exactly these consumed
- * scopes: finds it (adopting clients made by hand or by other tools), creates
+ * scopes: finds it (by pinned_id, or by description when pinned_id is NULL
+ * or no longer listed; adopting clients made by hand or by other tools), creates
  * it when missing, PUTs it when its scopes differ. Checks first that the
  * organisation may consume every scope (ERR_SCOPE_ACCESS naming each scope and
  * the organisation number otherwise). With no scopes, the default scope is
