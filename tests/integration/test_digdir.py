@@ -132,8 +132,9 @@ def test_inaccessible_scope_names_scope_and_org_and_creates_nothing(emulator, se
 
 
 def test_two_nodes_racing_leave_one_client(emulator, seed_file):
-    # Both first listings answer late, so both nodes see no client and create one.
-    emulator.fault(method="GET", path=r"^/api/v1/clients$", delay=0.5, count=2)
+    # Both creates are held back a second, so each node's listing finds no client
+    # and both create one.
+    emulator.fault(method="POST", path=r"^/api/v1/clients$", delay=1.0, count=2)
     procs = [subprocess.Popen([BIN, "client", "ensure", DESC, "--scopes", "nav:test/api"]
                               + flags(emulator, seed_file),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
