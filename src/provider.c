@@ -65,10 +65,6 @@ enum server_code provider_status(enum err_kind kind)
 static const char *advice(enum err_kind kind)
 {
 	switch (kind) {
-	case ERR_SCOPE_ACCESS:
-		return "";
-	case ERR_PERMISSION:
-		return "";
 	case ERR_THROTTLED:
 		return "; DigDir is rate limiting, the kubelet retries with backoff";
 	case ERR_UNAVAILABLE:

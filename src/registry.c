@@ -228,7 +228,9 @@ int registry_lookup(struct registry *reg, const char *description, const char *s
 		lru_push(reg, e);
 	}
 	pthread_mutex_unlock(&reg->lock);
-	metrics_cache(r == 0);
+	/* A miss is counted by registry_ensure, which every miss goes on to. */
+	if (r == 0)
+		metrics_cache(true);
 	return r;
 }
 
@@ -489,6 +491,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 	}
 	lru_unlink(reg, e);
 	lru_push(reg, e);
+	metrics_cache(warm(e, scopes_key, epoch));
 
 	if (e->in_flight) {
 		unsigned gen = e->generation;
