@@ -17,7 +17,9 @@
 
 #include "digdir.h"
 
-#define API_SUFFIX "/api/v1"
+#define API_SUFFIX     "/api/v1"
+#define SETTLE_POLL_MS 250 /* listing interval while a timed-out create may still land */
+#define SETTLE_MAX_MS  30000
 
 struct digdir {
 	struct http *http;
@@ -622,8 +624,11 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 	struct err cerr = { 0 };
 	json_t *list = NULL, *winner = NULL;
 	char *ours = NULL;
+	int64_t settle_until;
 	int r = 0, rc;
 
+	/* Without a deadline, a timed-out create is waited for this long. */
+	settle_until = deadline_ms > 0 ? deadline_ms : http_now_ms() + SETTLE_MAX_MS;
 	/* A second create only after the listing showed that the first did not happen. */
 	for (int tries = 0; tries < 2 && !winner; tries++) {
 		rc = create_client(dd, body, deadline_ms, &ours, &cerr);
@@ -640,8 +645,29 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 		if (r < 0)
 			goto out;
 		winner = digdir_pick_client(list, description, NULL, NULL);
+		/*
+		 * A create we stopped waiting for may still be running at DigDir:
+		 * an empty listing proves nothing yet. Look again until it shows
+		 * or the deadline passes, and never create a second time.
+		 */
+		while (!winner && rc < 0 && cerr.kind == ERR_TIMEOUT &&
+		       http_now_ms() + SETTLE_POLL_MS < settle_until) {
+			nanosleep(&(struct timespec){ 0, SETTLE_POLL_MS * 1000000L }, NULL);
+			json_decref(list);
+			list = NULL;
+			r = digdir_list_clients(dd, deadline_ms, &list, err);
+			if (r < 0)
+				goto out;
+			winner = digdir_pick_client(list, description, NULL, NULL);
+		}
 		if (winner)
 			break;
+		if (rc < 0 && cerr.kind == ERR_TIMEOUT) {
+			if (err)
+				*err = cerr;
+			r = rc;
+			goto out;
+		}
 		if (rc == 0) {
 			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 				    "DigDir created client %s but does not list it", ours);
