@@ -1,0 +1,394 @@
+#!/usr/bin/python3
+"""`make bench`: the provider's figures, each beside a baseline measured in the same run.
+
+Starts the emulator and `serve` the way tests/integration/provider_harness.py does, drives
+the provider with build/bench/bench_client (C, gRPC core, driver_call) and prints one table:
+
+    figure | value | baseline | ratio | target | ok
+
+    /usr/bin/python3 tests/bench/run.py [--quick] [--json FILE]
+
+Environment: MCP_BIN (the provider), MCP_PYDIR (provider_pb2), MCP_BENCHDIR (bench binaries).
+--quick uses small counts (under a minute) to check that the harness works; its figures are
+not the targets' figures. Provider CPU comes from /proc/<pid>/stat, memory from
+/proc/<pid>/status. Never prints a Mount answer: it holds a private key.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "emulator"))
+
+import provider_harness as ph  # noqa: E402
+from harness import Emulator  # noqa: E402
+
+BENCHDIR = os.environ.get("MCP_BENCHDIR") or os.path.join(ROOT, "build", "bench")
+CLIENT = os.path.join(BENCHDIR, "bench_client")
+KEYS = os.path.join(BENCHDIR, "bench_keys")
+SCOPES = "nav:test/api"
+TICK = os.sysconf("SC_CLK_TCK")
+
+# Emulator count keys (tests/emulator/emulator.py route_template).
+ADMIN_TOKENS = "token:admin"
+LISTINGS = "GET /api/v1/clients"
+CREATES = "POST /api/v1/clients"
+JWKS_READS = "GET /api/v1/clients/{id}/jwks"
+JWKS_UPLOADS = "POST /api/v1/clients/{id}/jwks"
+
+
+class BenchProvider(ph.Provider):
+    """serve at the production log level (info: one line per Mount), plus extra flags."""
+
+    def command(self):
+        return [ph.BIN, "serve", "--socket", self.socket, "--log-level", "info"] + \
+            ph.upstream_args(self.emu, self.seed_file, self.cluster) + self.args
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def cpu(self):
+        """User + system CPU seconds of the provider so far."""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def mem_mib(self, key):
+        """VmHWM or VmRSS in MiB."""
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+        raise KeyError(key)
+
+
+def client(p, mode, **kw):
+    """Runs bench_client against p; returns its JSON figures."""
+    cmd = [CLIENT, mode, "--socket", p.socket]
+    if mode == "mount":
+        kw.setdefault("scopes", SCOPES)
+    for k, v in kw.items():
+        cmd += ["--" + k.replace("_", "-"), str(v)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=900)
+    if not out.stdout.strip():
+        raise RuntimeError("bench_client failed (%d): %s" % (out.returncode, out.stderr[-500:]))
+    res = json.loads(out.stdout)
+    if res["errors"]:
+        sys.stderr.write("bench: %s %s: %d errors (first status %d)\n" %
+                         (mode, kw, res["errors"], res["first_error_status"]))
+    return res
+
+
+def delta(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def digdir_requests(d):
+    return sum(v for k, v in d.items() if " /api/" in k)
+
+
+def digdir_writes(d):
+    return sum(v for k, v in d.items()
+               if " /api/" in k and k.split()[0] in ("POST", "PUT", "PATCH", "DELETE"))
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+        self.notes = []
+
+    def add(self, figure, value, baseline=None, target="", ok=None, unit=""):
+        ratio = None
+        if baseline not in (None, 0) and value is not None:
+            ratio = value / baseline
+        self.rows.append({"figure": figure, "value": value, "baseline": baseline, "ratio": ratio,
+                          "target": target, "ok": ok, "unit": unit})
+
+    def note(self, text):
+        self.notes.append(text)
+
+    def print(self):
+        def num(v):
+            if v is None:
+                return ""
+            if isinstance(v, float):
+                return "%.3g" % v if abs(v) < 100 else "%.0f" % v
+            return str(v)
+
+        cells = [("figure", "value", "baseline", "ratio", "target", "ok")]
+        for r in self.rows:
+            ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+            ratio = "" if r["ratio"] is None else "%.2fx" % r["ratio"]
+            fig = r["figure"] + (" (%s)" % r["unit"] if r["unit"] else "")
+            cells.append((fig, num(r["value"]), num(r["baseline"]), ratio, r["target"], ok))
+        widths = [max(len(c[i]) for c in cells) for i in range(6)]
+        for i, c in enumerate(cells):
+            print(" | ".join(c[j].ljust(widths[j]) if j in (0, 4) else c[j].rjust(widths[j])
+                             for j in range(6)).rstrip())
+            if i == 0:
+                print("-+-".join("-" * w for w in widths))
+        for n in self.notes:
+            print("note: " + n)
+        checked = [r for r in self.rows if r["ok"] is not None]
+        print("targets met: %d of %d" % (sum(1 for r in checked if r["ok"]), len(checked)))
+
+
+def log(msg):
+    sys.stderr.write("bench: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def new_provider(emu, tmp, name, args=(), seed_file=None):
+    return BenchProvider(emu, tmp, name=name, args=list(args), seed_file=seed_file).start()
+
+
+# -- 1. warm Mount beside Version ----------------------------------------------
+
+
+def bench_warm(emu, tmp, t, q):
+    p = new_provider(emu, tmp, "warm")
+    try:
+        apps, pods = 16, 4
+        client(p, "mount", apps=apps, pods=pods, requests=apps * pods, threads=8, prefix="warm")
+        client(p, "mount", apps=apps, pods=pods, requests=apps * pods, threads=8, prefix="warm")
+        for c in (1, 4, 16):
+            v_runs, m_runs = [], []
+            for _ in range(q["rounds"]):
+                c0 = p.cpu()
+                v = client(p, "version", threads=c, seconds=q["seconds"])
+                c1 = p.cpu()
+                m = client(p, "mount", threads=c, seconds=q["seconds"], apps=apps, pods=pods,
+                           prefix="warm")
+                c2 = p.cpu()
+                v["cpu_us"] = (c1 - c0) * 1e6 / max(v["count"], 1)
+                m["cpu_us"] = (c2 - c1) * 1e6 / max(m["count"], 1)
+                v_runs.append(v)
+                m_runs.append(m)
+
+            def med(runs, k):
+                return statistics.median(r[k] for r in runs)
+
+            vm, mm = med(v_runs, "median_us"), med(m_runs, "median_us")
+            vp, mp = med(v_runs, "p99_us"), med(m_runs, "p99_us")
+            vt, mt = med(v_runs, "throughput_per_s"), med(m_runs, "throughput_per_s")
+            errors = sum(r["errors"] for r in v_runs + m_runs)
+            t.add("warm.median@%d" % c, mm, vm, "<= 1.5x Version", mm <= 1.5 * vm, "us")
+            t.add("warm.p99@%d" % c, mp, vp, "<= 3x Version", mp <= 3 * vp, "us")
+            if c == 16:
+                t.add("warm.throughput@%d" % c, mt, vt, ">= 0.6x Version", mt >= 0.6 * vt, "/s")
+            else:
+                t.add("warm.throughput@%d" % c, mt, vt, "", None, "/s")
+            t.add("warm.provider_cpu@%d" % c, med(m_runs, "cpu_us"), med(v_runs, "cpu_us"),
+                  "", None, "us/call")
+            t.add("warm.errors@%d" % c, errors, None, "0", errors == 0)
+    finally:
+        p.stop()
+
+
+# -- 2. cold Mount: a new client, and a restarted provider ---------------------
+
+
+def bench_cold(emu, tmp, t, q):
+    emu.reset()
+    p = new_provider(emu, tmp, "cold")
+    seed = p.seed_file
+    try:
+        before = emu.counts()
+        r = client(p, "mount", requests=1, prefix="cold")
+        d = delta(emu.counts(), before)
+    finally:
+        p.stop()
+    t.note("cold new client, emulator counts: %s" % json.dumps(d, sort_keys=True))
+    t.add("cold.new.wall", r["median_us"] / 1000, None, "", None, "ms")
+    t.add("cold.new.errors", r["errors"], None, "0", r["errors"] == 0)
+    t.add("cold.new.admin_tokens", d.get(ADMIN_TOKENS, 0), None, "<= 1",
+          d.get(ADMIN_TOKENS, 0) <= 1)
+    t.add("cold.new.client_listings", d.get(LISTINGS, 0), None, "<= 1", d.get(LISTINGS, 0) <= 1)
+    t.add("cold.new.creates", d.get(CREATES, 0), None, "1", d.get(CREATES, 0) == 1)
+    t.add("cold.new.jwks_reads", d.get(JWKS_READS, 0), None, "(any)", None)
+    t.add("cold.new.jwks_uploads", d.get(JWKS_UPLOADS, 0), None, "1", d.get(JWKS_UPLOADS, 0) == 1)
+
+    p = new_provider(emu, tmp, "cold-restart", seed_file=seed)
+    try:
+        before = emu.counts()
+        r = client(p, "mount", requests=1, prefix="cold")
+        d = delta(emu.counts(), before)
+    finally:
+        p.stop()
+    t.note("cold restarted provider, emulator counts: %s" % json.dumps(d, sort_keys=True))
+    t.add("cold.restart.wall", r["median_us"] / 1000, None, "", None, "ms")
+    t.add("cold.restart.digdir_writes", digdir_writes(d), None, "0", digdir_writes(d) == 0)
+    t.add("cold.restart.errors", r["errors"], None, "0", r["errors"] == 0)
+
+
+# -- 3. burst: 200 concurrent Mounts for 20 new apps ---------------------------
+
+
+def bench_burst(emu, tmp, t, q):
+    emu.reset()
+    apps, pods = q["burst_apps"], q["burst_pods"]
+    n = apps * pods
+    p = new_provider(emu, tmp, "burst")
+    try:
+        before = emu.counts()
+        r = client(p, "mount", threads=n, requests=n, apps=apps, pods=pods, prefix="burst")
+        d = delta(emu.counts(), before)
+    finally:
+        p.stop()
+    t.note("burst %d Mounts / %d apps, emulator counts: %s" % (n, apps, json.dumps(d, sort_keys=True)))
+    t.add("burst.wall", r["wall_s"], None, "", None, "s")
+    t.add("burst.p99", r["p99_us"] / 1000, None, "", None, "ms")
+    t.add("burst.errors", r["errors"], None, "0", r["errors"] == 0)
+    t.add("burst.creates", d.get(CREATES, 0), None, str(apps), d.get(CREATES, 0) == apps)
+    t.add("burst.jwks_uploads", d.get(JWKS_UPLOADS, 0), None, str(apps),
+          d.get(JWKS_UPLOADS, 0) == apps)
+    t.add("burst.admin_tokens", d.get(ADMIN_TOKENS, 0), None, "1", d.get(ADMIN_TOKENS, 0) == 1)
+    t.add("burst.client_listings", d.get(LISTINGS, 0), None, "<= 2", d.get(LISTINGS, 0) <= 2)
+
+
+# -- 4. rotation load and 5. memory, on one provider ---------------------------
+
+
+def bench_load(emu, tmp, t, q):
+    emu.reset()
+    clients, pods = q["rot_clients"], q["rot_pods"]
+    p = new_provider(emu, tmp, "load", args=["--workers", "8"])
+    try:
+        time.sleep(0.5)
+        idle = p.mem_mib("VmHWM")
+        t.add("mem.idle_hwm", idle, None, "<= 20", idle <= 20, "MiB")
+
+        log("provisioning %d clients" % clients)
+        t0 = time.monotonic()
+        r = client(p, "mount", threads=16, requests=clients, apps=clients, pods=1, prefix="load")
+        prov = time.monotonic() - t0
+        t.add("rotation.provision_%d_clients" % clients, prov, None, "", r["errors"] == 0, "s")
+
+        before, c0 = emu.counts(), p.cpu()
+        n = clients * pods
+        r1 = client(p, "mount", threads=16, requests=n, apps=clients, pods=pods, prefix="load")
+        c1 = p.cpu()
+        r2 = client(p, "mount", threads=16, requests=n, apps=clients, pods=pods, prefix="load")
+        c2 = p.cpu()
+        d = delta(emu.counts(), before)
+        cpu = (c2 - c0) * 1000 / (2 * n)
+        t.add("rotation.cpu_per_1000_mounts", cpu, None, "", None, "s")
+        t.add("rotation.republish_cpu_per_1000", (c2 - c1) * 1000 / n, (c1 - c0) * 1000 / n,
+              "", None, "s")
+        t.add("rotation.digdir_requests", digdir_requests(d), None, "0", digdir_requests(d) == 0)
+        t.add("rotation.errors", r1["errors"] + r2["errors"], None, "0",
+              r1["errors"] + r2["errors"] == 0)
+        t.add("rotation.throughput", r2["throughput_per_s"], None, "", None, "/s")
+
+        more = q["mem_clients"] - clients
+        log("provisioning %d more clients" % more)
+        client(p, "mount", threads=16, requests=more, apps=more, pods=1, prefix="load",
+               offset=clients)
+        total = q["mem_clients"] * q["mem_pods"]
+        runs = []
+        for _ in range(2):
+            r = client(p, "mount", threads=16, requests=total, apps=q["mem_clients"],
+                       pods=q["mem_pods"], prefix="load")
+            runs.append((p.mem_mib("VmHWM"), p.mem_mib("VmRSS"), r["errors"]))
+        label = "%d_clients" % q["mem_clients"]
+        t.add("mem.%s_hwm" % label, runs[0][0], None, "<= 64", runs[0][0] <= 64, "MiB")
+        t.add("mem.%s_rss_run2" % label, runs[1][1], runs[0][1], "<= 1.05x run 1",
+              runs[1][1] <= 1.05 * runs[0][1], "MiB")
+        t.add("mem.%s_hwm_run2" % label, runs[1][0], runs[0][0], "<= 1.05x run 1",
+              runs[1][0] <= 1.05 * runs[0][0], "MiB")
+        t.add("mem.errors", runs[0][2] + runs[1][2], None, "0", runs[0][2] + runs[1][2] == 0)
+    finally:
+        p.stop()
+
+    # The cache at its bound: half the clients fit, every Mount of the others evicts.
+    cap = q["mem_clients"] // 2
+    p = new_provider(emu, tmp, "bound", args=["--cache-size", str(cap)])
+    try:
+        t0 = time.monotonic()
+        r = client(p, "mount", threads=16, requests=q["mem_clients"], apps=q["mem_clients"],
+                   pods=1, prefix="load")
+        wall = time.monotonic() - t0
+        hwm = p.mem_mib("VmHWM")
+        t.add("mem.cache_%d_of_%d_hwm" % (cap, q["mem_clients"]), hwm, None, "<= 64",
+              hwm <= 64, "MiB")
+        t.add("mem.cache_bound_wall", wall, None, "", r["errors"] == 0, "s")
+    finally:
+        p.stop()
+
+
+# -- 6. key derivation ------------------------------------------------------------
+
+
+def bench_keys(t):
+    out = subprocess.run([KEYS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=300)
+    fig = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].endswith("_ms"):
+            fig[parts[0]] = (float(parts[2]), float(parts[3]))
+    if out.returncode != 0 or "keys.derive_ms" not in fig or "openssl.keygen_ms" not in fig:
+        t.add("keys.derive", None, None, "<= 2x keygen", False, "ms")
+        t.note("bench_keys failed: %s" % (out.stderr or out.stdout)[-300:])
+        return
+    d, k = fig["keys.derive_ms"], fig["openssl.keygen_ms"]
+    t.add("keys.derive_median", d[0], k[0], "<= 2x OpenSSL keygen", d[0] <= 2 * k[0], "ms")
+    t.add("keys.derive_p90", d[1], k[1], "", None, "ms")
+
+
+QUICK = dict(rounds=1, seconds=0.3, burst_apps=4, burst_pods=5, rot_clients=20, rot_pods=4,
+             mem_clients=40, mem_pods=5)
+FULL = dict(rounds=3, seconds=1.5, burst_apps=20, burst_pods=10, rot_clients=500, rot_pods=4,
+            mem_clients=1000, mem_pods=10)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts: checks the harness")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--only", help="comma-separated sections: warm,cold,burst,load,keys")
+    a = ap.parse_args()
+    q = QUICK if a.quick else FULL
+    only = set(a.only.split(",")) if a.only else {"warm", "cold", "burst", "load", "keys"}
+    for path in (CLIENT, KEYS, ph.BIN):
+        if not os.access(path, os.X_OK):
+            sys.exit("bench: %s is missing: run `make bench`" % path)
+
+    t = Table()
+    tmp = tempfile.mkdtemp(prefix="mcp-bench-")
+    emu = Emulator(os.path.join(tmp, "emulator")).start()
+    start = time.monotonic()
+    try:
+        for name, fn in (("warm", bench_warm), ("cold", bench_cold), ("burst", bench_burst),
+                         ("load", bench_load)):
+            if name in only:
+                log("section %s" % name)
+                s = time.monotonic()
+                fn(emu, tmp, t, q)
+                log("section %s took %.1fs" % (name, time.monotonic() - s))
+        if "keys" in only:
+            log("section keys")
+            bench_keys(t)
+    finally:
+        emu.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    t.note("total %.0fs%s" % (time.monotonic() - start, " (--quick: small counts)" if a.quick else ""))
+    t.print()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(t.rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
