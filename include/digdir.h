@@ -120,4 +120,23 @@ bool digdir_scopes_equal(const json_t *have, const char *const *want, size_t nwa
 /* DigDir's ISO 8601 time ("2021-09-15T10:20:43.354+02:00", "...Z") in Unix ms. */
 int digdir_parse_time(const char *s, int64_t *ret_ms);
 
+/* The parsers of DigDir's answers, exported for the fuzzers (tests/fuzz). */
+
+/* Turns a DigDir error answer (status >= 400) into err: DigDir's messages,
+ * correlation_id, a kind. Returns the matching negative errno. */
+int digdir_status_error(const char *endpoint, const struct http_response *resp, struct err *err);
+
+/* 0 when a GET /clients answer is a list of objects with a client_id. */
+int digdir_check_client_list(const json_t *list, struct err *err);
+
+/* The "keys" array of a JWKS answer (absent "keys": none), each key with a kid.
+ * Returns 0 with *ret a new reference (json_decref). */
+int digdir_parse_jwks(json_t *doc, const char *endpoint, json_t **ret, struct err *err);
+
+/* The scope names orgno may consume out of GET /scopes/access/all (APPROVED
+ * entries of orgno) and GET /scopes/all?accessible_for_all=true. Returns 0
+ * with *ret a new object name -> true (json_decref). */
+int digdir_parse_consumable(const json_t *access, const json_t *open, const char *orgno,
+			    json_t **ret, struct err *err);
+
 #endif

@@ -6,6 +6,8 @@
 #ifndef MCP_MASKINPORTEN_H
 #define MCP_MASKINPORTEN_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -74,5 +76,21 @@ int mp_client_token(struct mp *mp, EVP_PKEY *pkey, const char *kid, const char *
 int mp_token_request(struct http *http, const char *token_endpoint, const char *issuer,
 		     EVP_PKEY *pkey, const char *kid, const char *client_id, const char *scope,
 		     int64_t deadline_ms, json_t **ret_response, struct err *err);
+
+/* The parsers of Maskinporten's answers, exported for the fuzzers (tests/fuzz). */
+
+/* Validates a metadata answer for well_known_url. Returns 0 with *ret filled:
+ * well_known_url borrowed, the other strings malloc'd (the caller frees them). */
+int mp_parse_metadata(const char *well_known_url, const struct http_response *resp,
+		      struct mp_metadata *ret, struct err *err);
+
+/* A token endpoint answer: 0 with *ret_response the parsed JSON (SECRET: holds
+ * access_token; json_decref), or Maskinporten's error code and description in err. */
+int mp_parse_token_answer(const struct http_response *resp, bool admin, json_t **ret_response,
+			  struct err *err);
+
+/* The organisation number from an access token's unverified claims into ret
+ * (len bytes): client_orgno, else consumer.ID "0192:<orgno>"; "" when none. */
+void mp_token_orgno(const char *token, char *ret, size_t len);
 
 #endif

@@ -112,8 +112,7 @@ static bool is_json_type(const char *ct)
 	       (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
 }
 
-/* Turns a DigDir error answer into err: DigDir's messages, correlation_id, a kind. */
-static int status_error(const char *endpoint, const struct http_response *resp, struct err *err)
+int digdir_status_error(const char *endpoint, const struct http_response *resp, struct err *err)
 {
 	const char *cid = NULL, *desc = NULL, *m;
 	enum err_kind kind;
@@ -225,7 +224,7 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 			http_response_release(&resp);
 	}
 	if (resp.status >= 400) {
-		r = status_error(endpoint, &resp, err);
+		r = digdir_status_error(endpoint, &resp, err);
 		goto out;
 	}
 	if (ret) {
@@ -268,29 +267,37 @@ static char *client_path(const char *client_id, const char *suffix)
 	return p;
 }
 
-int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err)
+int digdir_check_client_list(const json_t *list, struct err *err)
 {
 	json_error_t jerr;
-	json_t *list = NULL, *c;
 	const char *id;
+	json_t *c;
 	size_t i;
+
+	if (!json_is_array(list))
+		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			       "DigDir GET /clients: answer is not a list of clients");
+	for (i = 0; i < json_array_size(list) && (c = json_array_get(list, i)); i++) {
+		if (json_unpack_ex(c, &jerr, 0, "{s:s}", "client_id", &id) < 0)
+			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+				       "DigDir GET /clients: entry %zu is not a client (%s)", i,
+				       jerr.text);
+	}
+	return 0;
+}
+
+int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err)
+{
+	json_t *list = NULL;
 	int r;
 
 	r = digdir_call(dd, "GET", "/clients", "GET /clients", NULL, true, deadline_ms, &list, err);
 	if (r < 0)
 		return r;
-	if (!json_is_array(list)) {
+	r = digdir_check_client_list(list, err);
+	if (r < 0) {
 		json_decref(list);
-		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			       "DigDir GET /clients: answer is not a list of clients");
-	}
-	for (i = 0; i < json_array_size(list) && (c = json_array_get(list, i)); i++) {
-		if (json_unpack_ex(c, &jerr, 0, "{s:s}", "client_id", &id) < 0) {
-			json_decref(list);
-			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				       "DigDir GET /clients: entry %zu is not a client (%s)", i,
-				       jerr.text);
-		}
+		return r;
 	}
 	*ret = list;
 	return 0;
@@ -422,25 +429,16 @@ bool digdir_scopes_equal(const json_t *have, const char *const *want, size_t nwa
 	return true;
 }
 
-/* Reads both access lists into a new object of consumable scope names. */
-static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadline_ms, json_t **ret,
-			    struct err *err)
+int digdir_parse_consumable(const json_t *access, const json_t *open, const char *orgno,
+			    json_t **ret, struct err *err)
 {
-	json_t *access = NULL, *open = NULL, *set = NULL, *e;
 	const char *consumer, *scope, *state, *name;
+	json_t *set = NULL, *e;
 	json_error_t jerr;
 	int afa;
 	size_t i;
 	int r;
 
-	r = digdir_call(dd, "GET", "/scopes/access/all", "GET /scopes/access/all", NULL, true,
-			deadline_ms, &access, err);
-	if (r < 0)
-		goto out;
-	r = digdir_call(dd, "GET", "/scopes/all?accessible_for_all=true", "GET /scopes/all", NULL,
-			true, deadline_ms, &open, err);
-	if (r < 0)
-		goto out;
 	set = json_object();
 	if (!json_is_array(access) || !json_is_array(open) || !set) {
 		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
@@ -472,9 +470,29 @@ static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadli
 	set = NULL;
 	r = 0;
 out:
+	json_decref(set);
+	return r;
+}
+
+/* Reads both access lists into a new object of consumable scope names. */
+static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadline_ms, json_t **ret,
+			    struct err *err)
+{
+	json_t *access = NULL, *open = NULL;
+	int r;
+
+	r = digdir_call(dd, "GET", "/scopes/access/all", "GET /scopes/access/all", NULL, true,
+			deadline_ms, &access, err);
+	if (r < 0)
+		goto out;
+	r = digdir_call(dd, "GET", "/scopes/all?accessible_for_all=true", "GET /scopes/all", NULL,
+			true, deadline_ms, &open, err);
+	if (r < 0)
+		goto out;
+	r = digdir_parse_consumable(access, open, orgno, ret, err);
+out:
 	json_decref(access);
 	json_decref(open);
-	json_decref(set);
 	return r;
 }
 
@@ -772,8 +790,7 @@ out:
 	return r;
 }
 
-/* The "keys" array of a JWKS answer; absent "keys" means none. */
-static int jwks_keys(json_t *doc, const char *endpoint, json_t **ret, struct err *err)
+int digdir_parse_jwks(json_t *doc, const char *endpoint, json_t **ret, struct err *err)
 {
 	json_error_t jerr;
 	json_t *keys = NULL, *k;
@@ -804,7 +821,7 @@ int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_m
 	r = digdir_call(dd, "GET", path, "GET /clients/{id}/jwks", NULL, true, deadline_ms, &doc,
 			err);
 	if (r == 0)
-		r = jwks_keys(doc, "GET /clients/{id}/jwks", ret, err);
+		r = digdir_parse_jwks(doc, "GET /clients/{id}/jwks", ret, err);
 	json_decref(doc);
 	free(path);
 	return r;
@@ -826,7 +843,7 @@ int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys
 	r = digdir_call(dd, "POST", path, "POST /clients/{id}/jwks", body, true, deadline_ms, &doc,
 			err);
 	if (r == 0 && ret)
-		r = jwks_keys(doc, "POST /clients/{id}/jwks", ret, err);
+		r = digdir_parse_jwks(doc, "POST /clients/{id}/jwks", ret, err);
 out:
 	json_decref(doc);
 	json_decref(body);

@@ -136,6 +136,66 @@ static bool is_json_type(const char *ct)
 	return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
 }
 
+int mp_parse_metadata(const char *well_known_url, const struct http_response *resp,
+		      struct mp_metadata *ret, struct err *err)
+{
+	const char *issuer = NULL, *token_endpoint = NULL, *jwks_uri = NULL;
+	struct mp_metadata meta = { .well_known_url = well_known_url };
+	json_error_t jerr;
+	json_t *doc = NULL;
+	char joined[1024];
+	int r;
+
+	if (resp->status != 200) {
+		if (err)
+			err->http_status = resp->status;
+		r = err_set(err, resp->status >= 500 ? ERR_UNAVAILABLE : ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: HTTP %ld", well_known_url, resp->status);
+		goto out;
+	}
+	if (!is_json_type(resp->content_type)) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: Content-Type '%s', not application/json",
+			    well_known_url, resp->content_type);
+		goto out;
+	}
+	doc = json_loadb(resp->body, resp->body_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!doc ||
+	    json_unpack_ex(doc, &jerr, 0, "{s:s, s:s, s:s}", "issuer", &issuer, "token_endpoint",
+			   &token_endpoint, "jwks_uri", &jwks_uri) < 0 ||
+	    !*issuer || !*token_endpoint || !*jwks_uri) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata %s: not a metadata document (%s)",
+			    well_known_url, doc ? jerr.text : "not JSON");
+		goto out;
+	}
+	/* The issuer must serve this very document (a trailing '/' on it is absorbed). */
+	snprintf(joined, sizeof(joined), "%s%s%s", issuer,
+		 issuer[strlen(issuer) - 1] == '/' ? "" : "/", WELL_KNOWN_SUFFIX);
+	if (strcmp(joined, well_known_url) != 0) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata: issuer %s does not match the well-known URL %s",
+			    issuer, well_known_url);
+		goto out;
+	}
+	meta.issuer = strdup(issuer);
+	meta.token_endpoint = strdup(token_endpoint);
+	meta.jwks_uri = strdup(jwks_uri);
+	if (!meta.issuer || !meta.token_endpoint || !meta.jwks_uri) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	*ret = meta;
+	memset(&meta, 0, sizeof(meta));
+	r = 0;
+out:
+	free((char *)meta.issuer);
+	free((char *)meta.token_endpoint);
+	free((char *)meta.jwks_uri);
+	json_decref(doc);
+	return r;
+}
+
 static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct err *err)
 {
 	struct http_request req = {
@@ -147,59 +207,13 @@ static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct err *err)
 		.deadline_ms = deadline_ms,
 	};
 	struct http_response resp = { 0 };
-	const char *issuer = NULL, *token_endpoint = NULL, *jwks_uri = NULL;
-	json_error_t jerr;
-	json_t *doc = NULL;
-	char joined[1024];
 	int r;
 
 	r = http_do(mp->http, &req, &resp, err);
-	if (r < 0)
-		goto out;
-	if (resp.status != 200) {
-		if (err)
-			err->http_status = resp.status;
-		r = err_set(err, resp.status >= 500 ? ERR_UNAVAILABLE : ERR_BAD_RESPONSE, EPROTO,
-			    "Maskinporten metadata %s: HTTP %ld", mp->well_known_url, resp.status);
-		goto out;
-	}
-	if (!is_json_type(resp.content_type)) {
-		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			    "Maskinporten metadata %s: Content-Type '%s', not application/json",
-			    mp->well_known_url, resp.content_type);
-		goto out;
-	}
-	doc = json_loadb(resp.body, resp.body_len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!doc ||
-	    json_unpack_ex(doc, &jerr, 0, "{s:s, s:s, s:s}", "issuer", &issuer, "token_endpoint",
-			   &token_endpoint, "jwks_uri", &jwks_uri) < 0 ||
-	    !*issuer || !*token_endpoint || !*jwks_uri) {
-		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			    "Maskinporten metadata %s: not a metadata document (%s)",
-			    mp->well_known_url, doc ? jerr.text : "not JSON");
-		goto out;
-	}
-	/* The issuer must serve this very document (a trailing '/' on it is absorbed). */
-	snprintf(joined, sizeof(joined), "%s%s%s", issuer,
-		 issuer[strlen(issuer) - 1] == '/' ? "" : "/", WELL_KNOWN_SUFFIX);
-	if (strcmp(joined, mp->well_known_url) != 0) {
-		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			    "Maskinporten metadata: issuer %s does not match the well-known URL %s",
-			    issuer, mp->well_known_url);
-		goto out;
-	}
-	mp->meta.well_known_url = mp->well_known_url;
-	mp->meta.issuer = strdup(issuer);
-	mp->meta.token_endpoint = strdup(token_endpoint);
-	mp->meta.jwks_uri = strdup(jwks_uri);
-	if (!mp->meta.issuer || !mp->meta.token_endpoint || !mp->meta.jwks_uri) {
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-		goto out;
-	}
-	mp->have_meta = true;
-	r = 0;
-out:
-	json_decref(doc);
+	if (r == 0)
+		r = mp_parse_metadata(mp->well_known_url, &resp, &mp->meta, err);
+	if (r == 0)
+		mp->have_meta = true;
 	http_response_release(&resp);
 	return r;
 }
@@ -297,19 +311,28 @@ static int token_request(struct http *http, const char *token_endpoint, const st
 		.body_ctx = (void *)g,
 	};
 	struct http_response resp = { 0 };
+	int r;
+
+	r = http_do(http, &req, &resp, err);
+	if (r == 0)
+		r = mp_parse_token_answer(&resp, admin, ret_response, err);
+	http_response_release(&resp);
+	return r;
+}
+
+int mp_parse_token_answer(const struct http_response *resp, bool admin, json_t **ret_response,
+			  struct err *err)
+{
 	const char *code = NULL, *desc = NULL, *token = NULL;
 	json_error_t jerr;
 	json_t *doc = NULL;
 	int r;
 
-	r = http_do(http, &req, &resp, err);
-	if (r < 0)
-		goto out;
 	/* Only the error fields are ever read out of the answer into messages. */
-	doc = json_loadb(resp.body, resp.body_len, JSON_REJECT_DUPLICATES, &jerr);
-	if (resp.status != 200) {
+	doc = json_loadb(resp->body, resp->body_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (resp->status != 200) {
 		if (err)
-			err->http_status = resp.status;
+			err->http_status = resp->status;
 		if (doc && json_unpack_ex(doc, &jerr, 0, "{s:s, s?s}", "error", &code,
 					  "error_description", &desc) == 0)
 			r = err_set(err, ERR_UPSTREAM, EPERM,
@@ -319,7 +342,7 @@ static int token_request(struct http *http, const char *token_endpoint, const st
 			r = err_set(err, ERR_UPSTREAM, EPROTO,
 				    "Maskinporten's token endpoint answered HTTP %ld without an "
 				    "error code",
-				    resp.status);
+				    resp->status);
 		goto out;
 	}
 	if (!doc || json_unpack_ex(doc, &jerr, 0, "{s:s}", "access_token", &token) < 0 || !*token) {
@@ -332,7 +355,6 @@ static int token_request(struct http *http, const char *token_endpoint, const st
 	r = 0;
 out:
 	json_decref(doc);
-	http_response_release(&resp);
 	return r;
 }
 
@@ -365,7 +387,7 @@ int mp_client_token(struct mp *mp, EVP_PKEY *pkey, const char *kid, const char *
  * consumer.ID "0192:<orgno>". Not verified: the token came over TLS from the
  * issuer we trust, and it is only used to read scope access lists.
  */
-static void read_orgno(const char *token, char *ret, size_t len)
+void mp_token_orgno(const char *token, char *ret, size_t len)
 {
 	const char *p1, *p2, *orgno = NULL, *id = NULL;
 	unsigned char *raw = NULL;
@@ -474,7 +496,7 @@ int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct 
 		margin = lifetime / 10 < TOKEN_MARGIN_S ? lifetime / 10 : TOKEN_MARGIN_S;
 		mp->refresh_at_ms = http_now_ms() + (int64_t)(lifetime - margin) * 1000;
 		if (!mp->orgno[0])
-			read_orgno(fresh, mp->orgno, sizeof(mp->orgno));
+			mp_token_orgno(fresh, mp->orgno, sizeof(mp->orgno));
 		copy = strdup(fresh);
 		if (!copy)
 			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
