@@ -19,6 +19,7 @@
 #include "mount.h"
 #include "provider.h"
 #include "registry.h"
+#include "scopes.h"
 #include "writer.h"
 
 /* Time kept back from the caller's deadline, so our error arrives before theirs. */
@@ -138,7 +139,7 @@ static int version(void *ctx, const uint8_t *data, size_t len, int64_t deadline_
 /* Answers from a registry answer: files in the response, or written by us. */
 static int answer(struct provider *p, const struct mount_request *req,
 		  const struct registry_answer *a, const struct mp_metadata *meta,
-		  struct server_reply *reply, struct err *err)
+		  const char *exposed, struct server_reply *reply, struct err *err)
 {
 	const struct config *cfg = p->app->cfg;
 	struct mount_content c = {
@@ -149,6 +150,7 @@ static int answer(struct provider *p, const struct mount_request *req,
 		.issuer = meta->issuer,
 		.jwks_uri = meta->jwks_uri,
 		.token_endpoint = meta->token_endpoint,
+		.exposed_scopes = exposed,
 	};
 	bool provider_writes = cfg->write_mode == WRITE_MODE_PROVIDER;
 	struct mount_file files[MOUNT_MAX_FILES];
@@ -209,7 +211,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	    registry_lookup(p->reg, req.description, req.scopes_key, &a) < 0)
 		goto out;
 
-	if (answer(p, &req, &a, meta, reply, &err) < 0) {
+	if (answer(p, &req, &a, meta, NULL, reply, &err) < 0) {
 		reply_error(reply, &req, &err);
 		log_mount(&req, a.client_id, t0, &err, true);
 	} else {
@@ -229,6 +231,8 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	struct registry_answer a = { 0 };
 	struct mount_request req = { 0 };
 	const struct mp_metadata *meta = NULL;
+	struct scopes_decl *decl = NULL;
+	char *exposed = NULL;
 	struct err err = { 0 };
 	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
 	bool parsed = false;
@@ -236,11 +240,9 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
 		goto fail;
 	parsed = true;
-	if (req.exposes) {
-		err_set(&err, ERR_INVALID, EINVAL,
-			"parameter \"exposes\" is not supported by this provider version yet");
+	/* A bad declaration fails before anything is provisioned. */
+	if (req.exposes && scopes_parse(req.exposes, &decl, &err) < 0)
 		goto fail;
-	}
 	if (mp_metadata(p->app->mp, until, &meta, &err) < 0) {
 		err_prefix(&err, "fetching Maskinporten's metadata: ");
 		goto fail;
@@ -249,7 +251,13 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	if (registry_ensure(p->reg, req.description, req.scopes, req.nscopes, req.scopes_key, until,
 			    &a, &err) < 0)
 		goto fail;
-	if (answer(p, &req, &a, meta, reply, &err) < 0)
+	/* Exposed scopes once the client is there; cached per app (scopes.c). */
+	if (decl && scopes_sync(p->app->dd, req.description, decl,
+				p->app->cfg->revalidate_interval_s, until, &exposed, &err) < 0) {
+		err_prefix(&err, "exposed scopes: ");
+		goto fail;
+	}
+	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
 	log_mount(&req, a.client_id, t0, NULL, false);
 	goto out;
@@ -257,6 +265,8 @@ fail:
 	reply_error(reply, parsed ? &req : NULL, &err);
 	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false);
 out:
+	free(exposed);
+	scopes_decl_free(decl);
 	registry_answer_release(&a);
 	mount_request_free(&req);
 }
