@@ -20,6 +20,14 @@
 #define API_SUFFIX     "/api/v1"
 #define SETTLE_POLL_MS 250 /* listing interval while a timed-out create may still land */
 #define SETTLE_MAX_MS  30000
+/*
+ * Client listings are shared by concurrent flights. A lookup may use a
+ * listing up to LIST_REUSE_MS old: a create it leads to is always confirmed
+ * by a listing sent after the create, which settles any race. A confirming
+ * listing waits LIST_BATCH_MS so that creates finishing together share it.
+ */
+#define LIST_REUSE_MS 2000
+#define LIST_BATCH_MS 200
 
 struct digdir {
 	struct http *http;
@@ -36,6 +44,17 @@ struct digdir {
 	pthread_mutex_t scope_lock;
 	json_t *consumable; /* object: name -> true */
 	int64_t consumable_at_ms;
+
+	/* The shared client listing; guarded by list_lock (see list_shared). */
+	pthread_mutex_t list_lock;
+	pthread_cond_t list_done;
+	json_t *list;	      /* the last successful listing, never modified */
+	int64_t list_sent_ms; /* when its request was sent */
+	bool list_running;    /* a listing is under way ... */
+	int64_t list_next_ms; /* ... sent at or after this time */
+	unsigned list_gen;    /* bumped when one finishes */
+	int list_rc;	      /* how the last one ended */
+	struct err list_err;
 };
 
 static char *dup_or_null(const char *s)
@@ -57,6 +76,8 @@ struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_
 	if (!dd)
 		goto nomem;
 	pthread_mutex_init(&dd->scope_lock, NULL);
+	pthread_mutex_init(&dd->list_lock, NULL);
+	pthread_cond_init(&dd->list_done, NULL);
 	dd->http = http;
 	dd->mp = mp;
 	/* "/api/v1" is appended unless the URL already ends with it. */
@@ -97,7 +118,10 @@ void digdir_free(struct digdir *dd)
 	free(dd->client_uri);
 	free(dd->default_scope);
 	json_decref(dd->consumable);
+	json_decref(dd->list);
 	pthread_mutex_destroy(&dd->scope_lock);
+	pthread_cond_destroy(&dd->list_done);
+	pthread_mutex_destroy(&dd->list_lock);
 	free(dd);
 }
 
@@ -301,6 +325,94 @@ int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, st
 	}
 	*ret = list;
 	return 0;
+}
+
+/* Waits on list_done until the deadline; list_lock held. -ETIMEDOUT past it. */
+static int wait_listing(struct digdir *dd, int64_t deadline_ms)
+{
+	int64_t left = deadline_ms > 0 ? deadline_ms - http_now_ms() : 1000;
+	struct timespec ts;
+
+	if (left <= 0)
+		return -ETIMEDOUT;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += left / 1000;
+	ts.tv_nsec += (left % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&dd->list_done, &dd->list_lock, &ts);
+	return 0;
+}
+
+/*
+ * A client listing whose request was sent at or after since_ms: the last one
+ * when it is fresh enough, the one under way when it will be, else a new one
+ * (sent after batch_ms, so that callers arriving meanwhile share it).
+ * *ret is a new reference to a listing nobody modifies.
+ */
+static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64_t deadline_ms,
+		       json_t **ret, struct err *err)
+{
+	json_t *list = NULL;
+	struct err lerr = { 0 };
+	int64_t sent;
+	int r;
+
+	pthread_mutex_lock(&dd->list_lock);
+	for (;;) {
+		if (dd->list && dd->list_sent_ms >= since_ms) {
+			*ret = json_incref(dd->list);
+			r = 0;
+			goto out;
+		}
+		if (!dd->list_running)
+			break;
+		/* Wait for the listing under way; use it, or its failure, when it is fresh. */
+		unsigned gen = dd->list_gen;
+		bool fresh = dd->list_next_ms >= since_ms;
+
+		while (dd->list_gen == gen)
+			if (wait_listing(dd, deadline_ms) < 0) {
+				r = err_set(
+				    err, ERR_TIMEOUT, ETIMEDOUT,
+				    "DigDir GET /clients: timed out waiting for the listing");
+				goto out;
+			}
+		if (fresh && dd->list_rc < 0) {
+			if (err)
+				*err = dd->list_err;
+			r = dd->list_rc;
+			goto out;
+		}
+	}
+	dd->list_running = true;
+	dd->list_next_ms = http_now_ms() + batch_ms;
+	sent = dd->list_next_ms;
+	pthread_mutex_unlock(&dd->list_lock);
+
+	if (batch_ms > 0)
+		nanosleep(&(struct timespec){ 0, batch_ms * 1000000L }, NULL);
+	r = digdir_list_clients(dd, deadline_ms, &list, &lerr);
+
+	pthread_mutex_lock(&dd->list_lock);
+	dd->list_running = false;
+	dd->list_gen++;
+	dd->list_rc = r;
+	dd->list_err = lerr;
+	if (r == 0) {
+		json_decref(dd->list);
+		dd->list = json_incref(list);
+		dd->list_sent_ms = sent;
+		*ret = list;
+	} else if (err) {
+		*err = lerr;
+	}
+	pthread_cond_broadcast(&dd->list_done);
+out:
+	pthread_mutex_unlock(&dd->list_lock);
+	return r;
 }
 
 int digdir_parse_time(const char *s, int64_t *ret_ms)
@@ -659,7 +771,7 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 		/* Never blindly repeat a create that may have reached DigDir: look first. */
 		json_decref(list);
 		list = NULL;
-		r = digdir_list_clients(dd, deadline_ms, &list, err);
+		r = list_shared(dd, http_now_ms(), LIST_BATCH_MS, deadline_ms, &list, err);
 		if (r < 0)
 			goto out;
 		winner = digdir_pick_client(list, description, NULL, NULL);
@@ -738,7 +850,7 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 		goto out;
 	}
 
-	r = digdir_list_clients(dd, deadline_ms, &list, err);
+	r = list_shared(dd, http_now_ms() - LIST_REUSE_MS, 0, deadline_ms, &list, err);
 	if (r < 0)
 		goto out;
 	client = digdir_pick_client(list, description, pinned_id, NULL);

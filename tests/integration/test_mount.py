@@ -308,3 +308,22 @@ def test_digdir_down_fails_cold_mounts_but_serves_known_clients(emulator, provid
     files = files_of(provider.mount("team-a", "newapp", scopes=SCOPE))
     assert len(active(emulator, "dev:team-a:newapp")) == 1
     assert get_token(emulator, files).status == 200
+
+
+def test_burst_of_new_apps_shares_listings_and_tokens(emulator, provider):
+    jobs = [("app%02d" % (i % 20), i) for i in range(100)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(
+            lambda j: files_of(provider.mount("burst", j[0], scopes=SCOPE,
+                                              pod_name="%s-%d" % j)), jobs))
+    per_app = {}
+    for (app, _), files in zip(jobs, results):
+        per_app.setdefault(app, set()).add(files["MASKINPORTEN_CLIENT_ID"])
+    assert all(len(ids) == 1 for ids in per_app.values()) and len(per_app) == 20
+    counts = emulator.counts()
+    assert counts.get("POST /api/v1/clients") == 20
+    assert counts.get("POST /api/v1/clients/{id}/jwks") == 20
+    assert counts.get("token:admin") == 1
+    # One lookup listing and one confirming listing serve many flights at once.
+    print("client listings for 20 new apps: %d" % counts.get("GET /api/v1/clients"))
+    assert counts.get("GET /api/v1/clients") <= 10
