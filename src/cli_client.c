@@ -1,7 +1,7 @@
 /*
- * cli_client: `client list|show|ensure|delete`, an administrator's view of
- * the organisation's clients at DigDir. Each verb is one function in the
- * table below, so new verbs (adopt) slot in beside them.
+ * cli_client: `client list|show|ensure|delete|adopt`, an administrator's
+ * view of the organisation's clients at DigDir and of the scopes they
+ * expose. Each verb is one function in the table below.
  *
  * Must never print private key material: only kids, key types and expiry.
  */
@@ -15,21 +15,28 @@
 #include "cli.h"
 #include "config.h"
 #include "http.h"
+#include "scopes.h"
 
 static const char usage[] =
     "Usage: maskinporten-csi-provider client VERB [ARGS] [FLAGS]\n"
     "\n"
     "  list                              the organisation's clients (--json for JSON)\n"
-    "  show CLUSTER:NAMESPACE:APP|ID     a client and its keys (ours: which epoch)\n"
+    "  show CLUSTER:NAMESPACE:APP|ID     a client, its keys (ours: which epoch) and the\n"
+    "                                    scopes it exposes, with their consumers\n"
     "  ensure CLUSTER:NAMESPACE:APP --scopes \"a b\"\n"
     "                                    provision or adopt the client and register\n"
     "                                    this epoch's keys; prints the client_id\n"
     "  delete CLUSTER:NAMESPACE:APP|ID [--permanent]\n"
-    "                                    deactivate the client at DigDir (only with\n"
-    "                                    --permanent; without it, says what would happen)\n"
+    "                                    deactivate the client and the scopes it exposes\n"
+    "                                    at DigDir (only with --permanent; without it,\n"
+    "                                    says what would happen)\n"
+    "  adopt CLUSTER:NAMESPACE:APP [--drop-foreign-keys]\n"
+    "                                    take over a client another tool registered:\n"
+    "                                    registers this provider's keys, keeps the other\n"
+    "                                    tool's keys (lists them); with the flag, drops them\n"
     "\n"
     "Needs --digdir-url, --well-known-url, --admin-client-id, --admin-key-file and\n"
-    "--admin-cert-file or --admin-kid; ensure also needs --seed-file.\n";
+    "--admin-cert-file or --admin-kid; ensure and adopt also need --seed-file.\n";
 
 struct verb {
 	const char *name;
@@ -197,9 +204,60 @@ static json_t *key_facts(struct app *app, const char *client_id, const json_t *k
 	return out;
 }
 
+/* DigDir's full name of a scope object. */
+static const char *scope_name(const json_t *s)
+{
+	return str(s, "name");
+}
+
+/*
+ * The scopes whose description names the client's description, each with
+ * its consumers: [{name, active, description, consumers: [{orgno, state}]}].
+ */
+static int exposed_facts(struct app *app, const char *description, int64_t deadline_ms,
+			 json_t **ret, struct err *err)
+{
+	json_t *owned = NULL, *out = NULL, *s, *acl, *a, *cons, *o;
+	size_t i, j;
+	int r;
+
+	r = scopes_list_owned(app->dd, description, deadline_ms, &owned, err);
+	if (r < 0)
+		return r;
+	out = json_array();
+	json_array_foreach(owned, i, s)
+	{
+		acl = NULL;
+		r = scopes_get_access(app->dd, scope_name(s), deadline_ms, &acl, err);
+		if (r < 0) {
+			err_prefix(err, "scope %s: ", scope_name(s));
+			goto out;
+		}
+		cons = json_array();
+		json_array_foreach(acl, j, a)
+		{
+			json_array_append_new(cons, json_pack("{s:s, s:s}", "orgno",
+							      str(a, "consumer_orgno"), "state",
+							      str(a, "state")));
+		}
+		json_decref(acl);
+		o = json_pack("{s:s, s:b, s:s, s:o}", "name", scope_name(s), "active",
+			      !json_is_false(json_object_get(s, "active")), "description",
+			      str(s, "description"), "consumers", cons);
+		json_array_append_new(out, o);
+	}
+	*ret = out;
+	out = NULL;
+	r = 0;
+out:
+	json_decref(out);
+	json_decref(owned);
+	return r;
+}
+
 static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
-	json_t *client = NULL, *keys = NULL, *facts = NULL, *k, *out;
+	json_t *client = NULL, *keys = NULL, *facts = NULL, *exposed = NULL, *k, *out;
 	const char *id;
 	size_t i;
 	int r;
@@ -212,8 +270,12 @@ static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err
 	if (r < 0)
 		goto out;
 	facts = key_facts(app, id, keys);
+	r = exposed_facts(app, str(client, "description"), deadline_ms, &exposed, err);
+	if (r < 0)
+		goto out;
 	if (app->cfg->json) {
-		out = json_pack("{s:O, s:O}", "client", client, "keys", facts);
+		out = json_pack("{s:O, s:O, s:O}", "client", client, "keys", facts,
+				"exposed_scopes", exposed);
 		json_dumpf(out, stdout, JSON_INDENT(2));
 		putchar('\n');
 		json_decref(out);
@@ -240,7 +302,23 @@ static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err
 				 json_is_null(own) ? "unknown (no --seed-file)" : "foreign");
 		printf("  %s  %s  exp %s\n", str(k, "kid"), whose, str(k, "exp"));
 	}
+	printf("exposed scopes:    %zu\n", json_array_size(exposed));
+	for (i = 0; i < json_array_size(exposed) && (k = json_array_get(exposed, i)); i++) {
+		json_t *cons = json_object_get(k, "consumers"), *c;
+		size_t j;
+
+		printf("  %s  %s  consumers:", str(k, "name"),
+		       json_is_true(json_object_get(k, "active")) ? "active" : "inactive");
+		if (!json_array_size(cons))
+			printf(" none");
+		json_array_foreach(cons, j, c)
+		{
+			printf(" %s (%s)", str(c, "orgno"), str(c, "state"));
+		}
+		putchar('\n');
+	}
 out:
+	json_decref(exposed);
 	json_decref(facts);
 	json_decref(keys);
 	json_decref(client);
@@ -336,30 +414,147 @@ out:
 
 static int do_delete(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
-	json_t *client = NULL;
-	const char *id;
+	json_t *client = NULL, *owned = NULL, *s;
+	const char *id, *desc;
+	size_t i, nactive = 0;
 	int r;
 
 	r = find(app, args[0], deadline_ms, &client, err);
 	if (r < 0)
 		return r;
 	id = str(client, "client_id");
+	desc = str(client, "description");
+	r = scopes_list_owned(app->dd, desc, deadline_ms, &owned, err);
+	if (r < 0)
+		goto out;
+	json_array_foreach(owned, i, s)
+	{
+		if (!json_is_false(json_object_get(s, "active")))
+			nactive++;
+	}
 	if (!app->cfg->permanent) {
 		fprintf(
 		    stderr,
 		    "client delete: would deactivate client %s (%s) at DigDir.\n"
 		    "  Pods using it lose access once their tokens expire, its keys stop working,\n"
 		    "  and DigDir keeps it inactive: it cannot be reactivated, a later mount\n"
-		    "  provisions a new client_id.\n"
-		    "Nothing was changed. Run again with --permanent to do it.\n",
-		    id, str(client, "description"));
+		    "  provisions a new client_id.\n",
+		    id, desc);
+		if (nactive)
+			fprintf(stderr,
+				"  It would also deactivate the %zu scope(s) it exposes; their "
+				"consumers lose access:\n",
+				nactive);
+		json_array_foreach(owned, i, s)
+		{
+			if (!json_is_false(json_object_get(s, "active")))
+				fprintf(stderr, "    %s\n", scope_name(s));
+		}
+		fprintf(stderr, "Nothing was changed. Run again with --permanent to do it.\n");
 		r = err_set(err, ERR_INVALID, EPERM, "refused without --permanent");
 		goto out;
 	}
+	/* Scopes first: a scope whose owner is gone would be nobody's to switch off. */
+	json_array_foreach(owned, i, s)
+	{
+		if (json_is_false(json_object_get(s, "active")))
+			continue;
+		r = scopes_deactivate(app->dd, scope_name(s), deadline_ms, err);
+		if (r < 0) {
+			err_prefix(err, "deactivating exposed scope %s: ", scope_name(s));
+			goto out;
+		}
+		printf("deactivated exposed scope %s (its consumers lose access)\n", scope_name(s));
+	}
 	r = digdir_delete_client(app->dd, id, deadline_ms, err);
 	if (r == 0)
-		printf("deleted client %s (%s)\n", id, str(client, "description"));
+		printf("deleted client %s (%s)\n", id, desc);
 out:
+	json_decref(owned);
+	json_decref(client);
+	return r;
+}
+
+static bool has_kid(const json_t *keys, const char *kid)
+{
+	json_t *k;
+	size_t i;
+
+	json_array_foreach(keys, i, k)
+	{
+		if (!strcmp(str(k, "kid"), kid))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Takes over a client registered by another tool: registers this provider's
+ * keys as a Mount would, keeping the other tool's keys while there is room;
+ * with --drop-foreign-keys only our keys remain. Prints which keys are foreign
+ * and, with the flag, which were dropped.
+ */
+static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct err *err)
+{
+	json_t *client = NULL, *before = NULL, *after = NULL, *k;
+	bool drop = app->cfg->drop_foreign_keys, uploaded = false;
+	struct derive_ctx dc;
+	const char *id;
+	size_t i, nforeign = 0, ndropped = 0;
+	int64_t epoch, e;
+	int r;
+
+	if (!valid_description(args[0]))
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "'%s' is not CLUSTER:NAMESPACE:APP (three non-empty parts)",
+			       args[0]);
+	r = find(app, args[0], deadline_ms, &client, err);
+	if (r < 0)
+		goto out;
+	id = str(client, "client_id");
+	r = digdir_get_jwks(app->dd, id, deadline_ms, &before, err);
+	if (r < 0)
+		goto out;
+	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
+	dc = (struct derive_ctx){ .seed = &app->seed, .client_id = id };
+	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length, drop,
+			     derive_public, &dc, deadline_ms, &after, &uploaded, err);
+	if (r < 0) {
+		err_prefix(err, "client %s: ", id);
+		goto out;
+	}
+	printf("client %s (%s) adopted: %s (epoch %lld)\n", id, args[0],
+	       uploaded ? "keys updated" : "keys already as they should be", (long long)epoch);
+	json_array_foreach(before, i, k)
+	{
+		const char *kid = str(k, "kid");
+
+		if (keys_kid_is_own(&app->seed, id, kid, &e))
+			continue;
+		nforeign++;
+		if (!has_kid(after, kid)) {
+			ndropped++;
+			printf("dropped foreign key %s\n", kid);
+		} else {
+			printf("kept foreign key %s%s\n", kid,
+			       drop ? " (DigDir did not remove it)" : "");
+		}
+	}
+	if (!nforeign)
+		printf("no foreign keys: only this provider's keys are registered\n");
+	else if (!drop && nforeign > ndropped)
+		printf(
+		    "Pods of the other tool keep working with the kept keys. When every pod uses "
+		    "this provider's files,\nrun again with --drop-foreign-keys to remove them so "
+		    "only this provider's keys remain.\n");
+	json_array_foreach(after, i, k)
+	{
+		if (keys_kid_is_own(&app->seed, id, str(k, "kid"), &e))
+			printf("our key %s (epoch %lld)\n", str(k, "kid"), (long long)e);
+	}
+out:
+	json_decref(after);
+	json_decref(before);
 	json_decref(client);
 	return r;
 }
@@ -369,6 +564,7 @@ static const struct verb verbs[] = {
 	{ "show", 1, APP_NEED_DIGDIR, do_show },
 	{ "ensure", 1, APP_NEED_DIGDIR | APP_NEED_SEED, do_ensure },
 	{ "delete", 1, APP_NEED_DIGDIR, do_delete },
+	{ "adopt", 1, APP_NEED_DIGDIR | APP_NEED_SEED, do_adopt },
 };
 
 int cmd_client(int argc, char **argv)
