@@ -155,7 +155,7 @@ int digdir_status_error(const char *endpoint, const struct http_response *resp, 
 						 used ? "; " : "", m);
 	}
 	if (!msgs[0] && desc)
-		snprintf(msgs, sizeof(msgs), "%s", desc[0] == ',' ? desc + 2 : desc);
+		snprintf(msgs, sizeof(msgs), "%s", strncmp(desc, ", ", 2) == 0 ? desc + 2 : desc);
 
 	if (resp->status == 401 || resp->status == 403)
 		kind = ERR_PERMISSION;
