@@ -243,3 +243,34 @@ def test_digdir_down_after_a_sync_keeps_serving(emulator, tmp_path):
     finally:
         emulator.clear_faults()
         p.stop()
+
+
+def test_concurrent_mounts_share_one_sync(emulator, provider):
+    import concurrent.futures
+    decl = exposes(entry())
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: files_of(mount(provider, decl)), range(6)))
+    assert {r["MASKINPORTEN_EXPOSED_SCOPES"] for r in results} == {"test:bank:payments.read"}
+    c = emulator.counts()
+    assert c.get("POST /api/v1/scopes") == 1
+    assert c.get("PUT /api/v1/scopes/access/{orgno}") == 1
+
+
+def test_two_nodes_creating_at_once_end_with_one_scope(emulator, provider, tmp_path):
+    import concurrent.futures
+    other = Provider(emulator, tmp_path, name="p2").start()
+    try:
+        for p in (provider, other):
+            p.mount("team-a", "payments", scopes="nav:test/api")
+        # The first create is held back while the other node lists and creates: the held one
+        # then loses (400 "already exists"), and that must not fail its Mount.
+        emulator.fault(method="POST", path="^/api/v1/scopes$", delay=2.0, count=1)
+        decl = exposes(entry())
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda p: files_of(mount(p, decl)), (provider, other)))
+        assert {r["MASKINPORTEN_EXPOSED_SCOPES"] for r in results} == {"test:bank:payments.read"}
+        assert emulator.counts().get("POST /api/v1/scopes") == 2
+        assert access(emulator, "test:bank:payments.read") == {OTHER_ORG: "APPROVED"}
+    finally:
+        emulator.clear_faults()
+        other.stop()
