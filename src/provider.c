@@ -91,7 +91,8 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
 			     req->pod_name ? req->pod_name : "?", req->description, err->msg);
 	else
 		n = snprintf(reply->message, sizeof(reply->message), "maskinporten: %s", err->msg);
-	if (n > 0 && (size_t)n < sizeof(reply->message) && err->correlation_id[0])
+	if (n > 0 && (size_t)n < sizeof(reply->message) && err->correlation_id[0] &&
+	    !strstr(err->msg, err->correlation_id))
 		n += snprintf(reply->message + n, sizeof(reply->message) - (size_t)n,
 			      " (DigDir correlation_id %s)", err->correlation_id);
 	if (n > 0 && (size_t)n < sizeof(reply->message))
