@@ -3,6 +3,8 @@
 #   make run     build, start the emulator and the provider, mount a sample pod
 #   make test    lint, unit tests (cmocka) and integration tests (pytest)
 #   make asan    the same suites under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make valgrind  unit tests and `serve` (VALGRIND_TESTS) under valgrind memcheck
+#   make fuzz    libFuzzer targets of tests/fuzz, FUZZ_SECONDS each (fuzz-smoke: 10 s)
 #   make bench   benchmarks, each figure beside its baseline
 #   make deps    install the Debian 12 packages the build and the tests need
 
@@ -51,7 +53,8 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 DEPS_OK := $(BUILD)/.deps-ok
 Q := $(if $(V),,@)
 
-.PHONY: all test unit integration lint asan bench run clean deps fuzz format valgrind
+.PHONY: all test unit integration lint asan bench run clean deps fuzz fuzz-smoke fuzz-run format \
+	valgrind
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/$(PROG)
@@ -116,30 +119,61 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBOBJS)
 
 -include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/bench/*.d)
 
-# ---- tests ---------------------------------------------------------------
+# ---- tests ----------------------------------------------------------------
 
 # Each cmocka binary prints its own summary; a missing or failing one fails the target.
 unit: $(UNITS)
 	@test -n "$(UNITS)" || { echo "unit: no unit tests found"; exit 1; }
 	@set -e; for t in $(UNITS); do echo "== $$t"; $(VALGRIND) $$t; done
 
+# pytest exits 5 when it collected nothing: that fails the target too, with a word why.
+PYTEST_PATHS ?= tests/emulator tests/integration
 PYTEST_ARGS ?=
 integration: $(BUILD)/$(PROG) $(GEN_PY)
-	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/emulator tests/integration $(PYTEST_ARGS)
+	@rc=0; MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "integration: no test ran"; fi; exit $$rc
 
 test: lint unit integration
 
-asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-		SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) unit integration
+# ---- sanitizers ----------------------------------------------------------
 
-valgrind: $(UNITS)
-	$(MAKE) unit VALGRIND="valgrind -q --error-exitcode=99 --leak-check=full \
-		--suppressions=$(abspath tests/valgrind.supp)"
+# ASan + UBSan + LeakSanitizer: the unit tests and the integration suite (the
+# emulator's own tests run no C) against binaries built into build-asan. A
+# report fails the run: unit tests abort; `serve` and the CLI subprocesses
+# write reports to SAN_LOGS, which tests/integration/conftest.py checks after
+# every test (a report there fails that test).
+ASAN_BUILD ?= build-asan
+SAN_LOGS    = $(abspath $(ASAN_BUILD)/sanitizer-logs)
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_OPTS  := detect_leaks=1:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1
+ASAN_ENV    = ASAN_OPTIONS=$(ASAN_OPTS) \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0
+ASAN_MAKE   = $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
+	OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(ASAN_FLAGS)"
+
+asan: | $(DEPS_OK)
+	$(ASAN_ENV) $(ASAN_MAKE) unit
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	$(ASAN_ENV) ASAN_OPTIONS=$(ASAN_OPTS):log_path=$(SAN_LOGS)/asan \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan \
+		MCP_SANITIZER_LOGS=$(SAN_LOGS) $(ASAN_MAKE) integration PYTEST_PATHS=tests/integration
+
+# valgrind (memcheck) on the ordinary build: the unit tests, then `serve` under
+# valgrind (MCP_WRAPPER) for VALGRIND_TESTS; each process logs to VG_LOGS and
+# any non-empty log fails the test that made it.
+VALGRIND_TESTS ?= tests/integration/test_mount.py tests/integration/test_server_grpc.py
+VG_LOGS   = $(abspath $(BUILD)/valgrind-logs)
+VG_CMD    = valgrind -q --error-exitcode=99 --leak-check=full \
+	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+	--num-callers=40 --suppressions=$(abspath tests/valgrind.supp)
+
+valgrind: $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
+	$(MAKE) --no-print-directory unit VALGRIND="$(VG_CMD)"
+	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)
+	MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/valgrind.%p" MCP_SANITIZER_LOGS=$(VG_LOGS) \
+		$(MAKE) --no-print-directory integration PYTEST_PATHS="$(VALGRIND_TESTS)"
 
 bench: $(BUILD)/$(PROG) $(BENCHES) $(GEN_PY)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
@@ -164,23 +198,46 @@ format:
 
 # ---- fuzzing (libFuzzer, clang) ------------------------------------------
 
+# Every src object but main.o is built with -fsanitize=fuzzer-no-link,address,
+# undefined into build-fuzz; each tests/fuzz/fuzz_NAME.c links against them
+# and runs FUZZ_SECONDS on build-fuzz/corpus/NAME (new inputs) plus the seeds
+# in tests/fuzz/corpus/NAME. A crash, leak or UB report fails the target and
+# leaves the input in build-fuzz/artifacts/.
+FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-fuzz: | $(DEPS_OK)
-	$(MAKE) BUILD=build-fuzz CC=clang OPT="-O1 -g" \
-		SANITIZE="-fsanitize=fuzzer-no-link,address,undefined" $(BUILD:build=build-fuzz)/.fuzz-objs
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		mkdir -p build-fuzz/corpus/$$t; \
-		clang $(CPPFLAGS:-I$(BUILD)/gen=-Ibuild-fuzz/gen) -std=c11 -O1 -g $(PKG_CFLAGS) \
-			-fsanitize=fuzzer,address,undefined -o build-fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c \
-			$(filter-out build-fuzz/obj/main.o,$(patsubst $(BUILD)/%,build-fuzz/%,$(OBJS))) $(LDLIBS); \
-		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
-		./build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
-			build-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
-	done
+FUZZ_FLAGS   := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 
-$(BUILD)/.fuzz-objs: $(LIBOBJS)
-	touch $@
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
+		$(LIBOBJS) $(LDLIBS)
+
+-include $(wildcard $(BUILD)/fuzz/*.d)
+
+fuzz: | $(DEPS_OK)
+	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang \
+		OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(FUZZ_FLAGS)" fuzz-run
+
+fuzz-smoke:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+# Internal: runs the fuzzers of $(BUILD); use `make fuzz`.
+fuzz-run: $(FUZZERS)
+	@test -n "$(FUZZERS)" || { echo "fuzz: no fuzz targets found"; exit 1; }
+	@set -e; for f in $(FUZZERS); do n=$${f##*/fuzz_}; \
+		mkdir -p $(BUILD)/corpus/$$n $(BUILD)/artifacts; \
+		echo "== fuzz $$n for $(FUZZ_SECONDS)s"; \
+		ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-print_final_stats=1 -artifact_prefix=$(BUILD)/artifacts/$$n- \
+			$(BUILD)/corpus/$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz-$$n.log \
+		|| { tail -n 80 $(BUILD)/fuzz-$$n.log; echo "fuzz: $$n failed, see $(BUILD)/artifacts/"; exit 1; }; \
+		grep -E '^stat::(number_of_executed_units|new_units_added)' $(BUILD)/fuzz-$$n.log | tr '\n' ' '; echo; \
+	done
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -9,6 +9,7 @@ encoding, against the emulator.
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,6 +29,19 @@ import provider_pb2  # noqa: E402
 MOUNT = "/v1alpha1.CSIDriverProvider/Mount"
 VERSION = "/v1alpha1.CSIDriverProvider/Version"
 SEED = bytes(range(64))
+# `make valgrind` runs serve under a wrapper ("valgrind --log-file=... "); slower, so waits stretch.
+WRAPPER = shlex.split(os.environ.get("MCP_WRAPPER", ""))
+SLOW = 10.0 if WRAPPER else 1.0
+# Lines a sanitizer writes when the provider misbehaves; any of them fails stop().
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+
+
+def sanitizer_report(text):
+    """The first sanitizer report line in text, or None."""
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKS):
+            return line
+    return None
 
 
 def write_seed(path, data=SEED, mode=0o600):
@@ -89,10 +103,11 @@ class Provider:
         self._channel = None
 
     def command(self):
-        return [BIN, "serve", "--socket", self.socket, "--log-level", "debug"] + \
+        return WRAPPER + [BIN, "serve", "--socket", self.socket, "--log-level", "debug"] + \
             upstream_args(self.emu, self.seed_file, self.cluster) + self.args
 
     def start(self, timeout=15.0):
+        timeout *= SLOW
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log)
         deadline = time.time() + timeout
@@ -109,6 +124,7 @@ class Provider:
         raise RuntimeError("provider did not start: %s" % self.logs())
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
+        timeout *= SLOW
         if self._channel:
             self._channel.close()
             self._channel = None
@@ -121,6 +137,8 @@ class Provider:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+            report = sanitizer_report(self.logs())
+            assert report is None, "sanitizer report in %s: %s" % (self.log_path, report)
         return self.proc.returncode if self.proc else None
 
     def logs(self):

@@ -1,0 +1,51 @@
+/*
+ * fuzz_mount_attributes: a well-formed MountRequest whose attributes string
+ * (the SecretProviderClass parameters and pod attributes JSON) is the input.
+ * What parses is turned into files and a packed response.
+ */
+#include "fuzz.h"
+#include "mount.h"
+#include "provider.pb-c.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static const struct mount_content c = {
+		.client_id = "16f3f614-1ed5-4c3c-9b1d-5a4d8b2f0c11",
+		.jwk_private = "{\"kty\":\"RSA\"}",
+		.kid = "dev:team-a:payments:e1",
+		.well_known_url =
+		    "https://test.maskinporten.no/.well-known/oauth-authorization-server",
+		.issuer = "https://test.maskinporten.no/",
+		.jwks_uri = "https://test.maskinporten.no/jwk",
+		.token_endpoint = "https://test.maskinporten.no/token",
+		.exposed_scopes = "nav:test/api",
+	};
+	V1alpha1__MountRequest msg = V1ALPHA1__MOUNT_REQUEST__INIT;
+	struct mount_file files[MOUNT_MAX_FILES];
+	struct mount_request req = { 0 };
+	struct err err = { 0 };
+	uint8_t *packed, *payload = NULL;
+	size_t len = 0, nfiles = 0;
+	int r;
+
+	msg.attributes = fuzz_str(data, size);
+	msg.secrets = (char *)"null";
+	msg.permission = (char *)"420";
+	msg.target_path = (char *)"/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/mp/mount";
+	packed = malloc(v1alpha1__mount_request__get_packed_size(&msg) + 1);
+	if (!packed)
+		abort();
+	len = v1alpha1__mount_request__pack(&msg, packed);
+	r = mount_parse(packed, len, "dev", &req, &err);
+	fuzz_check_err(r, &err);
+	if (r == 0) {
+		if (mount_build_files(&req, &c, files, &nfiles) == 0)
+			mount_files_free(files, nfiles);
+		if (mount_build_response(&req, &c, true, &payload, &len) == 0)
+			free(payload);
+		mount_request_free(&req);
+	}
+	free(packed);
+	free(msg.attributes);
+	return 0;
+}

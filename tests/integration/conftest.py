@@ -1,0 +1,45 @@
+"""Memory checking of the processes the integration tests start.
+
+`make asan` and `make valgrind` set MCP_SANITIZER_LOGS to a directory where
+every instrumented process (`serve` and the CLI subcommands under ASan/UBSan
+log_path, `serve` under valgrind --log-file) writes its reports. After each
+test any new non-empty file there fails that test with the report; reports
+that appear later (a process outliving its test) fail the session.
+"""
+
+import os
+
+import pytest
+
+LOGS = os.environ.get("MCP_SANITIZER_LOGS")
+_reported = set()
+
+
+def _new_reports():
+    if not LOGS or not os.path.isdir(LOGS):
+        return []
+    found = []
+    for name in sorted(os.listdir(LOGS)):
+        path = os.path.join(LOGS, name)
+        if path in _reported or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            continue
+        _reported.add(path)
+        with open(path, "rb") as f:
+            found.append("== %s\n%s" % (path, f.read(20000).decode(errors="replace")))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_memory_errors():
+    """Torn down after the test's own fixtures, so their processes have exited."""
+    yield
+    reports = _new_reports()
+    if reports:
+        pytest.fail("memory checker report(s):\n" + "\n".join(reports), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reports = _new_reports()
+    if reports:
+        print("\nmemory checker report(s) after the last test:\n" + "\n".join(reports))
+        session.exitstatus = 1
