@@ -140,6 +140,23 @@ void keys_free_secret(char *s);
  */
 typedef json_t *(*keys_public_jwk_fn)(void *ctx, int64_t epoch);
 
+/*
+ * The public_jwk callback most callers want: derives our key for
+ * (seed, client_id, epoch). With keep set, the private key of keep_epoch is
+ * kept in *kept (SECRET: the caller frees it with EVP_PKEY_free) instead of
+ * being derived twice. derived counts the derivations.
+ */
+struct keys_derive_ctx {
+	const struct keys_seed *seed;
+	const char *client_id;
+	bool keep;
+	int64_t keep_epoch;
+	EVP_PKEY *kept;
+	unsigned derived;
+};
+
+json_t *keys_derive_public_jwk(void *ctx, int64_t epoch);
+
 struct keys_schedule_input {
 	const struct keys_seed *seed;
 	const char *client_id;

@@ -325,29 +325,6 @@ out:
 	return r;
 }
 
-struct derive_ctx {
-	const struct keys_seed *seed;
-	const char *client_id;
-};
-
-/* The public JWK of our key for an epoch: derived on demand by keys_schedule. */
-static json_t *derive_public(void *p, int64_t epoch)
-{
-	struct derive_ctx *d = p;
-	char kid[KEYS_KID_MAX];
-	EVP_PKEY *key;
-	json_t *jwk;
-
-	if (keys_kid(d->seed, d->client_id, epoch, kid) < 0)
-		return NULL;
-	key = keys_derive(d->seed, d->client_id, epoch);
-	if (!key)
-		return NULL;
-	jwk = keys_jwk_public(key, kid);
-	EVP_PKEY_free(key);
-	return jwk;
-}
-
 /* Splits a space-separated list in place; returns how many words. */
 static size_t split_words(char *s, const char **out, size_t max)
 {
@@ -375,7 +352,7 @@ static bool valid_description(const char *d)
 static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
 	const char *scopes[64];
-	struct derive_ctx dc;
+	struct keys_derive_ctx dc;
 	char *buf = NULL, *client_id = NULL;
 	size_t nscopes;
 	bool uploaded = false;
@@ -396,9 +373,9 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 	if (r < 0)
 		goto out;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
-	dc = (struct derive_ctx){ .seed = &app->seed, .client_id = client_id };
+	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = client_id };
 	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length, false,
-			     derive_public, &dc, deadline_ms, NULL, &uploaded, err);
+			     keys_derive_public_jwk, &dc, deadline_ms, NULL, &uploaded, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", client_id);
 		goto out;
@@ -498,7 +475,7 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 {
 	json_t *client = NULL, *before = NULL, *after = NULL, *k;
 	bool drop = app->cfg->drop_foreign_keys, uploaded = false;
-	struct derive_ctx dc;
+	struct keys_derive_ctx dc;
 	const char *id;
 	size_t i, nforeign = 0, ndropped = 0;
 	int64_t epoch, e;
@@ -516,9 +493,9 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 	if (r < 0)
 		goto out;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
-	dc = (struct derive_ctx){ .seed = &app->seed, .client_id = id };
+	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = id };
 	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length, drop,
-			     derive_public, &dc, deadline_ms, &after, &uploaded, err);
+			     keys_derive_public_jwk, &dc, deadline_ms, &after, &uploaded, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", id);
 		goto out;

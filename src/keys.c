@@ -831,6 +831,27 @@ json_t *keys_jwk_public(EVP_PKEY *pkey, const char *kid)
 	return jwk;
 }
 
+json_t *keys_derive_public_jwk(void *ctx, int64_t epoch)
+{
+	struct keys_derive_ctx *d = ctx;
+	char kid[KEYS_KID_MAX];
+	EVP_PKEY *pkey;
+	json_t *jwk;
+
+	if (keys_kid(d->seed, d->client_id, epoch, kid) < 0)
+		return NULL;
+	pkey = keys_derive(d->seed, d->client_id, epoch);
+	if (!pkey)
+		return NULL;
+	d->derived++;
+	jwk = keys_jwk_public(pkey, kid);
+	if (d->keep && epoch == d->keep_epoch && !d->kept)
+		d->kept = pkey;
+	else
+		EVP_PKEY_free(pkey);
+	return jwk;
+}
+
 char *keys_jwk_private(EVP_PKEY *pkey, const char *kid)
 {
 	static const char fmt[] =

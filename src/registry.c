@@ -234,35 +234,6 @@ int registry_lookup(struct registry *reg, const char *description, const char *s
 	return r;
 }
 
-/* The derivations one flight needs; keeps the current epoch's key for the answer. */
-struct derive_ctx {
-	const struct keys_seed *seed;
-	const char *client_id;
-	int64_t epoch;
-	EVP_PKEY *current; /* SECRET */
-};
-
-static json_t *public_jwk(void *ctx, int64_t epoch)
-{
-	struct derive_ctx *d = ctx;
-	char kid[KEYS_KID_MAX];
-	EVP_PKEY *pkey;
-	json_t *jwk;
-
-	if (keys_kid(d->seed, d->client_id, epoch, kid) < 0)
-		return NULL;
-	pkey = keys_derive(d->seed, d->client_id, epoch);
-	if (!pkey)
-		return NULL;
-	metrics_key_derived();
-	jwk = keys_jwk_public(pkey, kid);
-	if (epoch == d->epoch && !d->current)
-		d->current = pkey;
-	else
-		EVP_PKEY_free(pkey);
-	return jwk;
-}
-
 /* The highest epoch among our keys in a registered "keys" array, or -1. */
 static int64_t registered_max(const struct registry *reg, const char *client_id, const json_t *keys)
 {
@@ -297,7 +268,7 @@ static int fly(struct registry *reg, const char *description, char *const *scope
 	       const char *pinned, int64_t epoch, int64_t deadline_ms, struct flight_result *ret,
 	       struct err *err)
 {
-	struct derive_ctx d = { .seed = reg->seed, .epoch = epoch };
+	struct keys_derive_ctx d = { .seed = reg->seed, .keep = true, .keep_epoch = epoch };
 	json_t *registered = NULL;
 	char *client_id = NULL;
 	bool uploaded = false;
@@ -309,14 +280,16 @@ static int fly(struct registry *reg, const char *description, char *const *scope
 		goto out;
 	d.client_id = client_id;
 	r = digdir_sync_jwks(reg->dd, client_id, reg->seed, epoch, reg->cfg.epoch_len, false,
-			     public_jwk, &d, deadline_ms, &registered, &uploaded, err);
+			     keys_derive_public_jwk, &d, deadline_ms, &registered, &uploaded, err);
+	for (unsigned i = 0; i < d.derived; i++)
+		metrics_key_derived();
 	if (r < 0)
 		goto out;
 	if (uploaded)
 		metrics_jwks_upload();
-	if (!d.current) {
-		d.current = keys_derive(reg->seed, client_id, epoch);
-		if (!d.current) {
+	if (!d.kept) {
+		d.kept = keys_derive(reg->seed, client_id, epoch);
+		if (!d.kept) {
 			r = err_set(err, ERR_INTERNAL, EIO, "deriving the key of epoch %lld failed",
 				    (long long)epoch);
 			goto out;
@@ -328,7 +301,7 @@ static int fly(struct registry *reg, const char *description, char *const *scope
 		err_set(err, ERR_INTERNAL, -r, "the client id is too long for a kid");
 		goto out;
 	}
-	ret->jwk_private = keys_jwk_private(d.current, ret->kid);
+	ret->jwk_private = keys_jwk_private(d.kept, ret->kid);
 	if (!ret->jwk_private) {
 		r = err_set(err, ERR_INTERNAL, ENOMEM, "serialising the key failed");
 		goto out;
@@ -339,7 +312,7 @@ static int fly(struct registry *reg, const char *description, char *const *scope
 	client_id = NULL;
 	r = 0;
 out:
-	EVP_PKEY_free(d.current);
+	EVP_PKEY_free(d.kept);
 	json_decref(registered);
 	free(client_id);
 	return r;
