@@ -274,6 +274,7 @@ def bench_load(emu, tmp, t, q):
         r = client(p, "mount", threads=16, requests=clients, apps=clients, pods=1, prefix="load")
         prov = time.monotonic() - t0
         t.add("rotation.provision_%d_clients" % clients, prov, None, "", r["errors"] == 0, "s")
+        t.add("mem.after_provision_%d_hwm" % clients, p.mem_mib("VmHWM"), None, "", None, "MiB")
 
         before, c0 = emu.counts(), p.cpu()
         n = clients * pods
@@ -293,8 +294,12 @@ def bench_load(emu, tmp, t, q):
 
         more = q["mem_clients"] - clients
         log("provisioning %d more clients" % more)
+        t0 = time.monotonic()
         client(p, "mount", threads=16, requests=more, apps=more, pods=1, prefix="load",
                offset=clients)
+        t.add("mem.provision_%d_more_clients" % more, time.monotonic() - t0, None, "", None, "s")
+        t.add("mem.after_provision_%d_hwm" % q["mem_clients"], p.mem_mib("VmHWM"), None, "",
+              None, "MiB")
         total = q["mem_clients"] * q["mem_pods"]
         runs = []
         for _ in range(2):
