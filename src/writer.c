@@ -119,6 +119,10 @@ static int open_target(const char *root, const char *target_dir, struct err *err
 	ssize_t n;
 	int fd, r;
 
+	/* The driver sends absolute paths; a relative one would mean our own cwd. */
+	if (root && target_dir[0] != '/')
+		return err_set(err, ERR_INVALID, EINVAL, "target %.300s is not an absolute path",
+			       target_dir);
 	fd = open(target_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
