@@ -347,7 +347,7 @@ static int wait_listing(struct digdir *dd, int64_t deadline_ms)
 }
 
 /*
- * A client listing whose request was sent at or after since_ms: the last one
+ * A client listing whose request was sent after since_ms: the last one
  * when it is fresh enough, the one under way when it will be, else a new one
  * (sent after batch_ms, so that callers arriving meanwhile share it).
  * *ret is a new reference to a listing nobody modifies.
@@ -362,7 +362,8 @@ static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64
 
 	pthread_mutex_lock(&dd->list_lock);
 	for (;;) {
-		if (dd->list && dd->list_sent_ms >= since_ms) {
+		/* Strictly after: within one millisecond the order is unknown. */
+		if (dd->list && dd->list_sent_ms > since_ms) {
 			*ret = json_incref(dd->list);
 			r = 0;
 			goto out;
@@ -371,7 +372,7 @@ static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64
 			break;
 		/* Wait for the listing under way; use it, or its failure, when it is fresh. */
 		unsigned gen = dd->list_gen;
-		bool fresh = dd->list_next_ms >= since_ms;
+		bool fresh = dd->list_next_ms > since_ms;
 
 		while (dd->list_gen == gen)
 			if (wait_listing(dd, deadline_ms) < 0) {
