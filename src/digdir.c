@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,12 @@ struct digdir {
 	unsigned list_gen;    /* bumped when one finishes */
 	int list_rc;	      /* how the last one ended */
 	struct err list_err;
+	/* Descriptions this process tried to create lately: their lookups want fresh listings. */
+	struct {
+		uint64_t hash;
+		int64_t at_ms;
+	} creates[64];
+	unsigned ncreates;
 };
 
 static char *dup_or_null(const char *s)
@@ -344,6 +351,44 @@ static int wait_listing(struct digdir *dd, int64_t deadline_ms)
 	}
 	pthread_cond_timedwait(&dd->list_done, &dd->list_lock, &ts);
 	return 0;
+}
+
+static uint64_t description_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* Remembers that we are about to create a client for description. */
+static void note_create(struct digdir *dd, const char *description)
+{
+	pthread_mutex_lock(&dd->list_lock);
+	dd->creates[dd->ncreates % 64].hash = description_hash(description);
+	dd->creates[dd->ncreates % 64].at_ms = http_now_ms();
+	dd->ncreates++;
+	pthread_mutex_unlock(&dd->list_lock);
+}
+
+/*
+ * How fresh a lookup's listing must be: a shared one up to LIST_REUSE_MS old
+ * will do, unless this process tried to create the client since. Then only a
+ * listing sent after that attempt can tell whether it happened, and an older
+ * one would make us create the client a second time.
+ */
+static int64_t lookup_since(struct digdir *dd, const char *description)
+{
+	int64_t since = http_now_ms() - LIST_REUSE_MS;
+	uint64_t h = description_hash(description);
+
+	pthread_mutex_lock(&dd->list_lock);
+	for (unsigned i = 0; i < 64 && i < dd->ncreates; i++)
+		if (dd->creates[i].hash == h && dd->creates[i].at_ms > since)
+			since = dd->creates[i].at_ms;
+	pthread_mutex_unlock(&dd->list_lock);
+	return since;
 }
 
 /*
@@ -762,6 +807,7 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 	settle_until = deadline_ms > 0 ? deadline_ms : http_now_ms() + SETTLE_MAX_MS;
 	/* A second create only after the listing showed that the first did not happen. */
 	for (int tries = 0; tries < 2 && !winner; tries++) {
+		note_create(dd, description);
 		rc = create_client(dd, body, deadline_ms, &ours, &cerr);
 		if (rc < 0 && !maybe_created(&cerr)) {
 			if (err)
@@ -851,7 +897,7 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 		goto out;
 	}
 
-	r = list_shared(dd, http_now_ms() - LIST_REUSE_MS, 0, deadline_ms, &list, err);
+	r = list_shared(dd, lookup_since(dd, description), 0, deadline_ms, &list, err);
 	if (r < 0)
 		goto out;
 	client = digdir_pick_client(list, description, pinned_id, NULL);
