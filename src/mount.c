@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "attrs.h"
 #include "keys.h"
 #include "mount.h"
 #include "provider.pb-c.h"
@@ -174,7 +175,8 @@ static int check_secrets(const char *s, struct err *err)
 	json_t *j;
 	int r = 0;
 
-	if (!s || !*s)
+	/* What the driver sends without a nodePublishSecretRef, without a parse. */
+	if (!s || !*s || !strcmp(s, "null") || !strcmp(s, "{}"))
 		return 0;
 	j = json_loads(s, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (!j || !(json_is_null(j) || json_is_object(j)))
@@ -185,9 +187,9 @@ static int check_secrets(const char *s, struct err *err)
 	return r;
 }
 
-static char *dup_attr(json_t *attrs, const char *key)
+static char *dup_attr(const struct attrs *attrs, const char *key)
 {
-	const char *v = json_string_value(json_object_get(attrs, key));
+	const char *v = attrs_get(attrs, key);
 
 	return v && *v ? strdup(v) : NULL;
 }
@@ -197,10 +199,9 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 {
 	struct mount_request req = { 0 };
 	V1alpha1__MountRequest *msg = NULL;
-	json_t *attrs = NULL;
-	json_error_t jerr;
-	const char *key, *scopes, *perm;
-	json_t *value;
+	struct attrs attrs = { 0 };
+	const char *scopes, *perm, *why = NULL;
+	size_t alen, at = 0;
 	int r;
 
 	msg = v1alpha1__mount_request__unpack(NULL, len, data);
@@ -215,26 +216,21 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 			    "attributes");
 		goto out;
 	}
-	if (strlen(msg->attributes) > MOUNT_MAX_ATTRIBUTES) {
+	alen = strlen(msg->attributes);
+	if (alen > MOUNT_MAX_ATTRIBUTES) {
 		r = err_set(err, ERR_INVALID, E2BIG, "field \"attributes\" is larger than %d bytes",
 			    MOUNT_MAX_ATTRIBUTES);
 		goto out;
 	}
-	attrs = json_loads(msg->attributes, JSON_REJECT_DUPLICATES, &jerr);
-	if (!attrs || !json_is_object(attrs)) {
+	if (attrs_parse(msg->attributes, alen, &attrs, &why, &at) < 0) {
 		r = err_set(err, ERR_INVALID, EINVAL,
-			    "field \"attributes\" is not a JSON object: %s at position %d",
-			    attrs ? "not an object" : jerr.text, attrs ? 0 : jerr.position);
+			    "field \"attributes\" is not a JSON object of strings: %s at byte %zu",
+			    why, at);
 		goto out;
 	}
-	json_object_foreach(attrs, key, value)
-	{
-		if (!json_is_string(value)) {
-			r = err_set(err, ERR_INVALID, EINVAL,
-				    "attribute \"%.100s\" is not a string: parameters are strings",
-				    key);
-			goto out;
-		}
+	for (size_t i = 0; i < attrs.n; i++) {
+		const char *key = attrs.members[i].key;
+
 		if (!in_list(key, driver_keys, sizeof(driver_keys) / sizeof(driver_keys[0])) &&
 		    !in_list(key, param_keys, sizeof(param_keys) / sizeof(param_keys[0]))) {
 			r = err_set(
@@ -250,10 +246,10 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	if (r < 0)
 		goto out;
 
-	req.namespace_name = dup_attr(attrs, ATTR_NAMESPACE);
-	req.service_account = dup_attr(attrs, ATTR_SA);
-	req.pod_name = dup_attr(attrs, ATTR_POD_NAME);
-	req.pod_uid = dup_attr(attrs, ATTR_POD_UID);
+	req.namespace_name = dup_attr(&attrs, ATTR_NAMESPACE);
+	req.service_account = dup_attr(&attrs, ATTR_SA);
+	req.pod_name = dup_attr(&attrs, ATTR_POD_NAME);
+	req.pod_uid = dup_attr(&attrs, ATTR_POD_UID);
 	if (!req.namespace_name || !req.service_account) {
 		r = err_set(err, ERR_INVALID, EINVAL,
 			    "attribute \"%s\" is missing: the CSIDriver object must set "
@@ -276,7 +272,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		goto out;
 	}
 
-	scopes = json_string_value(json_object_get(attrs, "scopes"));
+	scopes = attrs_get(&attrs, "scopes");
 	if (scopes) {
 		r = parse_scopes(scopes, &req, err);
 		if (r < 0)
@@ -289,7 +285,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		}
 	}
 
-	perm = json_string_value(json_object_get(attrs, "filePermission"));
+	perm = attrs_get(&attrs, "filePermission");
 	if (perm) {
 		if (parse_octal_mode(perm, &req.mode) < 0) {
 			r = err_set(err, ERR_INVALID, EINVAL,
@@ -304,8 +300,8 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		goto out;
 	}
 
-	if (json_object_get(attrs, "exposes")) {
-		const char *x = json_string_value(json_object_get(attrs, "exposes"));
+	if (attrs_get(&attrs, "exposes")) {
+		const char *x = attrs_get(&attrs, "exposes");
 
 		if (strlen(x) > MOUNT_MAX_EXPOSES) {
 			r = err_set(err, ERR_INVALID, E2BIG,
@@ -331,7 +327,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	r = 0;
 out:
 	mount_request_free(&req);
-	json_decref(attrs);
+	attrs_release(&attrs);
 	if (msg)
 		v1alpha1__mount_request__free_unpacked(msg, NULL);
 	return r;
