@@ -2,7 +2,7 @@
  * mount: reads a MountRequest exactly as the driver sends it, derives the
  * pod's identity from the kubelet's attributes only, validates the
  * SecretProviderClass parameters, and builds the MountResponse files.
- * No network, no blocking: safe on the server's completion-queue thread.
+ * No network, no blocking: safe on the server's completion-queue threads.
  */
 #ifndef MCP_MOUNT_H
 #define MCP_MOUNT_H

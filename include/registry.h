@@ -47,6 +47,14 @@ void registry_free(struct registry *reg);
 /* The current epoch by this process's clock. */
 int64_t registry_epoch(const struct registry *reg);
 
+/*
+ * Never blocks on the network: 0 and the current kid (which names the client
+ * and the epoch) when description is warm for scopes_key, else -EAGAIN. Counts
+ * a cache hit. Copies no key material.
+ */
+int registry_warm_kid(struct registry *reg, const char *description, const char *scopes_key,
+		      char ret_kid[KEYS_KID_MAX]);
+
 /* Never blocks on the network: 0 and *ret when description is warm for scopes_key, else -EAGAIN. */
 int registry_lookup(struct registry *reg, const char *description, const char *scopes_key,
 		    struct registry_answer *ret);

@@ -3,9 +3,9 @@
  * module that touches the gRPC server API. It knows the method names and
  * moves bytes; the mount module decodes and answers them.
  *
- * Threads: one completion-queue thread accepts calls and runs the fast
- * handlers (which must not block), a pool of workers runs the slow ones, so
- * a slow cold Mount never delays a warm one.
+ * Threads: two completion-queue threads accept calls and run the fast
+ * handlers (which must not block and must be thread-safe), a pool of workers
+ * runs the slow ones, so a slow cold Mount never delays a warm one.
  */
 #ifndef MCP_SERVER_H
 #define MCP_SERVER_H

@@ -1,7 +1,7 @@
 /*
  * provider: Mount and Version for the gRPC server.
  *
- * The fast handler runs on the server's completion-queue thread: it parses,
+ * The fast handler runs on the server's completion-queue threads: it parses,
  * answers bad requests and warm clients from memory, and hands everything
  * else to a worker (the slow handler), so a cold Mount never delays a warm
  * one. Errors become gRPC status codes here and nowhere else. Each Mount is
@@ -9,10 +9,13 @@
  * `secrets` field or the pod's tokens.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/crypto.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -25,9 +28,28 @@
 /* Time kept back from the caller's deadline, so our error arrives before theirs. */
 #define DEADLINE_MARGIN_MS 1500
 
+/*
+ * Packed answers of warm Mounts. Every pod of an app gets the same files, so
+ * the answer is built once per (app, scopes, mode, key) and copied after
+ * that. Direct-mapped by the app's description; a collision replaces.
+ */
+#define ANSWER_SLOTS 1024
+
+struct answer_slot {
+	pthread_mutex_t lock;
+	char *description;
+	char *scopes_key;
+	unsigned mode;
+	char kid[KEYS_KID_MAX];
+	char *client_id;
+	uint8_t *payload; /* SECRET: holds the private JWK */
+	size_t len;
+};
+
 struct provider {
 	struct app *app;
 	struct registry *reg;
+	struct answer_slot *slots;
 	_Atomic(const struct mp_metadata *) meta; /* set once fetched; lives as long as app->mp */
 };
 
@@ -183,6 +205,75 @@ static int answer(struct provider *p, const struct mount_request *req,
 	return 0;
 }
 
+static struct answer_slot *slot_of(struct provider *p, const char *description)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (const char *c = description; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+	return &p->slots[h % ANSWER_SLOTS];
+}
+
+static void slot_clear(struct answer_slot *s)
+{
+	free(s->description);
+	free(s->scopes_key);
+	free(s->client_id);
+	if (s->payload) {
+		OPENSSL_cleanse(s->payload, s->len);
+		free(s->payload);
+	}
+	s->description = s->scopes_key = s->client_id = NULL;
+	s->payload = NULL;
+	s->len = 0;
+}
+
+/* Copies the cached answer for req and kid into reply. True when there was one. */
+static bool cached_answer(struct provider *p, const struct mount_request *req, const char *kid,
+			  struct server_reply *reply, char *ret_client_id, size_t idlen)
+{
+	struct answer_slot *s = slot_of(p, req->description);
+	bool hit = false;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->payload && s->mode == req->mode && !strcmp(s->kid, kid) &&
+	    !strcmp(s->description, req->description) && !strcmp(s->scopes_key, req->scopes_key)) {
+		reply->payload = malloc(s->len ? s->len : 1);
+		if (reply->payload) {
+			memcpy(reply->payload, s->payload, s->len);
+			reply->len = s->len;
+			reply->code = SERVER_OK;
+			snprintf(ret_client_id, idlen, "%s", s->client_id);
+			hit = true;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return hit;
+}
+
+/* Keeps a copy of a warm answer for the next pod of the same app. */
+static void cache_answer(struct provider *p, const struct mount_request *req,
+			 const struct registry_answer *a, const struct server_reply *reply)
+{
+	struct answer_slot *s = slot_of(p, req->description);
+
+	pthread_mutex_lock(&s->lock);
+	slot_clear(s);
+	s->description = strdup(req->description);
+	s->scopes_key = strdup(req->scopes_key);
+	s->client_id = strdup(a->client_id);
+	s->payload = malloc(reply->len ? reply->len : 1);
+	if (s->description && s->scopes_key && s->client_id && s->payload) {
+		memcpy(s->payload, reply->payload, reply->len);
+		s->len = reply->len;
+		s->mode = req->mode;
+		memcpy(s->kid, a->kid, sizeof(s->kid));
+	} else {
+		slot_clear(s);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 static int64_t budget(struct provider *p, int64_t deadline_ms)
 {
 	int64_t own = http_now_ms() + p->app->cfg->mount_timeout_ms;
@@ -199,6 +290,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	struct registry_answer a = { 0 };
 	struct mount_request req = { 0 };
 	struct err err = { 0 };
+	char kid[KEYS_KID_MAX], client_id[128];
 	int64_t t0 = http_now_ms();
 	int handed = 1;
 
@@ -209,13 +301,22 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	}
 	/* Writing files, exposed scopes and cold clients are a worker's job. */
 	if (!meta || req.exposes || p->app->cfg->write_mode == WRITE_MODE_PROVIDER ||
-	    registry_lookup(p->reg, req.description, req.scopes_key, &a) < 0)
+	    registry_warm_kid(p->reg, req.description, req.scopes_key, kid) < 0)
 		goto out;
 
+	/* Another pod of the same app had this very answer: copy it. */
+	if (cached_answer(p, &req, kid, reply, client_id, sizeof(client_id))) {
+		log_mount(&req, client_id, t0, NULL, true);
+		handed = 0;
+		goto out;
+	}
+	if (registry_lookup(p->reg, req.description, req.scopes_key, &a) < 0)
+		goto out;
 	if (answer(p, &req, &a, meta, NULL, reply, &err) < 0) {
 		reply_error(reply, &req, &err);
 		log_mount(&req, a.client_id, t0, &err, true);
 	} else {
+		cache_answer(p, &req, &a, reply);
 		log_mount(&req, a.client_id, t0, NULL, true);
 	}
 	handed = 0;
@@ -290,11 +391,16 @@ struct provider *provider_new(struct app *app, struct err *err)
 	}
 	p->app = app;
 	p->reg = registry_new(&rc, app->dd, &app->seed);
-	if (!p->reg) {
+	p->slots = calloc(ANSWER_SLOTS, sizeof(*p->slots));
+	if (!p->reg || !p->slots) {
+		registry_free(p->reg);
+		free(p->slots);
 		free(p);
 		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 		return NULL;
 	}
+	for (size_t i = 0; i < ANSWER_SLOTS; i++)
+		pthread_mutex_init(&p->slots[i].lock, NULL);
 	metrics_epoch(registry_epoch(p->reg));
 	return p;
 }
@@ -309,6 +415,11 @@ void provider_free(struct provider *p)
 	if (!p)
 		return;
 	registry_free(p->reg);
+	for (size_t i = 0; i < ANSWER_SLOTS; i++) {
+		slot_clear(&p->slots[i]);
+		pthread_mutex_destroy(&p->slots[i].lock);
+	}
+	free(p->slots);
 	free(p);
 }
 

@@ -222,10 +222,26 @@ int registry_lookup(struct registry *reg, const char *description, const char *s
 
 	pthread_mutex_lock(&reg->lock);
 	e = find(reg, description);
-	if (e && warm(e, scopes_key, epoch)) {
+	if (e && warm(e, scopes_key, epoch))
 		r = answer_from(e, ret);
+	pthread_mutex_unlock(&reg->lock);
+	return r;
+}
+
+int registry_warm_kid(struct registry *reg, const char *description, const char *scopes_key,
+		      char ret_kid[KEYS_KID_MAX])
+{
+	int64_t epoch = registry_epoch(reg);
+	struct entry *e;
+	int r = -EAGAIN;
+
+	pthread_mutex_lock(&reg->lock);
+	e = find(reg, description);
+	if (e && warm(e, scopes_key, epoch)) {
+		memcpy(ret_kid, e->kid, KEYS_KID_MAX);
 		lru_unlink(reg, e);
 		lru_push(reg, e);
+		r = 0;
 	}
 	pthread_mutex_unlock(&reg->lock);
 	/* A miss is counted by registry_ensure, which every miss goes on to. */

@@ -5,8 +5,8 @@
  * answers back. It never decodes a message and never logs a payload: Mount
  * requests carry service account tokens and Mount answers a private key.
  *
- * One completion-queue thread accepts every call and runs the fast handlers
- * inline; calls a fast handler cannot answer go to a bounded queue served by
+ * Two threads serve the one completion queue; they accept calls and run the
+ * fast handlers inline. Calls a fast handler cannot answer go to a bounded queue served by
  * a pool of worker threads, so a slow cold Mount never delays a warm one.
  * A worker answers with grpc_call_start_batch (thread-safe); the batch's
  * completion comes back on the one queue, where the call is released.
@@ -39,6 +39,7 @@
 
 /* The queue is polled this often so that the loop notices *stop. */
 #define POLL_MS 200
+#define POLLERS 2 /* threads serving the completion queue */
 
 /* What a completion-queue tag stands for: each call has one pending at a time. */
 enum tag_kind {
@@ -77,8 +78,9 @@ struct server {
 	void *method_version;
 	void *method_mount;
 	bool shutting_down;
-	bool bound;	 /* the socket file is ours to remove */
-	long live_calls; /* calls accepted and not yet released (CQ thread only) */
+	bool bound;		 /* the socket file is ours to remove */
+	_Atomic long live_calls; /* calls accepted and not yet released */
+	volatile sig_atomic_t *stop;
 
 	/* The worker queue, under lock. */
 	pthread_mutex_t lock;
@@ -548,6 +550,26 @@ static int start(struct server *srv)
 	return 0;
 }
 
+/*
+ * Serves completions until *stop. POLLERS threads run this at once, so warm
+ * Mounts, answered by the fast handler, use both cores; draining after a stop
+ * is done by one thread alone.
+ */
+static void *poll_main(void *arg)
+{
+	struct server *srv = arg;
+	grpc_event ev;
+
+	while (!*srv->stop) {
+		ev = grpc_completion_queue_next(srv->cq, deadline_in(POLL_MS), NULL);
+		if (ev.type == GRPC_OP_COMPLETE)
+			handle_event(srv, ev);
+		else if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+	}
+	return NULL;
+}
+
 int server_run(const struct server_config *config, const struct server_ops *ops,
 	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx)
 {
@@ -556,8 +578,12 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	grpc_event ev;
 	int r = 0;
 
+	pthread_t pollers[POLLERS - 1];
+	int npollers = 0;
+
 	if (config->workers < 1 || config->queue_max < 0 || !ops->version || !ops->mount_fast)
 		return -EINVAL;
+	srv.stop = stop;
 	grpc_init();
 	pthread_mutex_init(&srv.lock, NULL);
 	pthread_cond_init(&srv.cond, NULL);
@@ -590,13 +616,12 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	if (on_ready)
 		on_ready(ready_ctx);
 
-	while (!*stop) {
-		ev = grpc_completion_queue_next(srv.cq, deadline_in(POLL_MS), NULL);
-		if (ev.type == GRPC_OP_COMPLETE)
-			handle_event(&srv, ev);
-		else if (ev.type == GRPC_QUEUE_SHUTDOWN)
+	for (; npollers < POLLERS - 1; npollers++)
+		if (pthread_create(&pollers[npollers], NULL, poll_main, &srv) != 0)
 			break;
-	}
+	poll_main(&srv);
+	for (int i = 0; i < npollers; i++)
+		pthread_join(pollers[i], NULL);
 	log_info("stopping: draining calls for up to %ld ms", config->grace_ms);
 
 out:
