@@ -365,6 +365,45 @@ static int remove_tree(int dirfd, const char *name, int depth)
 	return r;
 }
 
+/*
+ * Removes "..<timestamp>" directories that ..data does not name: what a
+ * writer killed mid-write left behind, partial files that the pod can see.
+ * Only those untouched for LEFTOVER_AGE seconds, so that a concurrent writer's
+ * directory in the making is never taken.
+ */
+#define LEFTOVER_AGE 60
+
+static void remove_leftovers(int dfd, const char *keep)
+{
+	time_t now = time(NULL);
+	struct dirent *e;
+	struct stat st;
+	DIR *dir;
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	dir = fdopendir(fd);
+	if (!dir) {
+		close(fd);
+		return;
+	}
+	while ((e = readdir(dir))) {
+		const char *n = e->d_name;
+
+		/* Ours are "..YYYY_MM_DD_HH_MM_SS.<random>": ".." and a digit. */
+		if (n[0] != '.' || n[1] != '.' || n[2] < '0' || n[2] > '9')
+			continue;
+		if (keep && !strcmp(n, keep))
+			continue;
+		if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode) ||
+		    now - st.st_mtime < LEFTOVER_AGE)
+			continue;
+		remove_tree(dfd, n, 0);
+	}
+	closedir(dir);
+}
+
 /* Creates the new "..<timestamp>.<random>" directory, mode 0755 whatever the umask. */
 static int make_data_dir(int dfd, char *name, size_t size, int *ret_fd)
 {
@@ -508,6 +547,7 @@ int writer_write(const char *root, const char *target_dir, const struct writer_f
 		return dfd;
 
 	have_old = read_data_link(dfd, old, sizeof(old));
+	remove_leftovers(dfd, have_old ? old : NULL);
 	if (have_old && unchanged(dfd, old, files, nfiles)) {
 		r = 0;
 		goto out;

@@ -357,16 +357,36 @@ static void test_modes_ignore_umask(void **state)
 	assert_int_equal(mode_of("t/none"), 0);
 }
 
+/* A writer killed mid-write leaves a directory of partial files: the next write removes it. */
+static void test_crash_leftovers_removed(void **state)
+{
+	struct writer_file files[] = { FILE_("ID", 0644, "client-1") };
+	struct timespec old[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+	struct err err = { 0 };
+
+	make_dir("t");
+	make_dir("t/..2020_01_01_00_00_00.000000001");
+	put("t/..2020_01_01_00_00_00.000000001/JWK", "{\"d\":\"partial");
+	assert_int_equal(utimensat(AT_FDCWD, at("t/..2020_01_01_00_00_00.000000001"), old, 0), 0);
+	/* A fresh one may be a concurrent writer's in the making: it stays. */
+	make_dir("t/..2020_01_01_00_00_01.000000002");
+	assert_int_equal(writer_write(NULL, at("t"), files, 1, &err), 0);
+	assert_int_equal(access(at("t/..2020_01_01_00_00_00.000000001"), F_OK), -1);
+	assert_int_equal(access(at("t/..2020_01_01_00_00_01.000000002"), F_OK), 0);
+	/* ..data, its directory, the link and the fresh leftover. */
+	assert_int_equal(count_entries("t"), 4);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_path_rules), T(test_layout),
-		T(test_swap_removes_stale),	   T(test_identical_rewrite_is_noop),
-		T(test_invalid_writes_nothing),	   T(test_target_symlink_refused),
-		T(test_target_outside_root),	   T(test_planted_symlinks),
-		T(test_modes_ignore_umask),
+		T(test_crash_leftovers_removed),   T(test_swap_removes_stale),
+		T(test_identical_rewrite_is_noop), T(test_invalid_writes_nothing),
+		T(test_target_symlink_refused),	   T(test_target_outside_root),
+		T(test_planted_symlinks),	   T(test_modes_ignore_umask),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
