@@ -61,21 +61,46 @@ static bool dns_name_valid(const char *s, size_t max, bool dots)
 	return true;
 }
 
-/* DigDir scope syntax prefix:subscope; letters (UTF-8 too), digits and :/._- */
-static bool scope_valid(const char *s, size_t n)
+/* Bytes of one scope character at s: ASCII [a-z0-9._-], or æ ø å in UTF-8; 0 otherwise. */
+static size_t scope_char(const unsigned char *s, size_t left)
 {
-	const char *colon = memchr(s, ':', n);
+	if (islower(*s) || isdigit(*s) || *s == '.' || *s == '_' || *s == '-')
+		return 1;
+	/* æ U+00E6, ø U+00F8, å U+00E5 */
+	if (left >= 2 && s[0] == 0xC3 && (s[1] == 0xA6 || s[1] == 0xB8 || s[1] == 0xA5))
+		return 2;
+	return 0;
+}
 
-	if (n == 0 || n > MOUNT_MAX_SCOPE_LEN || !colon || colon == s || colon == s + n - 1)
+/*
+ * DigDir's scope syntax, prefix ':' subscope: lowercase letters (æøå too),
+ * digits and ._- in segments separated by ':' or '/', none of them empty.
+ */
+static bool scope_valid(const char *text, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	bool colon = false, in_segment = false;
+
+	if (n == 0 || n > MOUNT_MAX_SCOPE_LEN)
 		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
+	for (size_t i = 0; i < n;) {
+		size_t k;
 
-		if (!(isalnum(c) || c >= 0x80 || c == ':' || c == '/' || c == '.' || c == '_' ||
-		      c == '-'))
+		if (s[i] == ':' || s[i] == '/') {
+			if (!in_segment)
+				return false;
+			colon |= s[i] == ':';
+			in_segment = false;
+			i++;
+			continue;
+		}
+		k = scope_char(s + i, n - i);
+		if (k == 0)
 			return false;
+		in_segment = true;
+		i += k;
 	}
-	return true;
+	return colon && in_segment;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -98,11 +123,19 @@ static int parse_scopes(const char *text, struct mount_request *req, struct err 
 		n = strcspn(p, " \t\r\n,");
 		if (n == 0)
 			break;
-		if (!scope_valid(p, n))
+		if (!scope_valid(p, n)) {
+			/* Quoted back only when it is plain printable ASCII. */
+			bool plain = true;
+
+			for (size_t i = 0; i < n; i++)
+				plain &= p[i] > ' ' && p[i] < 0x7f && p[i] != '"' && p[i] != '\\';
 			return err_set(err, ERR_INVALID, EINVAL,
-				       "parameter \"scopes\": \"%.*s\" is not a scope (expected "
-				       "prefix:subscope of letters, digits and :/._-)",
-				       (int)(n > 80 ? 80 : n), p);
+				       "parameter \"scopes\": %s%.*s%s is not a scope (expected "
+				       "prefix:subscope of lowercase letters, digits and ._- in "
+				       "non-empty parts separated by : or /)",
+				       plain ? "\"" : "one of the scopes",
+				       plain ? (int)(n > 80 ? 80 : n) : 0, p, plain ? "\"" : "");
+		}
 		for (size_t i = 0; i < req->nscopes; i++)
 			if (strlen(req->scopes[i]) == n && !memcmp(req->scopes[i], p, n))
 				dup = true;

@@ -198,10 +198,13 @@ def test_invalid_scopes(provider, unchanged, scopes):
 
 
 @pytest.mark.parametrize("scopes", ["a:b:", "A:B", "nav:test//api", "nav:test/api\u202e"])
-def test_scopes_digdir_would_refuse_fail_before_any_write(provider, unchanged, scopes):
-    # Well-formed enough to parse; the organisation has no access, so nothing is made.
-    rejected(provider, identity(scopes=scopes), code=grpc.StatusCode.FAILED_PRECONDITION,
-             needle=scopes)
+def test_scopes_outside_digdirs_syntax_are_refused_before_any_call(emulator, provider, unchanged,
+                                                                   scopes):
+    # Empty parts, capitals and other characters are refused by the provider itself, and
+    # a scope with a control or direction character is not repeated back.
+    details = rejected(provider, identity(scopes=scopes), needle="not a scope")
+    assert "\u202e" not in details
+    assert emulator.counts().get("GET /api/v1/scopes/access/all", 0) == 0
 
 
 def test_nul_in_attributes(provider, unchanged):

@@ -123,6 +123,13 @@ static void test_rejections(void **state)
 		       ERR_INVALID);
 	expect_invalid("{" POD_ATTRS ",\"scopes\":\"a:b\\\"c\"}", "420", "not a scope",
 		       ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"scopes\":\"A:B\"}", "420", "not a scope", ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"scopes\":\"a:b:\"}", "420", "not a scope", ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"scopes\":\"nav:test//api\"}", "420", "not a scope",
+		       ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"scopes\":\"/a:b\"}", "420", "not a scope", ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"scopes\":\"a:b\\u202e\"}", "420", "one of the scopes",
+		       ERR_INVALID);
 	expect_invalid("{" POD_ATTRS ",\"filePermission\":\"0999\"}", "420", "filePermission",
 		       ERR_INVALID);
 	expect_invalid("{" POD_ATTRS ",\"filePermission\":\"rw\"}", "420", "filePermission",
