@@ -324,6 +324,8 @@ def test_burst_of_new_apps_shares_listings_and_tokens(emulator, provider):
     assert counts.get("POST /api/v1/clients") == 20
     assert counts.get("POST /api/v1/clients/{id}/jwks") == 20
     assert counts.get("token:admin") == 1
-    # One lookup listing and one confirming listing serve many flights at once.
+    # Unshared, each new app costs a lookup and a confirming listing: 40. Shared, a
+    # handful serve many flights at once (7-9 measured; more when everything is slow,
+    # as under ASan); half of the unshared count is a bound sharing must stay under.
     print("client listings for 20 new apps: %d" % counts.get("GET /api/v1/clients"))
-    assert counts.get("GET /api/v1/clients") <= 10
+    assert counts.get("GET /api/v1/clients") <= 20
