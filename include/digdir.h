@@ -99,6 +99,9 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 		const json_t *body, bool idempotent, int64_t deadline_ms, json_t **ret,
 		struct err *err);
 
+/* prefix + value percent-encoded + suffix, e.g. ("/scopes?scope=", "a:b", ""). Caller frees. */
+char *digdir_path(const char *prefix, const char *value, const char *suffix);
+
 /* The organisation number of the admin token, or NULL. Borrowed. */
 const char *digdir_org_number(struct digdir *dd);
 

@@ -169,6 +169,9 @@ struct keys_schedule_input {
 int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn public_jwk, void *ctx,
 		  json_t **ret_set, bool *ret_changed, struct err *err);
 
+/* True when the JWK array set holds a key with this kid. */
+bool keys_set_has_kid(const json_t *set, const char *kid);
+
 /* base64url without padding of len bytes; returns a malloc'd string or NULL. */
 char *keys_b64url(const unsigned char *data, size_t len);
 

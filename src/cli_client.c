@@ -452,19 +452,6 @@ out:
 	return r;
 }
 
-static bool has_kid(const json_t *keys, const char *kid)
-{
-	json_t *k;
-	size_t i;
-
-	json_array_foreach(keys, i, k)
-	{
-		if (!strcmp(str(k, "kid"), kid))
-			return true;
-	}
-	return false;
-}
-
 /*
  * Takes over a client registered by another tool: registers this provider's
  * keys as a Mount would, keeping the other tool's keys while there is room;
@@ -509,7 +496,7 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 		if (keys_kid_is_own(&app->seed, id, kid, &e))
 			continue;
 		nforeign++;
-		if (!has_kid(after, kid)) {
+		if (!keys_set_has_kid(after, kid)) {
 			ndropped++;
 			printf("dropped foreign key %s\n", kid);
 		} else {

@@ -287,15 +287,20 @@ out:
 	return r;
 }
 
-/* "/clients/<escaped id><suffix>" */
-static char *client_path(const char *client_id, const char *suffix)
+char *digdir_path(const char *prefix, const char *value, const char *suffix)
 {
-	char *esc = http_escape(client_id), *p = NULL;
+	char *esc = http_escape(value), *p = NULL;
 
-	if (esc && asprintf(&p, "/clients/%s%s", esc, suffix) < 0)
+	if (esc && asprintf(&p, "%s%s%s", prefix, esc, suffix) < 0)
 		p = NULL;
 	free(esc);
 	return p;
+}
+
+/* "/clients/<escaped id><suffix>" */
+static char *client_path(const char *client_id, const char *suffix)
+{
+	return digdir_path("/clients/", client_id, suffix);
 }
 
 int digdir_check_client_list(const json_t *list, struct err *err)
@@ -1010,20 +1015,6 @@ out:
 	return r;
 }
 
-/* Whether keys holds a key with this kid. */
-static bool has_kid(const json_t *keys, const char *kid)
-{
-	json_t *k;
-	size_t i;
-
-	for (i = 0; i < json_array_size(keys) && (k = json_array_get(keys, i)); i++) {
-		const char *s = json_string_value(json_object_get(k, "kid"));
-		if (s && !strcmp(s, kid))
-			return true;
-	}
-	return false;
-}
-
 int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
 		     int64_t epoch, int64_t epoch_len, bool drop_foreign,
 		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
@@ -1065,7 +1056,7 @@ int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys
 				    client_id);
 			goto out;
 		}
-		if (!has_kid(final, kid)) {
+		if (!keys_set_has_kid(final, kid)) {
 			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 				    "DigDir does not list key %s of client %s after the upload",
 				    kid, client_id);

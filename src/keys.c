@@ -1303,8 +1303,7 @@ static json_t *find_kid(const json_t *current, const char *kid)
 	return NULL;
 }
 
-/* True when set already holds a key with this kid. */
-static bool has_kid(const json_t *set, const char *kid)
+bool keys_set_has_kid(const json_t *set, const char *kid)
 {
 	return kid && find_kid(set, kid) != NULL;
 }
@@ -1389,7 +1388,7 @@ int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn publi
 			continue;
 		if (json_is_number(exp) && json_number_value(exp) <= (double)foreign_after)
 			continue;
-		if (has_kid(set, kid))
+		if (keys_set_has_kid(set, kid))
 			continue; /* a duplicate kid cannot be registered twice */
 		if (json_array_append_new(set, json_deep_copy(v)) < 0) {
 			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");

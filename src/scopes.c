@@ -470,12 +470,7 @@ bool scopes_differs(const json_t *have, const json_t *want)
 /* "<base><escaped scope>", e.g. "/scopes?scope=test%3Aa%3Ab". */
 static char *scope_path(const char *base, const char *full_name)
 {
-	char *esc = http_escape(full_name), *p = NULL;
-
-	if (esc && asprintf(&p, "%s%s", base, esc) < 0)
-		p = NULL;
-	free(esc);
-	return p;
+	return digdir_path(base, full_name, "");
 }
 
 static int list_all(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err)
