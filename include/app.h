@@ -38,6 +38,9 @@ struct app {
  */
 int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *err);
 
+/* An http client with the configuration's CA, proxy and timeouts. NULL with err filled. */
+struct http *app_http_new(const struct config *cfg, struct err *err);
+
 /* Releases everything app_open made. Accepts a zeroed or closed app. */
 void app_close(struct app *app);
 

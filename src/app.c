@@ -8,9 +8,21 @@
 
 #include "app.h"
 
+struct http *app_http_new(const struct config *cfg, struct err *err)
+{
+	struct http_config hc = {
+		.ca_file = cfg->ca_file,
+		.https_proxy = cfg->https_proxy,
+		.allow_http = cfg->allow_http,
+		.connect_timeout_ms = cfg->connect_timeout_ms,
+		.attempt_timeout_ms = cfg->request_timeout_ms,
+	};
+
+	return http_new(&hc, err);
+}
+
 int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *err)
 {
-	struct http_config hc = { 0 };
 	struct mp_config mc = { 0 };
 	struct digdir_config dc = { 0 };
 	int r;
@@ -44,12 +56,7 @@ int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *er
 		app->have_seed = true;
 	}
 
-	hc.ca_file = cfg->ca_file;
-	hc.https_proxy = cfg->https_proxy;
-	hc.allow_http = cfg->allow_http;
-	hc.connect_timeout_ms = cfg->connect_timeout_ms;
-	hc.attempt_timeout_ms = cfg->request_timeout_ms;
-	app->http = http_new(&hc, err);
+	app->http = app_http_new(cfg, err);
 	if (!app->http) {
 		r = -EINVAL;
 		goto fail;

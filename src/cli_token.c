@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "app.h"
 #include "cli.h"
 #include "config.h"
 #include "http.h"
@@ -93,7 +94,6 @@ static int run(const struct config *cfg, struct err *err)
 					     "MASKINPORTEN_TOKEN_ENDPOINT" };
 	enum { ID, JWK, SCOPES, ISSUER, ENDPOINT, NFILES };
 	char *val[NFILES] = { NULL };
-	struct http_config hc = { 0 };
 	struct http *http = NULL;
 	json_t *jwk = NULL, *answer = NULL;
 	EVP_PKEY *pkey = NULL;
@@ -134,12 +134,7 @@ static int run(const struct config *cfg, struct err *err)
 		goto out;
 	}
 
-	hc.ca_file = cfg->ca_file;
-	hc.https_proxy = cfg->https_proxy;
-	hc.allow_http = cfg->allow_http;
-	hc.connect_timeout_ms = cfg->connect_timeout_ms;
-	hc.attempt_timeout_ms = cfg->request_timeout_ms;
-	http = http_new(&hc, err);
+	http = app_http_new(cfg, err);
 	if (!http) {
 		r = -EINVAL;
 		goto out;
