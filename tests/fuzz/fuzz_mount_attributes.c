@@ -4,22 +4,12 @@
  * What parses is turned into files and a packed response.
  */
 #include "fuzz.h"
+#include "fuzz_mount.h"
 #include "mount.h"
 #include "provider.pb-c.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const struct mount_content c = {
-		.client_id = "16f3f614-1ed5-4c3c-9b1d-5a4d8b2f0c11",
-		.jwk_private = "{\"kty\":\"RSA\"}",
-		.kid = "dev:team-a:payments:e1",
-		.well_known_url =
-		    "https://test.maskinporten.no/.well-known/oauth-authorization-server",
-		.issuer = "https://test.maskinporten.no/",
-		.jwks_uri = "https://test.maskinporten.no/jwk",
-		.token_endpoint = "https://test.maskinporten.no/token",
-		.exposed_scopes = "nav:test/api",
-	};
 	V1alpha1__MountRequest msg = V1ALPHA1__MOUNT_REQUEST__INIT;
 	struct mount_file files[MOUNT_MAX_FILES];
 	struct mount_request req = { 0 };
@@ -39,9 +29,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	r = mount_parse(packed, len, "dev", &req, &err);
 	fuzz_check_err(r, &err);
 	if (r == 0) {
-		if (mount_build_files(&req, &c, files, &nfiles) == 0)
+		if (mount_build_files(&req, &fuzz_mount_content, files, &nfiles) == 0)
 			mount_files_free(files, nfiles);
-		if (mount_build_response(&req, &c, true, &payload, &len) == 0)
+		if (mount_build_response(&req, &fuzz_mount_content, true, &payload, &len) == 0)
 			free(payload);
 		mount_request_free(&req);
 	}
