@@ -1377,6 +1377,9 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections a burst opens at once,
+    # and the client's SYN retry adds a second to each: DigDir's does not.
+    request_queue_size = 128
 
     def __init__(self, addr, svc, tls_context=None):
         self.svc = svc
