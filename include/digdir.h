@@ -58,11 +58,12 @@ int digdir_find_client(struct digdir *dd, const char *description, const char *p
  * registered. Never leaves a duplicate: after a create it lists again and,
  * when another node created one too, keeps the winner of
  * digdir_find_client's rule and deletes its own.
- * Returns 0 with *ret_client_id (caller frees).
+ * Returns 0 with *ret_client_id (caller frees); *ret_created (may be NULL)
+ * says whether the client is one this call created, so no key is registered.
  */
 int digdir_ensure_client(struct digdir *dd, const char *description, const char *const *scopes,
 			 size_t nscopes, const char *pinned_id, int64_t deadline_ms,
-			 char **ret_client_id, struct err *err);
+			 char **ret_client_id, bool *ret_created, struct err *err);
 
 /* Checks that the organisation may consume every scope (cached scope access lists). */
 int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size_t nscopes,
@@ -76,6 +77,12 @@ int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_m
 int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys,
 		    int64_t deadline_ms, json_t **ret, struct err *err);
 
+/* Flags of digdir_sync_jwks. */
+enum {
+	DIGDIR_JWKS_DROP_FOREIGN = 1, /* drop keys that are not ours (keys_schedule_input) */
+	DIGDIR_JWKS_NEW_CLIENT = 2,   /* just created here: no keys yet, skip the first read */
+};
+
 /*
  * Reads the JWKS, computes the set with keys_schedule() and uploads it only
  * when it changed, then confirms by reading back that our keys are there.
@@ -83,7 +90,7 @@ int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys
  * (may be NULL) says whether an upload happened.
  */
 int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
-		     int64_t epoch, int64_t epoch_len, bool drop_foreign,
+		     int64_t epoch, int64_t epoch_len, unsigned flags,
 		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
 		     json_t **ret_registered, bool *ret_uploaded, struct err *err);
 

@@ -355,7 +355,7 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 	struct keys_derive_ctx dc;
 	char *buf = NULL, *client_id = NULL;
 	size_t nscopes;
-	bool uploaded = false;
+	bool uploaded = false, created = false;
 	int64_t epoch;
 	int r;
 
@@ -369,13 +369,14 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 	nscopes = split_words(buf, scopes, sizeof(scopes) / sizeof(scopes[0]));
 
 	r = digdir_ensure_client(app->dd, args[0], scopes, nscopes, NULL, deadline_ms, &client_id,
-				 err);
+				 &created, err);
 	if (r < 0)
 		goto out;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
 	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = client_id };
-	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length, false,
-			     keys_derive_public_jwk, &dc, deadline_ms, NULL, &uploaded, err);
+	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length,
+			     created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &dc,
+			     deadline_ms, NULL, &uploaded, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", client_id);
 		goto out;
@@ -481,8 +482,9 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 		goto out;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
 	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = id };
-	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length, drop,
-			     keys_derive_public_jwk, &dc, deadline_ms, &after, &uploaded, err);
+	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length,
+			     drop ? DIGDIR_JWKS_DROP_FOREIGN : 0, keys_derive_public_jwk, &dc,
+			     deadline_ms, &after, &uploaded, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", id);
 		goto out;

@@ -25,10 +25,27 @@
  * Client listings are shared by concurrent flights. A lookup may use a
  * listing up to LIST_REUSE_MS old: a create it leads to is always confirmed
  * by a listing sent after the create, which settles any race. A confirming
- * listing waits LIST_BATCH_MS so that creates finishing together share it.
+ * listing waits for the creates still under way, up to LIST_BATCH_MS, so
+ * that one listing confirms every client a burst of new apps made.
  */
 #define LIST_REUSE_MS 2000
-#define LIST_BATCH_MS 200
+#define LIST_BATCH_MS 1000
+
+/*
+ * When a listing was sent, or what a caller needs of one: sent after ms
+ * (strictly: within a millisecond the order is unknown), and after the
+ * answers of this process's first seq creates. Counting creates, not
+ * milliseconds, orders a listing exactly after the creates it must show.
+ */
+struct stamp {
+	int64_t ms;
+	uint64_t seq;
+};
+
+static bool fresh_for(struct stamp sent, struct stamp need)
+{
+	return sent.ms > need.ms && sent.seq >= need.seq;
+}
 
 struct digdir {
 	struct http *http;
@@ -49,17 +66,21 @@ struct digdir {
 	/* The shared client listing; guarded by list_lock (see list_shared). */
 	pthread_mutex_t list_lock;
 	pthread_cond_t list_done;
+	pthread_cond_t create_done;
 	json_t *list;	      /* the last successful listing, never modified */
-	int64_t list_sent_ms; /* when its request was sent */
+	struct stamp list_at; /* when its request was sent */
 	bool list_running;    /* a listing is under way ... */
-	int64_t list_next_ms; /* ... sent at or after this time */
-	unsigned list_gen;    /* bumped when one finishes */
-	int list_rc;	      /* how the last one ended */
+	bool list_batching;   /* ... and not sent yet, or ... */
+	struct stamp next_at; /* ... sent at this stamp */
+	int creating;	      /* creates sent and not answered yet */
+	uint64_t creates_ended;
+	unsigned list_gen; /* bumped when one finishes */
+	int list_rc;	   /* how the last one ended */
 	struct err list_err;
 	/* Descriptions this process tried to create lately: their lookups want fresh listings. */
 	struct {
 		uint64_t hash;
-		int64_t at_ms;
+		uint64_t seq; /* creates_ended when its answer came */
 	} creates[64];
 	unsigned ncreates;
 };
@@ -85,6 +106,7 @@ struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_
 	pthread_mutex_init(&dd->scope_lock, NULL);
 	pthread_mutex_init(&dd->list_lock, NULL);
 	pthread_cond_init(&dd->list_done, NULL);
+	pthread_cond_init(&dd->create_done, NULL);
 	dd->http = http;
 	dd->mp = mp;
 	/* "/api/v1" is appended unless the URL already ends with it. */
@@ -128,6 +150,7 @@ void digdir_free(struct digdir *dd)
 	json_decref(dd->list);
 	pthread_mutex_destroy(&dd->scope_lock);
 	pthread_cond_destroy(&dd->list_done);
+	pthread_cond_destroy(&dd->create_done);
 	pthread_mutex_destroy(&dd->list_lock);
 	free(dd);
 }
@@ -339,10 +362,10 @@ int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, st
 	return 0;
 }
 
-/* Waits on list_done until the deadline; list_lock held. -ETIMEDOUT past it. */
-static int wait_listing(struct digdir *dd, int64_t deadline_ms)
+/* Waits on cond (list_lock held) until woken or until_ms. -ETIMEDOUT once past it. */
+static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 {
-	int64_t left = deadline_ms > 0 ? deadline_ms - http_now_ms() : 1000;
+	int64_t left = until_ms - http_now_ms();
 	struct timespec ts;
 
 	if (left <= 0)
@@ -354,7 +377,7 @@ static int wait_listing(struct digdir *dd, int64_t deadline_ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000L;
 	}
-	pthread_cond_timedwait(&dd->list_done, &dd->list_lock, &ts);
+	pthread_cond_timedwait(cond, &dd->list_lock, &ts);
 	return 0;
 }
 
@@ -367,53 +390,71 @@ static uint64_t description_hash(const char *s)
 	return h;
 }
 
-/* Remembers that we are about to create a client for description. */
-static void note_create(struct digdir *dd, const char *description)
+/* A create is about to be sent: the next confirming listing waits for its answer. */
+static void create_begin(struct digdir *dd)
 {
 	pthread_mutex_lock(&dd->list_lock);
-	dd->creates[dd->ncreates % 64].hash = description_hash(description);
-	dd->creates[dd->ncreates % 64].at_ms = http_now_ms();
-	dd->ncreates++;
+	dd->creating++;
 	pthread_mutex_unlock(&dd->list_lock);
+}
+
+/*
+ * The create's answer came (or the wait for it ended). Returns what a
+ * listing must be to show what it did; lookups of description want the same.
+ */
+static struct stamp create_end(struct digdir *dd, const char *description)
+{
+	struct stamp need = { .ms = INT64_MIN };
+
+	pthread_mutex_lock(&dd->list_lock);
+	need.seq = ++dd->creates_ended;
+	dd->creates[dd->ncreates % 64].hash = description_hash(description);
+	dd->creates[dd->ncreates % 64].seq = need.seq;
+	dd->ncreates++;
+	if (--dd->creating == 0)
+		pthread_cond_broadcast(&dd->create_done);
+	pthread_mutex_unlock(&dd->list_lock);
+	return need;
 }
 
 /*
  * How fresh a lookup's listing must be: a shared one up to LIST_REUSE_MS old
- * will do, unless this process tried to create the client since. Then only a
- * listing sent after that attempt can tell whether it happened, and an older
- * one would make us create the client a second time.
+ * will do, unless this process tried to create the client. Then only a
+ * listing sent after that attempt's answer can tell whether it happened, and
+ * an older one would make us create the client a second time.
  */
-static int64_t lookup_since(struct digdir *dd, const char *description)
+static struct stamp lookup_need(struct digdir *dd, const char *description)
 {
-	int64_t since = http_now_ms() - LIST_REUSE_MS;
+	struct stamp need = { .ms = http_now_ms() - LIST_REUSE_MS };
 	uint64_t h = description_hash(description);
 
 	pthread_mutex_lock(&dd->list_lock);
 	for (unsigned i = 0; i < 64 && i < dd->ncreates; i++)
-		if (dd->creates[i].hash == h && dd->creates[i].at_ms > since)
-			since = dd->creates[i].at_ms;
+		if (dd->creates[i].hash == h && dd->creates[i].seq > need.seq)
+			need.seq = dd->creates[i].seq;
 	pthread_mutex_unlock(&dd->list_lock);
-	return since;
+	return need;
 }
 
 /*
- * A client listing whose request was sent after since_ms: the last one
- * when it is fresh enough, the one under way when it will be, else a new one
- * (sent after batch_ms, so that callers arriving meanwhile share it).
- * *ret is a new reference to a listing nobody modifies.
+ * A client listing fresh enough for need: the last one when it is, the one
+ * under way when it will be, else a new one. With batch, the new one is sent
+ * once the creates under way are answered (up to LIST_BATCH_MS later), and
+ * every caller arriving meanwhile shares it. *ret is a new reference to a
+ * listing nobody modifies.
  */
-static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64_t deadline_ms,
+static int list_shared(struct digdir *dd, struct stamp need, bool batch, int64_t deadline_ms,
 		       json_t **ret, struct err *err)
 {
+	int64_t until = deadline_ms > 0 ? deadline_ms : INT64_MAX / 2;
 	json_t *list = NULL;
 	struct err lerr = { 0 };
-	int64_t sent;
+	struct stamp sent;
 	int r;
 
 	pthread_mutex_lock(&dd->list_lock);
 	for (;;) {
-		/* Strictly after: within one millisecond the order is unknown. */
-		if (dd->list && dd->list_sent_ms > since_ms) {
+		if (dd->list && fresh_for(dd->list_at, need)) {
 			*ret = json_incref(dd->list);
 			r = 0;
 			goto out;
@@ -422,10 +463,10 @@ static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64
 			break;
 		/* Wait for the listing under way; use it, or its failure, when it is fresh. */
 		unsigned gen = dd->list_gen;
-		bool fresh = dd->list_next_ms > since_ms;
+		bool fresh = dd->list_batching || fresh_for(dd->next_at, need);
 
 		while (dd->list_gen == gen)
-			if (wait_listing(dd, deadline_ms) < 0) {
+			if (wait_until(dd, &dd->list_done, until) < 0) {
 				r = err_set(
 				    err, ERR_TIMEOUT, ETIMEDOUT,
 				    "DigDir GET /clients: timed out waiting for the listing");
@@ -439,12 +480,18 @@ static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64
 		}
 	}
 	dd->list_running = true;
-	dd->list_next_ms = http_now_ms() + batch_ms;
-	sent = dd->list_next_ms;
+	if (batch) {
+		int64_t batch_end = http_now_ms() + LIST_BATCH_MS;
+
+		dd->list_batching = true;
+		while (dd->creating > 0 &&
+		       wait_until(dd, &dd->create_done, batch_end < until ? batch_end : until) == 0)
+			;
+		dd->list_batching = false;
+	}
+	sent = dd->next_at = (struct stamp){ http_now_ms(), dd->creates_ended };
 	pthread_mutex_unlock(&dd->list_lock);
 
-	if (batch_ms > 0)
-		nanosleep(&(struct timespec){ 0, batch_ms * 1000000L }, NULL);
 	r = digdir_list_clients(dd, deadline_ms, &list, &lerr);
 
 	pthread_mutex_lock(&dd->list_lock);
@@ -455,7 +502,7 @@ static int list_shared(struct digdir *dd, int64_t since_ms, long batch_ms, int64
 	if (r == 0) {
 		json_decref(dd->list);
 		dd->list = json_incref(list);
-		dd->list_sent_ms = sent;
+		dd->list_at = sent;
 		*ret = list;
 	} else if (err) {
 		*err = lerr;
@@ -797,12 +844,15 @@ static bool maybe_created(const struct err *e)
 /*
  * Creates the client and settles races: another node may have created one
  * for the same description at the same time. After the create the listing
- * decides (earliest created wins); a loser we made is deleted.
+ * decides (earliest created wins); a loser we made is deleted. *ret_ours
+ * says whether the winner is the client this call created.
  */
 static int create_and_settle(struct digdir *dd, const char *description, const json_t *body,
-			     int64_t deadline_ms, json_t **ret_winner, struct err *err)
+			     int64_t deadline_ms, json_t **ret_winner, bool *ret_ours,
+			     struct err *err)
 {
 	struct err cerr = { 0 };
+	struct stamp need;
 	json_t *list = NULL, *winner = NULL;
 	char *ours = NULL;
 	int64_t settle_until;
@@ -812,8 +862,9 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 	settle_until = deadline_ms > 0 ? deadline_ms : http_now_ms() + SETTLE_MAX_MS;
 	/* A second create only after the listing showed that the first did not happen. */
 	for (int tries = 0; tries < 2 && !winner; tries++) {
-		note_create(dd, description);
+		create_begin(dd);
 		rc = create_client(dd, body, deadline_ms, &ours, &cerr);
+		need = create_end(dd, description);
 		if (rc < 0 && !maybe_created(&cerr)) {
 			if (err)
 				*err = cerr;
@@ -823,7 +874,7 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 		/* Never blindly repeat a create that may have reached DigDir: look first. */
 		json_decref(list);
 		list = NULL;
-		r = list_shared(dd, http_now_ms(), LIST_BATCH_MS, deadline_ms, &list, err);
+		r = list_shared(dd, need, true, deadline_ms, &list, err);
 		if (r < 0)
 			goto out;
 		winner = digdir_pick_client(list, description, NULL, NULL);
@@ -861,7 +912,8 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 	}
 	if (!winner)
 		goto out;
-	if (ours && strcmp(json_string_value(json_object_get(winner, "client_id")), ours) != 0) {
+	*ret_ours = ours && !strcmp(json_string_value(json_object_get(winner, "client_id")), ours);
+	if (ours && !*ret_ours) {
 		/* Another node won the race; ours goes, so one client stays active. */
 		r = digdir_delete_client(dd, ours, deadline_ms, err);
 		if (r < 0 && (!err || err->kind != ERR_NOT_FOUND))
@@ -877,11 +929,12 @@ out:
 
 int digdir_ensure_client(struct digdir *dd, const char *description, const char *const *scopes,
 			 size_t nscopes, const char *pinned_id, int64_t deadline_ms,
-			 char **ret_client_id, struct err *err)
+			 char **ret_client_id, bool *ret_created, struct err *err)
 {
 	const char *def[1], *id, *itype;
 	json_t *list = NULL, *client = NULL, *body = NULL, *have;
 	char *path = NULL, *copy = NULL;
+	bool created = false;
 	int r;
 
 	/* DigDir rejects clients without scopes: register the default one. */
@@ -902,7 +955,7 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 		goto out;
 	}
 
-	r = list_shared(dd, lookup_since(dd, description), 0, deadline_ms, &list, err);
+	r = list_shared(dd, lookup_need(dd, description), false, deadline_ms, &list, err);
 	if (r < 0)
 		goto out;
 	client = digdir_pick_client(list, description, pinned_id, NULL);
@@ -912,7 +965,7 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 	if (client) {
 		json_incref(client);
 	} else {
-		r = create_and_settle(dd, description, body, deadline_ms, &client, err);
+		r = create_and_settle(dd, description, body, deadline_ms, &client, &created, err);
 		if (r < 0)
 			goto out;
 	}
@@ -945,6 +998,8 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 		goto out;
 	}
 	*ret_client_id = copy;
+	if (ret_created)
+		*ret_created = created;
 	r = 0;
 out:
 	free(path);
@@ -1016,7 +1071,7 @@ out:
 }
 
 int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
-		     int64_t epoch, int64_t epoch_len, bool drop_foreign,
+		     int64_t epoch, int64_t epoch_len, unsigned flags,
 		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
 		     json_t **ret_registered, bool *ret_uploaded, struct err *err)
 {
@@ -1024,17 +1079,29 @@ int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys
 	json_t *current = NULL, *set = NULL, *after = NULL, *final;
 	char kid[KEYS_KID_MAX];
 	bool changed = false;
-	int r;
+	int r = 0;
 
-	r = digdir_get_jwks(dd, client_id, deadline_ms, &current, err);
-	if (r < 0)
+	/*
+	 * A client this process just created has no keys: reading them would
+	 * cost a request and tell nothing. Another node uploading at the same
+	 * time is the read-modify-write race every sync has; both upload the
+	 * same derived keys, and the read-back checks ours are there.
+	 */
+	if (flags & DIGDIR_JWKS_NEW_CLIENT)
+		current = json_array();
+	else
+		r = digdir_get_jwks(dd, client_id, deadline_ms, &current, err);
+	if (!current) {
+		if (r == 0)
+			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 		goto out;
+	}
 	in = (struct keys_schedule_input){ .seed = seed,
 					   .client_id = client_id,
 					   .epoch = epoch,
 					   .epoch_len = epoch_len,
 					   .current = current,
-					   .drop_foreign = drop_foreign };
+					   .drop_foreign = flags & DIGDIR_JWKS_DROP_FOREIGN };
 	r = keys_schedule(&in, public_jwk, ctx, &set, &changed, err);
 	if (r < 0)
 		goto out;

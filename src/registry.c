@@ -287,16 +287,17 @@ static int fly(struct registry *reg, const char *description, char *const *scope
 	struct keys_derive_ctx d = { .seed = reg->seed, .keep = true, .keep_epoch = epoch };
 	json_t *registered = NULL;
 	char *client_id = NULL;
-	bool uploaded = false;
+	bool uploaded = false, created = false;
 	int r;
 
 	r = digdir_ensure_client(reg->dd, description, (const char *const *)scopes, nscopes, pinned,
-				 deadline_ms, &client_id, err);
+				 deadline_ms, &client_id, &created, err);
 	if (r < 0)
 		goto out;
 	d.client_id = client_id;
-	r = digdir_sync_jwks(reg->dd, client_id, reg->seed, epoch, reg->cfg.epoch_len, false,
-			     keys_derive_public_jwk, &d, deadline_ms, &registered, &uploaded, err);
+	r = digdir_sync_jwks(reg->dd, client_id, reg->seed, epoch, reg->cfg.epoch_len,
+			     created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &d,
+			     deadline_ms, &registered, &uploaded, err);
 	for (unsigned i = 0; i < d.derived; i++)
 		metrics_key_derived();
 	if (r < 0)
