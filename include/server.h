@@ -67,7 +67,7 @@ struct server_config {
 	unsigned socket_mode;	 /* chmod of the socket after bind, e.g. 0600 */
 	long max_recv_bytes;	 /* largest request accepted */
 	long max_send_bytes;	 /* largest response (the driver's default limit is 4 MiB) */
-	int workers;		 /* threads for slow handlers */
+	int workers;		 /* most threads for slow handlers, started as needed */
 	int queue_max;		 /* calls waiting for a worker before RESOURCE_EXHAUSTED */
 	long default_timeout_ms; /* deadline of calls that carry none */
 	long grace_ms;		 /* on stop: time in-flight calls get to finish */

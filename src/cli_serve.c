@@ -166,7 +166,7 @@ int cmd_serve(int argc, char **argv)
 			.max_recv_bytes = cfg.max_message_bytes,
 			.max_send_bytes = 4 * 1024 * 1024,
 			.workers = cfg.workers,
-			.queue_max = cfg.workers * 64,
+			.queue_max = cfg.workers * 8,
 			.default_timeout_ms = cfg.mount_timeout_ms,
 			.grace_ms = 10000,
 		};

@@ -6,8 +6,11 @@
  * requests carry service account tokens and Mount answers a private key.
  *
  * Two threads serve the one completion queue; they accept calls and run the
- * fast handlers inline. Calls a fast handler cannot answer go to a bounded queue served by
- * a pool of worker threads, so a slow cold Mount never delays a warm one.
+ * fast handlers inline. Calls a fast handler cannot answer go to a bounded
+ * queue served by a pool of worker threads, so a slow cold Mount never
+ * delays a warm one. Workers start when a queued call finds none idle, up to
+ * the configured number: a node at rest keeps one, and a node starting many
+ * new apps at once gets a flight for each of them, not a few at a time.
  * A worker answers with grpc_call_start_batch (thread-safe); the batch's
  * completion comes back on the one queue, where the call is released.
  */
@@ -87,8 +90,9 @@ struct server {
 	pthread_cond_t cond;
 	struct call *head, *tail;
 	int queued;
+	int idle; /* workers waiting for a call */
 	bool workers_exit;
-	pthread_t *threads;
+	pthread_t *threads; /* config->workers slots, the first nthreads started */
 	int nthreads;
 };
 
@@ -262,6 +266,21 @@ static int64_t remaining_ms(const struct server *srv, gpr_timespec deadline)
 	return ms;
 }
 
+static void *worker_main(void *arg);
+
+/* Starts one more worker; lock held. Returns 0 or -errno. */
+static int add_worker(struct server *srv)
+{
+	int r;
+
+	if (srv->nthreads >= srv->config->workers)
+		return -EAGAIN;
+	r = -pthread_create(&srv->threads[srv->nthreads], NULL, worker_main, srv);
+	if (r == 0)
+		srv->nthreads++;
+	return r;
+}
+
 /* Puts a call on the worker queue. Returns false when the queue is full. */
 static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
 {
@@ -278,6 +297,10 @@ static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
 		srv->tail = c;
 		srv->queued++;
 		ok = true;
+		/* Busy workers may be waiting on a flight for hundreds of ms: add one. */
+		if (srv->queued > srv->idle && add_worker(srv) == -EAGAIN && srv->idle == 0)
+			log_debug("gRPC: all %d workers busy, %d Mounts queued", srv->nthreads,
+				  srv->queued);
 		pthread_cond_signal(&srv->cond);
 	}
 	pthread_mutex_unlock(&srv->lock);
@@ -291,8 +314,10 @@ static void *worker_main(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&srv->lock);
+		srv->idle++;
 		while (!srv->head && !srv->workers_exit)
 			pthread_cond_wait(&srv->cond, &srv->lock);
+		srv->idle--;
 		c = srv->head;
 		if (c) {
 			srv->head = c->next;
@@ -456,6 +481,7 @@ static void stop_workers(struct server *srv)
 	srv->workers_exit = true;
 	pthread_cond_broadcast(&srv->cond);
 	pthread_mutex_unlock(&srv->lock);
+	/* No call is queued or arrives now, so no worker is being added. */
 	for (int i = 0; i < srv->nthreads; i++)
 		pthread_join(srv->threads[i], NULL);
 	srv->nthreads = 0;
@@ -597,12 +623,12 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 		r = -ENOMEM;
 		goto out;
 	}
-	for (int i = 0; i < config->workers; i++) {
-		r = -pthread_create(&srv.threads[i], NULL, worker_main, &srv);
-		if (r < 0)
-			goto out;
-		srv.nthreads++;
-	}
+	/* One worker from the start: a failed pthread_create later only slows. */
+	pthread_mutex_lock(&srv.lock);
+	r = add_worker(&srv);
+	pthread_mutex_unlock(&srv.lock);
+	if (r < 0)
+		goto out;
 
 	grpc_server_start(srv.server);
 	started = true;
@@ -611,7 +637,7 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 		r = -EIO;
 		goto out;
 	}
-	log_info("serving on %s (%d workers, queue %d)", config->socket_path, config->workers,
+	log_info("serving on %s (up to %d workers, queue %d)", config->socket_path, config->workers,
 		 config->queue_max);
 	if (on_ready)
 		on_ready(ready_ctx);

@@ -34,6 +34,7 @@
 
 static atomic_int slow_started;
 static atomic_int slow_finished;
+static atomic_int slow_running, slow_peak; /* slow handlers running at once, and the most */
 static _Atomic int64_t seen_deadline_ms;
 
 static int64_t mono_ms(void)
@@ -101,9 +102,15 @@ static void fake_mount_slow(void *ctx, const uint8_t *req, size_t len, int64_t d
 {
 	struct timespec ts = { 0, SLOW_MS * 1000000L };
 
+	int running = atomic_fetch_add(&slow_running, 1) + 1;
+	int peak = atomic_load(&slow_peak);
+
+	while (running > peak && !atomic_compare_exchange_weak(&slow_peak, &peak, running))
+		;
 	atomic_fetch_add(&slow_started, 1);
 	nanosleep(&ts, NULL);
 	echo(req, len, ret);
+	atomic_fetch_sub(&slow_running, 1);
 	atomic_fetch_add(&slow_finished, 1);
 }
 
@@ -169,6 +176,8 @@ static void fixture_init(struct fixture *f)
 	pthread_cond_init(&f->cond, NULL);
 	atomic_store(&slow_started, 0);
 	atomic_store(&slow_finished, 0);
+	atomic_store(&slow_running, 0);
+	atomic_store(&slow_peak, 0);
 }
 
 static void fixture_start(struct fixture *f)
@@ -320,6 +329,32 @@ static void test_fast_not_behind_slow(void **state)
 		assert_int_equal(args[i].fast_done_when_finished, 1);
 	}
 	assert_int_equal(finished_before_fast, 0);
+	assert_int_equal(fixture_stop(&f), 0);
+	fixture_cleanup(&f);
+}
+
+/* Workers start as calls queue up, never more than configured; all calls are answered. */
+static void test_workers_on_demand_up_to_max(void **state)
+{
+	struct fixture f;
+	struct slow_arg args[6];
+	pthread_t threads[6];
+	atomic_int dummy = 0;
+
+	fixture_init(&f);
+	f.cfg.workers = 3;
+	fixture_start(&f);
+	for (int i = 0; i < 6; i++) {
+		args[i] = (struct slow_arg){ .driver = f.driver, .fast_done = &dummy };
+		assert_int_equal(pthread_create(&threads[i], NULL, slow_caller, &args[i]), 0);
+	}
+	for (int i = 0; i < 6; i++) {
+		pthread_join(threads[i], NULL);
+		assert_int_equal(args[i].status, 0);
+	}
+	/* One worker at start; three ran at once, in two rounds of SLOW_MS. */
+	assert_int_equal(atomic_load(&slow_peak), 3);
+	assert_int_equal(atomic_load(&slow_finished), 6);
 	assert_int_equal(fixture_stop(&f), 0);
 	fixture_cleanup(&f);
 }
@@ -488,6 +523,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_version_and_mounts),
 		cmocka_unit_test(test_fast_not_behind_slow),
+		cmocka_unit_test(test_workers_on_demand_up_to_max),
 		cmocka_unit_test(test_queue_full),
 		cmocka_unit_test(test_oversize_and_unknown),
 		cmocka_unit_test(test_deadline_passed_to_handler),
