@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 
 #include "http.h"
+#include "log.h"
 #include "metrics.h"
 
 #define POOL_MAX	      8
@@ -489,10 +490,17 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 				    req->service, req->endpoint, curl_easy_strerror(c));
 			goto out;
 		}
+		int64_t sent_ms = http_now_ms();
+
 		c = curl_easy_perform(curl);
 		if (c == CURLE_OK)
 			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
 		metrics_upstream_request(req->service, req->endpoint, c == CURLE_OK ? status : 0);
+		/* Names the endpoint only: no URL, header or body ever reaches the log. */
+		log_debug("%s %s: %s %ld after %lld ms (attempt %d)", req->service, req->endpoint,
+			  c == CURLE_OK ? "HTTP" : curl_easy_strerror(c),
+			  c == CURLE_OK ? status : 0L, (long long)(http_now_ms() - sent_ms),
+			  attempt);
 
 		if (a.too_big || c == CURLE_FILESIZE_EXCEEDED) {
 			r = err_set(err, ERR_BAD_RESPONSE, EMSGSIZE,
