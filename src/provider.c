@@ -5,7 +5,7 @@
  * answers bad requests and warm clients from memory, and hands everything
  * else to a worker (the slow handler), so a cold Mount never delays a warm
  * one. Errors become gRPC status codes here and nowhere else. Each Mount is
- * logged once, with pod, namespace, client and result; never the key, the
+ * logged once (cache hits at debug), with pod, namespace, client and result; never the key, the
  * `secrets` field or the pod's tokens.
  */
 #include <errno.h>
@@ -122,11 +122,21 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
 			 advice(err->kind));
 }
 
+/*
+ * Counts the Mount and logs it: errors as warnings, Mounts that reached a
+ * worker at info, and cache hits, the driver's republishing of every pod
+ * every few minutes, at debug (they are counted in the metrics).
+ */
 static void log_mount(const struct mount_request *req, const char *client_id, int64_t t0,
 		      const struct err *err, bool warm)
 {
+	enum log_level level = err ? LOG_LEVEL_WARN : warm ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
 	double seconds = (double)(http_now_ms() - t0) / 1000.0;
 	char ms[32];
+
+	metrics_mount(err ? "error" : "ok", err ? err_kind_name(err->kind) : "none", seconds);
+	if (log_current_level < level)
+		return;
 	struct log_field f[] = {
 		{ "namespace", req ? req->namespace_name : NULL },
 		{ "pod", req ? req->pod_name : NULL },
@@ -139,12 +149,10 @@ static void log_mount(const struct mount_request *req, const char *client_id, in
 	};
 
 	snprintf(ms, sizeof(ms), "%.1f", seconds * 1000.0);
-	metrics_mount(err ? "error" : "ok", err ? err_kind_name(err->kind) : "none", seconds);
 	if (err)
-		log_fields(LOG_LEVEL_WARN, f, sizeof(f) / sizeof(f[0]), "mount failed: %s",
-			   err->msg);
+		log_fields(level, f, sizeof(f) / sizeof(f[0]), "mount failed: %s", err->msg);
 	else
-		log_fields(LOG_LEVEL_INFO, f, sizeof(f) / sizeof(f[0]), "mount");
+		log_fields(level, f, sizeof(f) / sizeof(f[0]), "mount");
 }
 
 static int version(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,

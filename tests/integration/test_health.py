@@ -95,10 +95,15 @@ def test_metrics_count_mounts_cache_and_upstream(served):
 
 def test_one_log_line_per_mount(served):
     served.mount("team-a", "payments", scopes=SCOPE, pod_name="payments-abc")
+    served.mount("team-a", "payments", scopes=SCOPE, pod_name="payments-def")
     lines = [json.loads(l) for l in served.logs().splitlines() if l.startswith("{")]
     mounts = [l for l in lines if l.get("msg") == "mount"]
-    assert len(mounts) == 1
-    m = mounts[0]
+    assert len(mounts) == 2
+    m, hit = mounts
     assert m["namespace"] == "team-a" and m["pod"] == "payments-abc" and m["app"] == "payments"
     assert m["result"] == "ok" and float(m["duration_ms"]) > 0
+    # The first Mount went to DigDir (info); the next pod's, from memory, is routine (debug).
+    assert (m["level"], m["cache"]) == ("info", "miss")
+    assert (hit["level"], hit["cache"], hit["pod"]) == ("debug", "hit", "payments-def")
+    assert hit["client_id"] == m["client_id"]
     assert re.fullmatch(r"[0-9a-f-]{36}", m["client_id"])
