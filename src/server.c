@@ -67,7 +67,7 @@ struct call {
 	grpc_slice request;	    /* SECRET: the request bytes, wiped before release */
 	int64_t deadline_ms;	    /* the deadline on the http_now_ms() clock */
 	struct server_reply reply;  /* reply.payload is SECRET for Mount */
-	grpc_byte_buffer *response; /* holds a copy of reply.payload while it is sent */
+	grpc_byte_buffer *response; /* owns reply.payload once it is sent */
 	grpc_slice status_details;
 	int cancelled;
 	struct call *next; /* link in the worker queue */
@@ -125,19 +125,7 @@ static void call_free(struct call *c)
 		free(c->reply.payload);
 	}
 	grpc_byte_buffer_destroy(c->payload);
-	if (c->response) {
-		grpc_byte_buffer_reader reader;
-		grpc_slice s;
-
-		/* The reader hands out references to the buffer's own memory. */
-		if (grpc_byte_buffer_reader_init(&reader, c->response)) {
-			while (grpc_byte_buffer_reader_next(&reader, &s)) {
-				OPENSSL_cleanse(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
-				grpc_slice_unref(s);
-			}
-			grpc_byte_buffer_reader_destroy(&reader);
-		}
-	}
+	/* The last reference to the answer's slice wipes it (wipe_answer). */
 	grpc_byte_buffer_destroy(c->response);
 	grpc_call_details_destroy(&c->details);
 	grpc_metadata_array_destroy(&c->metadata);
@@ -169,6 +157,13 @@ static int arm(struct server *srv, enum tag_kind kind)
 	return 0;
 }
 
+/* Frees an answer handed to gRPC, once its last reference goes: it may hold a key. */
+static void wipe_answer(void *p, size_t len)
+{
+	OPENSSL_cleanse(p, len);
+	free(p);
+}
+
 /*
  * Sends the call's reply: SEND_INITIAL_METADATA, SEND_MESSAGE (on OK),
  * SEND_STATUS_FROM_SERVER, RECV_CLOSE_ON_SERVER. Thread-safe: workers call
@@ -193,11 +188,11 @@ static void send_reply(struct call *c)
 			 c->srv->config->max_send_bytes);
 	}
 	if (c->reply.code == SERVER_OK) {
-		/*
-		 * The byte buffer shares the slice's memory, so it can only be wiped
-		 * once the message is sent: call_free does that.
-		 */
-		body = grpc_slice_from_copied_buffer((const char *)c->reply.payload, c->reply.len);
+		/* gRPC takes the answer as it is, no copy; wipe_answer frees it. */
+		body = c->reply.payload
+			   ? grpc_slice_new_with_len(c->reply.payload, c->reply.len, wipe_answer)
+			   : grpc_empty_slice();
+		c->reply.payload = NULL;
 		c->response = grpc_raw_byte_buffer_create(&body, 1);
 		grpc_slice_unref(body);
 		ops[n].op = GRPC_OP_SEND_MESSAGE;
