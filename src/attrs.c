@@ -171,8 +171,18 @@ static const char *string(struct parser *ps)
 	}
 	ps->p++;
 	while (ps->p < ps->end && *ps->p != '"') {
+		const unsigned char *run = ps->p;
 		size_t n;
 
+		/* Printable ASCII other than '"' and '\\' is copied as it stands, a run at once. */
+		while (run < ps->end && *run >= 0x20 && *run < 0x80 && *run != '"' && *run != '\\')
+			run++;
+		if (run > ps->p) {
+			memcpy(ps->out, ps->p, (size_t)(run - ps->p));
+			ps->out += run - ps->p;
+			ps->p = run;
+			continue;
+		}
 		if (*ps->p == '\\') {
 			ps->p++;
 			if (escape(ps) < 0) {
