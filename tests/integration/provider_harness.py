@@ -32,6 +32,13 @@ SEED = bytes(range(64))
 # `make valgrind` runs serve under a wrapper ("valgrind --log-file=... "); slower, so waits stretch.
 WRAPPER = shlex.split(os.environ.get("MCP_WRAPPER", ""))
 SLOW = 10.0 if WRAPPER else 1.0
+
+
+def cli(*args):
+    """The command line that runs the binary with args, under the wrapper when there is one."""
+    return WRAPPER + [BIN] + [str(a) for a in args]
+
+
 # Lines a sanitizer writes when the provider misbehaves; any of them fails stop().
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from harness import client_grant, new_key, public_jwk
-from provider_harness import BIN, Provider, files_of, upstream_args
+from provider_harness import SLOW, Provider, cli, files_of, upstream_args
 from jwcrypto import jwk
 
 APP = "dev:team-a:payments"
@@ -28,9 +28,9 @@ def provider(emulator, tmp_path):
 
 def client(provider, *args):
     """`client ...` with the same configuration as the provider's `serve`."""
-    return subprocess.run([BIN, "client"] + list(args) +
+    return subprocess.run(cli("client", *args) +
                           upstream_args(provider.emu, provider.seed_file, provider.cluster),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60 * SLOW)
 
 
 def mount_app(provider):

@@ -12,6 +12,8 @@ import subprocess
 import pytest
 import yaml
 
+from provider_harness import BIN, SLOW, cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
 EXAMPLES = os.path.join(DEPLOY, "examples")
@@ -70,13 +72,12 @@ def socket_path(container):
 
 def flags_from_binary():
     """{env var: flag} from the first subcommand whose --help prints the table."""
-    binary = os.environ.get("MCP_BIN") or os.path.join(ROOT, "build", "maskinporten-csi-provider")
-    if not os.access(binary, os.X_OK):
+    if not os.access(BIN, os.X_OK):
         return {}
     for sub in ("serve", "keys", "mount", "token", "client"):
         try:
-            p = subprocess.run([binary, sub, "--help"], capture_output=True, text=True,
-                               timeout=10, check=False)
+            p = subprocess.run(cli(sub, "--help"), capture_output=True, text=True,
+                               timeout=10 * SLOW, check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
         found = dict((env, flag) for flag, env in

@@ -5,13 +5,12 @@ access, races between two nodes, and faults on the wire."""
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 
-BIN = os.environ.get("MCP_BIN") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "build", "maskinporten-csi-provider")
+from provider_harness import SLOW, cli
+
 DESC = "dev:team:app"
 
 
@@ -36,7 +35,8 @@ def flags(emu, seed_file=None, *extra):
 
 def run(*args, timeout=60):
     t0 = time.monotonic()
-    p = subprocess.run([BIN] + list(args), capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cli(*args), capture_output=True, text=True,
+                       timeout=timeout * SLOW)
     p.elapsed = time.monotonic() - t0
     return p
 
@@ -135,11 +135,11 @@ def test_two_nodes_racing_leave_one_client(emulator, seed_file):
     # Both creates are held back a second, so each node's listing finds no client
     # and both create one.
     emulator.fault(method="POST", path=r"^/api/v1/clients$", delay=1.0, count=2)
-    procs = [subprocess.Popen([BIN, "client", "ensure", DESC, "--scopes", "nav:test/api"]
+    procs = [subprocess.Popen(cli("client", "ensure", DESC, "--scopes", "nav:test/api")
                               + flags(emulator, seed_file),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
+    outs = [p.communicate(timeout=60 * SLOW) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     ids = client_ids(emulator)

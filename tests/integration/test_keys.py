@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from jwcrypto import jwk, jwt
 
-BIN = os.environ.get("MCP_BIN", os.path.join(os.path.dirname(__file__), "../../build/maskinporten-csi-provider"))
+from provider_harness import SLOW, cli
+
 SEED = bytes(range(32))
 
 
 def run(*args, check=True):
-    p = subprocess.run([BIN, "keys", *args], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(cli("keys", *args), capture_output=True, text=True, timeout=60 * SLOW)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}: {p.stderr}")
     return p

@@ -14,7 +14,8 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant
-from provider_harness import BIN, SEED, Provider, files_of, modes_of, upstream_args, write_seed
+from provider_harness import (SEED, SLOW, Provider, cli, files_of, modes_of, upstream_args,
+                              write_seed)
 
 SCOPE = "skatteetaten:testapi"
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]*\.")
@@ -58,8 +59,8 @@ def test_mounted_file_modes_are_exact(emulator, tmp_path, permission, param, mod
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o606])
 def test_a_readable_seed_file_is_refused(emulator, tmp_path, mode):
     seed = write_seed(str(tmp_path / "seed"), mode=mode)
-    cmd = [BIN, "serve", "--socket", str(tmp_path / "s.sock")] + upstream_args(emulator, seed)
-    r = subprocess.run(cmd, capture_output=True, timeout=20)
+    cmd = cli("serve", "--socket", tmp_path / "s.sock") + upstream_args(emulator, seed)
+    r = subprocess.run(cmd, capture_output=True, timeout=20 * SLOW)
     assert r.returncode != 0
     err = r.stderr.decode()
     assert "seed" in err and ("0600" in err or "mode" in err or "readable" in err), err

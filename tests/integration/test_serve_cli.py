@@ -3,11 +3,11 @@
 import os
 import subprocess
 
-from provider_harness import BIN, upstream_args, write_seed
+from provider_harness import SLOW, cli, upstream_args, write_seed
 
 
 def serve(*args, env=None):
-    return subprocess.run([BIN, "serve"] + list(args), capture_output=True, text=True, timeout=60,
+    return subprocess.run(cli("serve", *args), capture_output=True, text=True, timeout=60 * SLOW,
                           env=env)
 
 

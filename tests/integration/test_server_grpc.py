@@ -19,13 +19,13 @@ import time
 import grpc
 import pytest
 
-from provider_harness import BIN, MOUNT, VERSION, Provider, provider_pb2
+from provider_harness import MOUNT, SLOW, VERSION, Provider, cli, provider_pb2
 
 SCOPE = "skatteetaten:testapi"
 
 
 def serve_available():
-    r = subprocess.run([BIN, "serve", "--help"], capture_output=True, timeout=10)
+    r = subprocess.run(cli("serve", "--help"), capture_output=True, timeout=10 * SLOW)
     return r.returncode == 0
 
 
@@ -173,9 +173,9 @@ class FakeProvider:
 
 
 def run_mount(sock, target, *extra):
-    return subprocess.run([BIN, "mount", "--socket", sock, "--namespace", "team-a",
-                           "--service-account", "payments", "--dir", str(target)] + list(extra),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(cli("mount", "--socket", sock, "--namespace", "team-a",
+                              "--service-account", "payments", "--dir", target, *extra),
+                          capture_output=True, text=True, timeout=60 * SLOW)
 
 
 def answer(files):
@@ -264,8 +264,8 @@ def test_mount_reports_the_status_and_exits_1(tmp_path):
 
 
 def test_mount_usage_errors_exit_2(tmp_path):
-    r = subprocess.run([BIN, "mount", "--socket", str(tmp_path / "s")], capture_output=True,
-                       text=True, timeout=10)
+    r = subprocess.run(cli("mount", "--socket", tmp_path / "s"), capture_output=True,
+                       text=True, timeout=10 * SLOW)
     assert r.returncode == 2
     assert "--namespace" in r.stderr
     r = run_mount(str(tmp_path / "s"), tmp_path / "m", "--params", '["not", "an object"]')

@@ -10,13 +10,11 @@ import pytest
 from jwcrypto import jwk, jwt
 
 from harness import new_key, public_jwk
-
-BIN = os.environ.get("MCP_BIN") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "build", "maskinporten-csi-provider")
+from provider_harness import SLOW, cli
 
 
 def run(*args):
-    return subprocess.run([BIN] + list(args), capture_output=True, text=True, timeout=60)
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=60 * SLOW)
 
 
 def write_dir(path, emu, client_id, private_jwk_json, scopes):
