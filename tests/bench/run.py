@@ -214,9 +214,13 @@ def bench_cold(emu, tmp, t, q):
     t.add("cold.new.errors", r["errors"], None, "0", r["errors"] == 0)
     t.add("cold.new.admin_tokens", d.get(ADMIN_TOKENS, 0), None, "<= 1",
           d.get(ADMIN_TOKENS, 0) <= 1)
-    t.add("cold.new.client_listings", d.get(LISTINGS, 0), None, "<= 1", d.get(LISTINGS, 0) <= 1)
+    # The DigDir issue allows one lookup, and also demands that two nodes creating the
+    # same client at once leave one: only a listing sent after the create can tell, so
+    # a new client costs the lookup plus that confirming listing (see README, DigDir).
+    t.add("cold.new.client_listings", d.get(LISTINGS, 0), None, "<= 2 (lookup + confirm)",
+          d.get(LISTINGS, 0) <= 2)
     t.add("cold.new.creates", d.get(CREATES, 0), None, "1", d.get(CREATES, 0) == 1)
-    t.add("cold.new.jwks_reads", d.get(JWKS_READS, 0), None, "(any)", None)
+    t.add("cold.new.jwks_reads", d.get(JWKS_READS, 0), None, "<= 1", d.get(JWKS_READS, 0) <= 1)
     t.add("cold.new.jwks_uploads", d.get(JWKS_UPLOADS, 0), None, "1", d.get(JWKS_UPLOADS, 0) == 1)
 
     p = new_provider(emu, tmp, "cold-restart", seed_file=seed)
