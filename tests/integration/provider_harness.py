@@ -169,7 +169,10 @@ class Provider:
         return call(provider_pb2.VersionRequest(version="v1alpha1"), timeout=timeout * SLOW)
 
     def mount_raw(self, attrs, secrets="null", permission="420", target_path="/tmp/unused",
-                  timeout=60):
+                  timeout=None):
+        """A Mount; without a timeout, the driver's default of 60 s (stretched by SLOW)."""
+        if timeout is None:
+            timeout = 60 * SLOW
         call = self.channel().unary_unary(
             MOUNT, request_serializer=provider_pb2.MountRequest.SerializeToString,
             response_deserializer=provider_pb2.MountResponse.FromString)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from provider_harness import SLOW, cli
+from provider_harness import SLOW, WRAPPER, cli
 
 DESC = "dev:team:app"
 
@@ -209,7 +209,9 @@ def test_admin_token_refreshed_when_it_expires(emulator, seed_file):
     emulator.fault(method="GET", path=r"/jwks$", delay=3, count=1)
     p = ensure(emulator, seed_file)
     assert p.returncode == 0, p.stderr
-    assert emulator.counts()["token:admin"] == 2
+    # Under valgrind the rest of the run outlives further 3 s tokens too.
+    tokens = emulator.counts()["token:admin"]
+    assert tokens >= 2 if WRAPPER else tokens == 2
 
 
 def test_401_gets_a_fresh_admin_token_once(emulator, seed_file):

@@ -12,7 +12,7 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant, decode_jwt, new_key, public_jwk
-from provider_harness import (Provider, files_of, modes_of, versions_of, write_seed)
+from provider_harness import WRAPPER, Provider, files_of, modes_of, versions_of, write_seed
 
 SCOPE = "skatteetaten:testapi"
 NO_ACCESS = "folkeregister:deling/offentligutenhjemmel"
@@ -335,7 +335,9 @@ def test_burst_of_new_apps_shares_listings_and_tokens(emulator, provider):
     # Unshared, each new app costs a lookup and a confirming listing: 40. Workers start
     # as Mounts queue, so all 20 flights run at once: one listing finds that none of the
     # apps has a client, and one, sent once all 20 creates are answered, confirms them.
+    # Under valgrind, which runs one thread at a time, flights start seconds apart and a
+    # lookup may find the last listing too old to share: there the bound is the unshared one.
     print("client listings for 20 new apps: %d" % counts.get("GET /api/v1/clients"))
-    assert counts.get("GET /api/v1/clients") == 2
+    assert counts.get("GET /api/v1/clients") <= (40 if WRAPPER else 2)
     # The idle provider ran one worker; the burst started more, one per waiting Mount.
     assert threads_of(provider.proc) >= idle_threads + 19

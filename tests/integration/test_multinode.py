@@ -13,11 +13,13 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant
-from provider_harness import Provider, files_of, write_seed
+from provider_harness import SLOW, Provider, files_of, write_seed
 
 SCOPE = "skatteetaten:testapi"
 NS = "team-m"
-ARGS = ["--request-timeout", "2s", "--mount-timeout", "15s"]
+# Deadlines stretch under valgrind (SLOW), where a key derivation takes seconds.
+ARGS = ["--request-timeout", "%ds" % (2 * SLOW), "--mount-timeout", "%ds" % (15 * SLOW)]
+MOUNT_TIMEOUT = 30 * SLOW
 EPOCH = 3600
 
 
@@ -78,7 +80,7 @@ def test_concurrent_mounts_on_several_nodes(emulator, tmp_path, n):
                 lambda j: (j, files_of(j[0].mount(NS, j[1], scopes=SCOPE,
                                                   pod_name="%s-%s-%d" % (j[1], j[0].dir[-5:],
                                                                          j[2]),
-                                                  timeout=30))), jobs))
+                                                  timeout=MOUNT_TIMEOUT))), jobs))
         by_app = collections.defaultdict(set)
         for (p, app, _), files in results:
             by_app[app].add((files["MASKINPORTEN_CLIENT_ID"], files["MASKINPORTEN_CLIENT_JWK"]))
@@ -117,7 +119,8 @@ def test_nodes_on_both_sides_of_an_epoch_boundary(emulator, tmp_path, n):
             for rnd in range(2):
                 for j, p in enumerate(order):
                     files = files_of(p.mount(NS, app, scopes=SCOPE,
-                                             pod_name="%s-%d-%d" % (app, j, rnd), timeout=30))
+                                             pod_name="%s-%d-%d" % (app, j, rnd),
+                                             timeout=MOUNT_TIMEOUT))
                     kids[p.dir] = ledger.add(p.dir, files)
                     steps += 1
                     ledger.check("%s round %d node %s" % (app, rnd, p.dir))
@@ -137,7 +140,8 @@ def test_nodes_on_both_sides_of_an_epoch_boundary(emulator, tmp_path, n):
                                       str(boundary_offsets(300, 310)[1])]).start()
         ps[0] = later
         for app in ["alpha", "beta", "gamma"]:
-            files = files_of(later.mount(NS, app, scopes=SCOPE, pod_name=app + "-later"))
+            files = files_of(later.mount(NS, app, scopes=SCOPE, pod_name=app + "-later",
+                                         timeout=MOUNT_TIMEOUT))
             ledger.add(later.dir, files)
             ledger.check("%s after A crossed" % app)
         assert steps >= 12
