@@ -3,7 +3,7 @@
 #   make run     build, start the emulator and the provider, mount a sample pod
 #   make test    lint, unit tests (cmocka) and integration tests (pytest)
 #   make asan    the same suites under AddressSanitizer + UndefinedBehaviorSanitizer
-#   make valgrind  unit tests and `serve` (VALGRIND_TESTS) under valgrind memcheck
+#   make valgrind  unit and integration tests, every process under valgrind memcheck
 #   make fuzz    libFuzzer targets of tests/fuzz, FUZZ_SECONDS each (fuzz-smoke: 10 s)
 #   make bench   benchmarks, each figure beside its baseline
 #   make deps    install the Debian 12 packages the build and the tests need
@@ -160,24 +160,30 @@ asan: | $(DEPS_OK)
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan \
 		MCP_SANITIZER_LOGS=$(SAN_LOGS) $(ASAN_MAKE) integration PYTEST_PATHS=tests/integration
 
-# valgrind (memcheck) on the ordinary build: the unit tests, then `serve` under
-# valgrind (MCP_WRAPPER) for VALGRIND_TESTS; each process logs to VG_LOGS and
-# any non-empty log fails the test that made it. The whole suite under
-# valgrind takes too long for CI: the Mount paths and the gRPC server cover
-# what serve does; the burst test measures concurrency, which valgrind's
-# one-thread-at-a-time scheduler turns into deadline failures.
-VALGRIND_TESTS ?= tests/integration/test_mount.py tests/integration/test_server_grpc.py \
-	--deselect tests/integration/test_mount.py::test_burst_of_new_apps_shares_listings_and_tokens
+# valgrind (memcheck) on the ordinary build: the unit tests, then the whole
+# integration suite with every process it starts (`serve` and the CLI
+# subcommands) under valgrind (MCP_WRAPPER); each process logs to its
+# shard's directory and any non-empty log fails the test that made it. Two
+# shards of about equal time run at once, each with its own emulator, so the
+# two cores share the work (about 35 min in one shard, 20 in two).
+VG_SHARD_1 ?= tests/integration/test_faults.py tests/integration/test_multinode.py \
+	tests/integration/test_crash.py tests/integration/test_mount.py
+VG_SHARD_2 ?= $(filter-out $(VG_SHARD_1),$(wildcard tests/integration/test_*.py))
 VG_LOGS   = $(abspath $(BUILD)/valgrind-logs)
 VG_CMD    = valgrind -q --error-exitcode=99 --leak-check=full \
 	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
 	--num-callers=40 --suppressions=$(abspath tests/valgrind.supp)
+VG_RUN    = MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/$(1)/valgrind.%p" \
+	MCP_SANITIZER_LOGS=$(VG_LOGS)/$(1) $(MAKE) --no-print-directory integration \
+	PYTEST_PATHS="$(2)" >$(VG_LOGS)/shard$(1).out 2>&1; echo $$? >$(VG_LOGS)/shard$(1).rc
 
 valgrind: $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
 	$(MAKE) --no-print-directory unit VALGRIND="$(VG_CMD)"
-	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)
-	MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/valgrind.%p" MCP_SANITIZER_LOGS=$(VG_LOGS) \
-		$(MAKE) --no-print-directory integration PYTEST_PATHS="$(VALGRIND_TESTS)"
+	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)/1 $(VG_LOGS)/2
+	@echo "valgrind: integration shards 1 ($(notdir $(VG_SHARD_1))) and 2 (the rest) at once"
+	@( $(call VG_RUN,1,$(VG_SHARD_1)) ) & ( $(call VG_RUN,2,$(VG_SHARD_2)) ) & wait; \
+	rc=0; for n in 1 2; do echo "== valgrind shard $$n"; cat $(VG_LOGS)/shard$$n.out; \
+		[ "$$(cat $(VG_LOGS)/shard$$n.rc)" = 0 ] || rc=1; done; exit $$rc
 
 bench: $(BUILD)/$(PROG) $(BENCHES) $(GEN_PY)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
