@@ -86,6 +86,9 @@ void http_response_release(struct http_response *resp);
 /* Monotonic milliseconds, the clock of deadlines. */
 int64_t http_now_ms(void);
 
+/* Whether a Content-Type value's media type is application/json (parameters allowed). */
+bool http_is_json(const char *content_type);
+
 /* Percent-encodes s for a query parameter. Returns a malloc'd string or NULL. */
 char *http_escape(const char *s);
 

@@ -160,12 +160,6 @@ const char *digdir_org_number(struct digdir *dd)
 	return mp_org_number(dd->mp);
 }
 
-static bool is_json_type(const char *ct)
-{
-	return ct && !strncasecmp(ct, "application/json", 16) &&
-	       (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
-}
-
 int digdir_status_error(const char *endpoint, const struct http_response *resp, struct err *err)
 {
 	const char *cid = NULL, *desc = NULL, *m;
@@ -285,7 +279,7 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 		if (resp.body_len == 0) {
 			doc = json_null();
 		} else {
-			if (!is_json_type(resp.content_type)) {
+			if (!http_is_json(resp.content_type)) {
 				r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 					    "DigDir %s: answer is '%s', not JSON", endpoint,
 					    resp.content_type[0] ? resp.content_type : "untyped");

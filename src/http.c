@@ -66,6 +66,14 @@ void http_global_cleanup(void)
 	curl_global_cleanup();
 }
 
+bool http_is_json(const char *ct)
+{
+	static const char want[] = "application/json";
+	size_t n = sizeof(want) - 1;
+
+	return ct && !strncasecmp(ct, want, n) && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
 int64_t http_now_ms(void)
 {
 	struct timespec ts;

@@ -125,17 +125,6 @@ void mp_free(struct mp *mp)
 	free(mp);
 }
 
-/* True when the media type of a Content-Type value is exactly application/json. */
-static bool is_json_type(const char *ct)
-{
-	static const char want[] = "application/json";
-	size_t n = sizeof(want) - 1;
-
-	if (!ct || strncasecmp(ct, want, n) != 0)
-		return false;
-	return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
-}
-
 int mp_parse_metadata(const char *well_known_url, const struct http_response *resp,
 		      struct mp_metadata *ret, struct err *err)
 {
@@ -153,7 +142,7 @@ int mp_parse_metadata(const char *well_known_url, const struct http_response *re
 			    "Maskinporten metadata %s: HTTP %ld", well_known_url, resp->status);
 		goto out;
 	}
-	if (!is_json_type(resp->content_type)) {
+	if (!http_is_json(resp->content_type)) {
 		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			    "Maskinporten metadata %s: Content-Type '%s', not application/json",
 			    well_known_url, resp->content_type);
@@ -343,6 +332,12 @@ int mp_parse_token_answer(const struct http_response *resp, bool admin, json_t *
 				    "Maskinporten's token endpoint answered HTTP %ld without an "
 				    "error code",
 				    resp->status);
+		goto out;
+	}
+	if (!http_is_json(resp->content_type)) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten's token endpoint answered '%.60s', not JSON",
+			    resp->content_type[0] ? resp->content_type : "untyped");
 		goto out;
 	}
 	if (!doc || json_unpack_ex(doc, &jerr, 0, "{s:s}", "access_token", &token) < 0 || !*token) {

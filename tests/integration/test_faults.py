@@ -68,7 +68,7 @@ FAULTS = {
     "token drops connections": ([dict(path=TOKEN, drop=True)], "fail", "token"),
     "token truncated body": ([dict(path=TOKEN, truncate=True)], "fail", "token"),
     "token malformed JSON": ([dict(path=TOKEN, malformed=True)], "fail", "token"),
-    "token text/plain": ([dict(path=TOKEN, content_type="text/plain")], "either", "token"),
+    "token text/plain": ([dict(path=TOKEN, content_type="text/plain")], "fail", "not JSON"),
     "metadata 503": ([dict(path=METADATA, status=503)], "fail", "metadata"),
     "metadata malformed JSON": ([dict(path=METADATA, malformed=True)], "fail", "metadata"),
     "metadata text/html": ([dict(path=METADATA, content_type="text/html")], "fail",
