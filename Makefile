@@ -129,9 +129,10 @@ unit: $(UNITS)
 # pytest exits 5 when it collected nothing: that fails the target too, with a word why.
 PYTEST_PATHS ?= tests/emulator tests/integration
 PYTEST_ARGS ?=
+PYTEST  = MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
+	$(PYTHON) -m pytest -q -p no:cacheprovider
 integration: $(BUILD)/$(PROG) $(GEN_PY)
-	@rc=0; MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PYTEST) $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "integration: no test ran"; fi; exit $$rc
 
 test: lint unit integration
@@ -174,8 +175,8 @@ VG_CMD    = valgrind -q --error-exitcode=99 --leak-check=full \
 	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
 	--num-callers=40 --suppressions=$(abspath tests/valgrind.supp)
 VG_RUN    = MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/$(1)/valgrind.%p" \
-	MCP_SANITIZER_LOGS=$(VG_LOGS)/$(1) $(MAKE) --no-print-directory integration \
-	PYTEST_PATHS="$(2)" >$(VG_LOGS)/shard$(1).out 2>&1; echo $$? >$(VG_LOGS)/shard$(1).rc
+	MCP_SANITIZER_LOGS=$(VG_LOGS)/$(1) $(PYTEST) $(2) $(PYTEST_ARGS) \
+	>$(VG_LOGS)/shard$(1).out 2>&1; echo $$? >$(VG_LOGS)/shard$(1).rc
 
 valgrind: $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
 	$(MAKE) --no-print-directory unit VALGRIND="$(VG_CMD)"
