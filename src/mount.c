@@ -25,26 +25,55 @@
 #define ATTR_POD_NAME  "csi.storage.k8s.io/pod.name"
 #define ATTR_POD_UID   "csi.storage.k8s.io/pod.uid"
 
-/* Keys the driver and the kubelet set; accepted and, but for identity, ignored. */
-static const char *const driver_keys[] = {
-	"secretProviderClass",
-	ATTR_NAMESPACE,
-	ATTR_SA,
-	ATTR_POD_NAME,
-	ATTR_POD_UID,
-	"csi.storage.k8s.io/ephemeral",
-	"csi.storage.k8s.io/serviceAccount.tokens",
+/*
+ * Every attribute key we accept: the driver's and the kubelet's (ignored but
+ * for identity), then our SecretProviderClass parameters. Anything else is
+ * refused, so a misspelt parameter cannot pass unnoticed.
+ */
+enum known_key {
+	K_SPC,
+	K_NAMESPACE,
+	K_SA,
+	K_POD_NAME,
+	K_POD_UID,
+	K_EPHEMERAL,
+	K_TOKENS,
+	K_SCOPES,
+	K_PERMISSION,
+	K_EXPOSES,
+	K_COUNT
 };
 
-/* Our SecretProviderClass parameters. */
-static const char *const param_keys[] = { "scopes", "filePermission", "exposes" };
+static const struct {
+	const char *name;
+	size_t len;
+} known_keys[K_COUNT] = {
+#define KEY(s)                                                                                     \
+	{                                                                                          \
+		s, sizeof(s) - 1                                                                   \
+	}
+	[K_SPC] = KEY("secretProviderClass"),
+	[K_NAMESPACE] = KEY(ATTR_NAMESPACE),
+	[K_SA] = KEY(ATTR_SA),
+	[K_POD_NAME] = KEY(ATTR_POD_NAME),
+	[K_POD_UID] = KEY(ATTR_POD_UID),
+	[K_EPHEMERAL] = KEY("csi.storage.k8s.io/ephemeral"),
+	[K_TOKENS] = KEY("csi.storage.k8s.io/serviceAccount.tokens"),
+	[K_SCOPES] = KEY("scopes"),
+	[K_PERMISSION] = KEY("filePermission"),
+	[K_EXPOSES] = KEY("exposes"),
+#undef KEY
+};
 
-static bool in_list(const char *key, const char *const *list, size_t n)
+/* Which known key this is, or K_COUNT. */
+static enum known_key known_key(const char *key)
 {
-	for (size_t i = 0; i < n; i++)
-		if (!strcmp(key, list[i]))
-			return true;
-	return false;
+	size_t len = strlen(key);
+
+	for (int i = 0; i < K_COUNT; i++)
+		if (len == known_keys[i].len && !memcmp(key, known_keys[i].name, len))
+			return (enum known_key)i;
+	return K_COUNT;
 }
 
 /* A DNS-1123 label (namespace) or subdomain (service account). */
@@ -220,10 +249,8 @@ static int check_secrets(const char *s, struct err *err)
 	return r;
 }
 
-static char *dup_attr(const struct attrs *attrs, const char *key)
+static char *dup_value(const char *v)
 {
-	const char *v = attrs_get(attrs, key);
-
 	return v && *v ? strdup(v) : NULL;
 }
 
@@ -233,6 +260,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	struct mount_request req = { 0 };
 	V1alpha1__MountRequest *msg = NULL;
 	struct attrs attrs = { 0 };
+	const char *value[K_COUNT] = { 0 };
 	const char *scopes, *perm, *why = NULL;
 	size_t alen, at = 0;
 	int r;
@@ -261,11 +289,14 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 			    why, at);
 		goto out;
 	}
+	/* One pass sorts the members; attrs_parse has refused duplicate keys. */
 	for (size_t i = 0; i < attrs.n; i++) {
 		const char *key = attrs.members[i].key;
+		enum known_key k = known_key(key);
 
-		if (!in_list(key, driver_keys, sizeof(driver_keys) / sizeof(driver_keys[0])) &&
-		    !in_list(key, param_keys, sizeof(param_keys) / sizeof(param_keys[0]))) {
+		if (k != K_COUNT) {
+			value[k] = attrs.members[i].value;
+		} else {
 			r = err_set(
 			    err, ERR_INVALID, EINVAL,
 			    "unknown parameter \"%.100s\": the maskinporten provider takes "
@@ -279,10 +310,10 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	if (r < 0)
 		goto out;
 
-	req.namespace_name = dup_attr(&attrs, ATTR_NAMESPACE);
-	req.service_account = dup_attr(&attrs, ATTR_SA);
-	req.pod_name = dup_attr(&attrs, ATTR_POD_NAME);
-	req.pod_uid = dup_attr(&attrs, ATTR_POD_UID);
+	req.namespace_name = dup_value(value[K_NAMESPACE]);
+	req.service_account = dup_value(value[K_SA]);
+	req.pod_name = dup_value(value[K_POD_NAME]);
+	req.pod_uid = dup_value(value[K_POD_UID]);
 	if (!req.namespace_name || !req.service_account) {
 		r = err_set(err, ERR_INVALID, EINVAL,
 			    "attribute \"%s\" is missing: the CSIDriver object must set "
@@ -305,7 +336,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		goto out;
 	}
 
-	scopes = attrs_get(&attrs, "scopes");
+	scopes = value[K_SCOPES];
 	if (scopes) {
 		r = parse_scopes(scopes, &req, err);
 		if (r < 0)
@@ -318,7 +349,7 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		}
 	}
 
-	perm = attrs_get(&attrs, "filePermission");
+	perm = value[K_PERMISSION];
 	if (perm) {
 		if (parse_octal_mode(perm, &req.mode) < 0) {
 			r = err_set(err, ERR_INVALID, EINVAL,
@@ -333,8 +364,8 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 		goto out;
 	}
 
-	if (attrs_get(&attrs, "exposes")) {
-		const char *x = attrs_get(&attrs, "exposes");
+	if (value[K_EXPOSES]) {
+		const char *x = value[K_EXPOSES];
 
 		if (strlen(x) > MOUNT_MAX_EXPOSES) {
 			r = err_set(err, ERR_INVALID, E2BIG,
