@@ -31,12 +31,14 @@
 /*
  * Packed answers of warm Mounts. Every pod of an app gets the same files, so
  * the answer is built once per (app, scopes, mode, key) and copied after
- * that. Direct-mapped by the app's description; a collision replaces.
+ * that. Direct-mapped by the app's description; a collision replaces. The
+ * slots share SLOT_LOCKS mutexes, so the table's pages stay untouched (and
+ * out of the resident set) until apps use them.
  */
 #define ANSWER_SLOTS 1024
+#define SLOT_LOCKS   64
 
 struct answer_slot {
-	pthread_mutex_t lock;
 	char *description;
 	char *scopes_key;
 	unsigned mode;
@@ -50,6 +52,7 @@ struct provider {
 	struct app *app;
 	struct registry *reg;
 	struct answer_slot *slots;
+	pthread_mutex_t slot_locks[SLOT_LOCKS];
 	_Atomic(const struct mp_metadata *) meta; /* set once fetched; lives as long as app->mp */
 };
 
@@ -222,6 +225,11 @@ static struct answer_slot *slot_of(struct provider *p, const char *description)
 	return &p->slots[h % ANSWER_SLOTS];
 }
 
+static pthread_mutex_t *slot_lock(struct provider *p, const struct answer_slot *s)
+{
+	return &p->slot_locks[(size_t)(s - p->slots) % SLOT_LOCKS];
+}
+
 static void slot_clear(struct answer_slot *s)
 {
 	free(s->description);
@@ -243,7 +251,7 @@ static bool cached_answer(struct provider *p, const struct mount_request *req, c
 	struct answer_slot *s = slot_of(p, req->description);
 	bool hit = false;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(slot_lock(p, s));
 	if (s->payload && s->mode == req->mode && !strcmp(s->kid, kid) &&
 	    !strcmp(s->description, req->description) && !strcmp(s->scopes_key, req->scopes_key)) {
 		reply->payload = malloc(s->len ? s->len : 1);
@@ -255,7 +263,7 @@ static bool cached_answer(struct provider *p, const struct mount_request *req, c
 			hit = true;
 		}
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(slot_lock(p, s));
 	return hit;
 }
 
@@ -265,7 +273,7 @@ static void cache_answer(struct provider *p, const struct mount_request *req,
 {
 	struct answer_slot *s = slot_of(p, req->description);
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(slot_lock(p, s));
 	slot_clear(s);
 	s->description = strdup(req->description);
 	s->scopes_key = strdup(req->scopes_key);
@@ -279,7 +287,7 @@ static void cache_answer(struct provider *p, const struct mount_request *req,
 	} else {
 		slot_clear(s);
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(slot_lock(p, s));
 }
 
 static int64_t budget(struct provider *p, int64_t deadline_ms)
@@ -407,8 +415,8 @@ struct provider *provider_new(struct app *app, struct err *err)
 		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 		return NULL;
 	}
-	for (size_t i = 0; i < ANSWER_SLOTS; i++)
-		pthread_mutex_init(&p->slots[i].lock, NULL);
+	for (size_t i = 0; i < SLOT_LOCKS; i++)
+		pthread_mutex_init(&p->slot_locks[i], NULL);
 	metrics_epoch(registry_epoch(p->reg));
 	return p;
 }
@@ -423,10 +431,10 @@ void provider_free(struct provider *p)
 	if (!p)
 		return;
 	registry_free(p->reg);
-	for (size_t i = 0; i < ANSWER_SLOTS; i++) {
+	for (size_t i = 0; i < ANSWER_SLOTS; i++)
 		slot_clear(&p->slots[i]);
-		pthread_mutex_destroy(&p->slots[i].lock);
-	}
+	for (size_t i = 0; i < SLOT_LOCKS; i++)
+		pthread_mutex_destroy(&p->slot_locks[i]);
 	free(p->slots);
 	free(p);
 }
