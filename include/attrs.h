@@ -33,9 +33,6 @@ struct attrs {
 int attrs_parse(const char *text, size_t len, struct attrs *ret, const char **ret_why,
 		size_t *ret_offset);
 
-/* The value of key, or NULL. Borrowed from a. */
-const char *attrs_get(const struct attrs *a, const char *key);
-
 void attrs_release(struct attrs *a);
 
 #endif

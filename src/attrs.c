@@ -306,14 +306,6 @@ fail:
 	return -EINVAL;
 }
 
-const char *attrs_get(const struct attrs *a, const char *key)
-{
-	for (size_t i = 0; i < a->n; i++)
-		if (!strcmp(a->members[i].key, key))
-			return a->members[i].value;
-	return NULL;
-}
-
 void attrs_release(struct attrs *a)
 {
 	if (!a)

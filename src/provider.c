@@ -5,8 +5,8 @@
  * answers bad requests and warm clients from memory, and hands everything
  * else to a worker (the slow handler), so a cold Mount never delays a warm
  * one. Errors become gRPC status codes here and nowhere else. Each Mount is
- * logged once (cache hits at debug), with pod, namespace, client and result; never the key, the
- * `secrets` field or the pod's tokens.
+ * logged once (cache hits at debug), with pod, namespace, client and result;
+ * never the key, the `secrets` field or the pod's tokens.
  */
 #include <errno.h>
 #include <pthread.h>
