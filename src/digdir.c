@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "hash.h"
 #include "digdir.h"
 
 #define API_SUFFIX     "/api/v1"
@@ -375,15 +376,6 @@ static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 	return 0;
 }
 
-static uint64_t description_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return h;
-}
-
 /* A create is about to be sent: the next confirming listing waits for its answer. */
 static void create_begin(struct digdir *dd)
 {
@@ -402,7 +394,7 @@ static struct stamp create_end(struct digdir *dd, const char *description)
 
 	pthread_mutex_lock(&dd->list_lock);
 	need.seq = ++dd->creates_ended;
-	dd->creates[dd->ncreates % 64].hash = description_hash(description);
+	dd->creates[dd->ncreates % 64].hash = hash_str(HASH_INIT, description);
 	dd->creates[dd->ncreates % 64].seq = need.seq;
 	dd->ncreates++;
 	if (--dd->creating == 0)
@@ -420,7 +412,7 @@ static struct stamp create_end(struct digdir *dd, const char *description)
 static struct stamp lookup_need(struct digdir *dd, const char *description)
 {
 	struct stamp need = { .ms = http_now_ms() - LIST_REUSE_MS };
-	uint64_t h = description_hash(description);
+	uint64_t h = hash_str(HASH_INIT, description);
 
 	pthread_mutex_lock(&dd->list_lock);
 	for (unsigned i = 0; i < 64 && i < dd->ncreates; i++)

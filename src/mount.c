@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "hash.h"
 #include "attrs.h"
 #include "keys.h"
 #include "mount.h"
@@ -540,11 +541,8 @@ out:
 static void version_hash(const void *data, size_t len, char ret[17])
 {
 	static const char hex[] = "0123456789abcdef";
-	const unsigned char *p = data;
-	uint64_t h = 14695981039346656037ULL;
+	uint64_t h = hash_bytes(HASH_INIT, data, len);
 
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ p[i]) * 1099511628211ULL;
 	for (int i = 15; i >= 0; i--, h >>= 4)
 		ret[i] = hex[h & 15];
 	ret[16] = '\0';

@@ -17,6 +17,7 @@
 
 #include <openssl/crypto.h>
 
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 #include "mount.h"
@@ -218,11 +219,7 @@ static int answer(struct provider *p, const struct mount_request *req,
 
 static struct answer_slot *slot_of(struct provider *p, const char *description)
 {
-	uint64_t h = 1469598103934665603ULL;
-
-	for (const char *c = description; *c; c++)
-		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
-	return &p->slots[h % ANSWER_SLOTS];
+	return &p->slots[hash_str(HASH_INIT, description) % ANSWER_SLOTS];
 }
 
 static pthread_mutex_t *slot_lock(struct provider *p, const struct answer_slot *s)

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hash.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -55,11 +56,7 @@ struct registry {
 
 static uint64_t hash(const char *s)
 {
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return h;
+	return hash_str(HASH_INIT, s);
 }
 
 static int64_t now_s(const struct registry *reg)
