@@ -1,19 +1,22 @@
 /*
  * metrics: a small fixed registry of counters and one histogram, rendered in
  * the Prometheus text format. Series are found by (name, labels) under one
- * mutex; the number of series is bounded, so a flood of label values cannot
- * grow memory. Labels carry endpoint templates and kinds, never secrets.
+ * mutex, through a hashed index (every Mount counts); the number of series
+ * is bounded, so a flood of label values cannot grow memory. Labels carry
+ * endpoint templates and kinds, never secrets.
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "metrics.h"
 
 #define MAX_SERIES 256
+#define INDEX_SIZE 512 /* slots of the series index: a power of two above MAX_SERIES */
 #define NBUCKETS   12
 
 struct series {
@@ -31,20 +34,27 @@ static size_t nseries;
 static unsigned long long hist_counts[NBUCKETS];
 static unsigned long long hist_total;
 static double hist_sum;
-static struct series *mounts_ok; /* nearly every Mount's series, found once */
+static unsigned short index_of[INDEX_SIZE]; /* series number + 1; 0: a free slot */
 
 /* Finds or adds a series; call with lock held. NULL when the registry is full. */
 static struct series *get(const char *name, const char *labels)
 {
-	for (size_t i = 0; i < nseries; i++)
-		if (!strcmp(series[i].name, name) && !strcmp(series[i].labels, labels))
-			return &series[i];
+	size_t i = hash_str(hash_str(HASH_INIT, name), labels) & (INDEX_SIZE - 1);
+	struct series *s;
+
+	for (; index_of[i]; i = (i + 1) & (INDEX_SIZE - 1)) {
+		s = &series[index_of[i] - 1];
+		if (!strcmp(s->name, name) && !strcmp(s->labels, labels))
+			return s;
+	}
 	if (nseries == MAX_SERIES)
 		return NULL;
-	snprintf(series[nseries].name, sizeof(series[nseries].name), "%s", name);
-	snprintf(series[nseries].labels, sizeof(series[nseries].labels), "%s", labels);
-	series[nseries].value = 0;
-	return &series[nseries++];
+	s = &series[nseries++];
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	snprintf(s->labels, sizeof(s->labels), "%s", labels);
+	s->value = 0;
+	index_of[i] = (unsigned short)nseries;
+	return s;
 }
 
 static void add(const char *name, const char *labels, double v, int set)
@@ -92,20 +102,14 @@ void metrics_upstream_retry(const char *service, const char *endpoint)
 
 void metrics_mount(const char *result, const char *kind, double seconds)
 {
-	bool plain = !strcmp(result, "ok") && !strcmp(kind, "none");
 	char r[16], k[32], labels[192];
 
-	if (!plain) {
-		clean(r, sizeof(r), result);
-		clean(k, sizeof(k), kind);
-		snprintf(labels, sizeof(labels), "result=\"%s\",kind=\"%s\"", r, k);
-		add("mpcsi_mounts_total", labels, 1, 0);
-	}
+	clean(r, sizeof(r), result);
+	clean(k, sizeof(k), kind);
+	snprintf(labels, sizeof(labels), "result=\"%s\",kind=\"%s\"", r, k);
+	add("mpcsi_mounts_total", labels, 1, 0);
+
 	pthread_mutex_lock(&lock);
-	if (plain && !mounts_ok)
-		mounts_ok = get("mpcsi_mounts_total", "result=\"ok\",kind=\"none\"");
-	if (plain && mounts_ok)
-		mounts_ok->value++;
 	for (int i = 0; i < NBUCKETS; i++)
 		if (seconds <= bounds[i])
 			hist_counts[i]++;
@@ -217,7 +221,7 @@ void metrics_reset(void)
 {
 	pthread_mutex_lock(&lock);
 	nseries = 0;
-	mounts_ok = NULL;
+	memset(index_of, 0, sizeof(index_of));
 	memset(hist_counts, 0, sizeof(hist_counts));
 	hist_total = 0;
 	hist_sum = 0;
