@@ -106,4 +106,10 @@ def test_one_log_line_per_mount(served):
     assert (m["level"], m["cache"]) == ("info", "miss")
     assert (hit["level"], hit["cache"], hit["pod"]) == ("debug", "hit", "payments-def")
     assert hit["client_id"] == m["client_id"]
+    # Each request upstream is one debug line naming the endpoint, never the URL.
+    upstream = [l["msg"] for l in lines if l.get("level") == "debug" and
+                l["msg"].startswith(("digdir ", "maskinporten "))]
+    assert any(re.fullmatch(r"digdir POST /clients: HTTP 201 after \d+ ms \(attempt 1\)", u)
+               for u in upstream), upstream
+    assert not [u for u in upstream if "://" in u], upstream
     assert re.fullmatch(r"[0-9a-f-]{36}", m["client_id"])
