@@ -14,7 +14,7 @@ CC      ?= cc
 PYTHON  := /usr/bin/python3
 VERSION := 0.1.0
 
-PKGS := grpc libprotobuf-c libcurl jansson libcrypto libmicrohttpd
+PKGS := grpc_unsecure libprotobuf-c libcurl jansson libcrypto libmicrohttpd
 
 # Debian 12 packages: build, tests, lint and fuzzing.
 DEB_PACKAGES := build-essential pkg-config libgrpc-dev protobuf-c-compiler libprotobuf-c-dev \

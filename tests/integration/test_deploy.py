@@ -399,7 +399,7 @@ def test_containerfile_installs_what_the_makefile_links():
     """Every pkg-config module the Makefile links has its -dev package in the build stage."""
     with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as f:
         pkgs = re.search(r"^PKGS\s*:=\s*(.*)$", f.read(), re.M).group(1).split()
-    dev = {"grpc": "libgrpc-dev", "libprotobuf-c": "libprotobuf-c-dev",
+    dev = {"grpc_unsecure": "libgrpc-dev", "libprotobuf-c": "libprotobuf-c-dev",
            "libcurl": "libcurl4-openssl-dev", "jansson": "libjansson-dev",
            "libcrypto": "libssl-dev", "libssl": "libssl-dev",
            "libmicrohttpd": "libmicrohttpd-dev"}
