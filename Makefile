@@ -130,8 +130,8 @@ unit: $(UNITS)
 PYTEST_PATHS ?= tests/emulator tests/integration
 PYTEST_ARGS ?=
 PYTEST  = MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
-	$(PYTHON) -m pytest -q -p no:cacheprovider
-integration: $(BUILD)/$(PROG) $(GEN_PY)
+	MCP_BENCHDIR=$(abspath $(BUILD)/bench) $(PYTHON) -m pytest -q -p no:cacheprovider
+integration: $(BUILD)/$(PROG) $(GEN_PY) $(BENCHES)
 	@rc=0; $(PYTEST) $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "integration: no test ran"; fi; exit $$rc
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -264,7 +265,31 @@ def bench_burst(emu, tmp, t, q):
 # -- 4. rotation load and 5. memory, on one provider ---------------------------
 
 
+def bench_idle_deployed(emu, tmp, t):
+    """Idle as the DaemonSet runs it: health and metrics on, and the kubelet's probes answered
+    (/readyz fetches Maskinporten's metadata and an admin token)."""
+    emu.reset()
+    p = new_provider(emu, tmp, "idle", args=["--metrics-addr", "127.0.0.1:0"])
+    try:
+        port, deadline = None, time.monotonic() + 10
+        while port is None and time.monotonic() < deadline:
+            for line in p.logs().splitlines():
+                if "health and metrics on" in line:
+                    port = line.rsplit("(port ", 1)[1].split(")")[0]
+            time.sleep(0.05)
+        if port is None:
+            raise RuntimeError("the provider did not log its metrics port: %s" % p.logs())
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen("http://127.0.0.1:%s%s" % (port, path), timeout=15) as r:
+                r.read()
+        time.sleep(0.5)
+        t.add("mem.idle_probed_hwm", p.mem_mib("VmHWM"), None, "", None, "MiB")
+    finally:
+        p.stop()
+
+
 def bench_load(emu, tmp, t, q):
+    bench_idle_deployed(emu, tmp, t)
     emu.reset()
     clients, pods = q["rot_clients"], q["rot_pods"]
     p = new_provider(emu, tmp, "load", args=["--workers", "8"])
