@@ -5,6 +5,10 @@
  *
  *   bench_client version --socket S --threads 4 --seconds 2
  *   bench_client mount --socket S --threads 16 --requests 2000 --apps 500 --pods 4
+ *   bench_client mount --socket S --threads 4 --requests 2000 --rate 16.7 ...
+ *
+ * --rate R paces the calls: call i starts no earlier than i/R seconds after
+ * the first, as kubelet's republishing spreads Mounts over time.
  *
  * Request i goes to app (i mod K), pod ((i div K) mod P): a first pass over
  * K x P requests touches every app before any app's second pod. Apps are
@@ -36,14 +40,14 @@
 static const char usage[] =
     "Usage: bench_client version|mount --socket S [--threads N] [--requests M | --seconds S]\n"
     "         [--apps K] [--pods P] [--namespace NS] [--scopes \"a b\"] [--prefix APP]\n"
-    "         [--offset I] [--timeout-ms T]\n"
+    "         [--offset I] [--timeout-ms T] [--rate CALLS_PER_S]\n"
     "Prints {count, errors, median_us, p99_us, throughput_per_s, ...} as JSON.\n";
 
 struct opts {
 	bool mount;
 	const char *socket;
 	long threads, requests, apps, pods, offset, timeout_ms;
-	double seconds;
+	double seconds, rate;
 	const char *namespace_name, *scopes, *prefix;
 };
 
@@ -61,6 +65,7 @@ struct shared {
 	atomic_long errors;
 	atomic_int first_status; /* status of the first failure, -1: none */
 	double deadline;	 /* seconds mode: stop issuing after this time */
+	double t0;		 /* when the first call was due */
 };
 
 struct worker {
@@ -77,6 +82,15 @@ static double now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_until(double t)
+{
+	struct timespec ts = { .tv_sec = (time_t)t,
+			       .tv_nsec = (long)((t - (double)(time_t)t) * 1e9) };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
 }
 
 /* This process's user + system CPU seconds so far. */
@@ -136,6 +150,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 			o->seconds = strtod(v, &end);
 			if (end == v || *end || o->seconds <= 0)
+				r = -EINVAL;
+		} else if (!strcmp(k, "--rate")) {
+			char *end;
+
+			o->rate = strtod(v, &end);
+			if (end == v || *end || o->rate <= 0)
 				r = -EINVAL;
 		} else if (!strcmp(k, "--apps"))
 			r = parse_long(v, 1, &o->apps);
@@ -271,6 +291,8 @@ static void *worker_main(void *arg)
 
 		if (sh->deadline > 0 ? now_s() >= sh->deadline : i >= sh->o->requests)
 			break;
+		if (sh->o->rate > 0)
+			sleep_until(sh->t0 + (double)i / sh->o->rate);
 		rq = &sh->reqs[(size_t)i % sh->nreqs];
 		t = now_s();
 		r = driver_call(sh->d, method, rq->data, rq->len, sh->o->timeout_ms, &status,
@@ -350,7 +372,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	cpu0 = cpu_s();
-	t0 = now_s();
+	t0 = sh.t0 = now_s();
 	if (o.seconds > 0)
 		sh.deadline = t0 + o.seconds;
 	for (long i = 0; i < o.threads; i++) {
