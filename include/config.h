@@ -55,6 +55,7 @@ struct config {
 	long revalidate_interval_s;
 	long cache_size;
 	int workers;
+	long worker_idle_ms; /* a worker beyond the first leaves after this long idle */
 	long max_message_bytes;
 	bool check_only;       /* serve --check */
 	int64_t time_offset_s; /* tests only: shifts this process's clock (epochs, skew) */

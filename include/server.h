@@ -68,6 +68,7 @@ struct server_config {
 	long max_recv_bytes;	 /* largest request accepted */
 	long max_send_bytes;	 /* largest response (the driver's default limit is 4 MiB) */
 	int workers;		 /* most threads for slow handlers, started as needed */
+	long worker_idle_ms;	 /* a worker beyond the first leaves after this idle; 0: never */
 	int queue_max;		 /* calls waiting for a worker before RESOURCE_EXHAUSTED */
 	long default_timeout_ms; /* deadline of calls that carry none */
 	long grace_ms;		 /* on stop: time in-flight calls get to finish */

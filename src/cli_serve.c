@@ -166,6 +166,7 @@ int cmd_serve(int argc, char **argv)
 			.max_recv_bytes = cfg.max_message_bytes,
 			.max_send_bytes = 4 * 1024 * 1024,
 			.workers = cfg.workers,
+			.worker_idle_ms = cfg.worker_idle_ms,
 			.queue_max = cfg.workers * 8,
 			.default_timeout_ms = cfg.mount_timeout_ms,
 			.grace_ms = 10000,

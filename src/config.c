@@ -69,6 +69,8 @@ static const struct opt opts[] = {
 	  "re-check known clients (1h)" },
 	{ "cache-size", T_LONG, F(cache_size), "clients kept in memory (4096)" },
 	{ "workers", T_INT, F(workers), "most threads for cold Mounts, started as needed (64)" },
+	{ "worker-idle", T_MS, F(worker_idle_ms),
+	  "idle time after which workers beyond one stop (60s)" },
 	{ "max-message", T_LONG, F(max_message_bytes), "largest gRPC request, bytes (1 MiB)" },
 	{ "check", T_BOOL, F(check_only), "serve: validate configuration and exit" },
 	{ "time-offset", T_OFFSET, F(time_offset_s), "tests only: shift the clock by seconds" },
@@ -111,6 +113,7 @@ void config_defaults(struct config *cfg)
 	cfg->revalidate_interval_s = 3600;
 	cfg->cache_size = 4096;
 	cfg->workers = 64;
+	cfg->worker_idle_ms = 60000;
 	cfg->max_message_bytes = 1024 * 1024;
 	cfg->log_level = LOG_LEVEL_INFO;
 	cfg->log_format = LOG_FORMAT_JSON;

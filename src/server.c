@@ -5,12 +5,13 @@
  * answers back. It never decodes a message and never logs a payload: Mount
  * requests carry service account tokens and Mount answers a private key.
  *
- * Two threads serve the one completion queue; they accept calls and run the
- * fast handlers inline. Calls a fast handler cannot answer go to a bounded
- * queue served by a pool of worker threads, so a slow cold Mount never
- * delays a warm one. Workers start when a queued call finds none idle, up to
- * the configured number: a node at rest keeps one, and a node starting many
- * new apps at once gets a flight for each of them, not a few at a time.
+ * One thread serves the completion queue: it accepts calls and runs the fast
+ * handlers inline. Calls a fast handler cannot answer go to a bounded queue
+ * served by a pool of worker threads, so a slow cold Mount never delays a
+ * warm one. Workers start when a queued call finds none idle, up to the
+ * configured number, so a node starting many new apps at once gets a flight
+ * for each of them, not a few at a time; all but one leave again after
+ * worker_idle_ms without work, so a node at rest keeps one.
  * A worker answers with grpc_call_start_batch (thread-safe); the batch's
  * completion comes back on the one queue, where the call is released.
  */
@@ -91,8 +92,16 @@ struct server {
 	int queued;
 	int idle; /* workers waiting for a call */
 	bool workers_exit;
-	pthread_t *threads; /* config->workers slots, the first nthreads started */
-	int nthreads;
+	struct worker *workers; /* config->workers slots */
+	int nthreads;		/* workers running */
+};
+
+/* A worker slot. started and done change under the server's lock. */
+struct worker {
+	struct server *srv;
+	pthread_t thread;
+	bool started; /* a thread was created here and not yet joined */
+	bool done;    /* that thread has left its loop */
 };
 
 static struct call *call_new(struct server *srv, enum tag_kind kind)
@@ -262,17 +271,63 @@ static int64_t remaining_ms(const struct server *srv, gpr_timespec deadline)
 
 static void *worker_main(void *arg);
 
-/* Starts one more worker; lock held. Returns 0 or -errno. */
+/*
+ * Starts one more worker in a free slot, first joining workers that have
+ * left (they hold no lock by then, so the join returns at once); lock held.
+ * Returns 0 or -errno.
+ */
 static int add_worker(struct server *srv)
 {
+	struct worker *free_slot = NULL;
 	int r;
 
 	if (srv->nthreads >= srv->config->workers)
 		return -EAGAIN;
-	r = -pthread_create(&srv->threads[srv->nthreads], NULL, worker_main, srv);
-	if (r == 0)
+	for (int i = 0; i < srv->config->workers; i++) {
+		struct worker *w = &srv->workers[i];
+
+		if (w->started && w->done) {
+			pthread_join(w->thread, NULL);
+			w->started = w->done = false;
+		}
+		if (!w->started && !free_slot)
+			free_slot = w;
+	}
+	if (!free_slot)
+		return -EAGAIN;
+	free_slot->srv = srv;
+	r = -pthread_create(&free_slot->thread, NULL, worker_main, free_slot);
+	if (r == 0) {
+		free_slot->started = true;
 		srv->nthreads++;
+	}
 	return r;
+}
+
+/*
+ * Waits for a queued call; lock held. False when the worker should leave
+ * instead: the server stops, or it idled worker_idle_ms and is not the last.
+ */
+static bool wait_for_call(struct server *srv)
+{
+	long idle_ms = srv->config->worker_idle_ms;
+	struct timespec until;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += idle_ms / 1000;
+	until.tv_nsec += (idle_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	while (!srv->head && !srv->workers_exit) {
+		if (idle_ms <= 0 || srv->nthreads <= 1)
+			pthread_cond_wait(&srv->cond, &srv->lock);
+		else if (pthread_cond_timedwait(&srv->cond, &srv->lock, &until) == ETIMEDOUT &&
+			 !srv->head && srv->nthreads > 1)
+			return false;
+	}
+	return srv->head != NULL;
 }
 
 /* Puts a call on the worker queue. Returns false when the queue is full. */
@@ -303,21 +358,24 @@ static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
 
 static void *worker_main(void *arg)
 {
-	struct server *srv = arg;
+	struct worker *w = arg;
+	struct server *srv = w->srv;
 	struct call *c;
 
+	pthread_setname_np(pthread_self(), "mp-worker"); /* for top -H and the tests */
 	for (;;) {
 		pthread_mutex_lock(&srv->lock);
 		srv->idle++;
-		while (!srv->head && !srv->workers_exit)
-			pthread_cond_wait(&srv->cond, &srv->lock);
+		c = wait_for_call(srv) ? srv->head : NULL;
 		srv->idle--;
-		c = srv->head;
 		if (c) {
 			srv->head = c->next;
 			if (!srv->head)
 				srv->tail = NULL;
 			srv->queued--;
+		} else {
+			w->done = true;
+			srv->nthreads--;
 		}
 		pthread_mutex_unlock(&srv->lock);
 		if (!c)
@@ -471,14 +529,21 @@ static void flush_queue(struct server *srv)
 
 static void stop_workers(struct server *srv)
 {
+	int n = srv->workers ? srv->config->workers : 0;
+
 	pthread_mutex_lock(&srv->lock);
 	srv->workers_exit = true;
 	pthread_cond_broadcast(&srv->cond);
 	pthread_mutex_unlock(&srv->lock);
-	/* No call is queued or arrives now, so no worker is being added. */
-	for (int i = 0; i < srv->nthreads; i++)
-		pthread_join(srv->threads[i], NULL);
-	srv->nthreads = 0;
+	/*
+	 * No call is queued or arrives now, so no worker is being added, and
+	 * only this thread (the one that added them) reads started.
+	 */
+	for (int i = 0; i < n; i++) {
+		if (srv->workers[i].started)
+			pthread_join(srv->workers[i].thread, NULL);
+		srv->workers[i].started = srv->workers[i].done = false;
+	}
 }
 
 /* Stops accepting, gives in-flight calls grace_ms, cancels the rest, waits. */
@@ -595,6 +660,7 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx)
 {
 	struct server srv = { .config = config, .ops = ops };
+	pthread_condattr_t cattr;
 	bool started = false;
 	grpc_event ev;
 	int r = 0;
@@ -604,14 +670,17 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	srv.stop = stop;
 	grpc_init();
 	pthread_mutex_init(&srv.lock, NULL);
-	pthread_cond_init(&srv.cond, NULL);
+	pthread_condattr_init(&cattr);
+	pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC); /* wait_for_call's deadline */
+	pthread_cond_init(&srv.cond, &cattr);
+	pthread_condattr_destroy(&cattr);
 
 	r = start(&srv);
 	if (r < 0)
 		goto out;
 
-	srv.threads = calloc((size_t)config->workers, sizeof(*srv.threads));
-	if (!srv.threads) {
+	srv.workers = calloc((size_t)config->workers, sizeof(*srv.workers));
+	if (!srv.workers) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -651,7 +720,7 @@ out:
 		while (ev.type == GRPC_OP_COMPLETE && ev.tag != &tag);
 	}
 	stop_workers(&srv);
-	free(srv.threads);
+	free(srv.workers);
 	if (srv.server)
 		grpc_server_destroy(srv.server);
 	if (srv.cq) {

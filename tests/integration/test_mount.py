@@ -12,7 +12,7 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant, decode_jwt, new_key, public_jwk
-from provider_harness import WRAPPER, Provider, files_of, modes_of, versions_of, write_seed
+from provider_harness import SLOW, WRAPPER, Provider, files_of, modes_of, versions_of, write_seed
 
 SCOPE = "skatteetaten:testapi"
 NO_ACCESS = "folkeregister:deling/offentligutenhjemmel"
@@ -341,3 +341,60 @@ def test_burst_of_new_apps_shares_listings_and_tokens(emulator, provider):
     assert counts.get("GET /api/v1/clients") <= (40 if WRAPPER else 2)
     # The idle provider ran one worker; the burst started more, one per waiting Mount.
     assert threads_of(provider.proc) >= idle_threads + 19
+
+
+def burst(provider, prefix, apps):
+    """Cold Mounts for `apps` new apps at once, two pods each; their client ids."""
+    jobs = [("%s%02d" % (prefix, i % apps), i) for i in range(2 * apps)]
+    with concurrent.futures.ThreadPoolExecutor(2 * apps) as pool:
+        return list(pool.map(lambda j: files_of(provider.mount(
+            "burst", j[0], scopes=SCOPE, pod_name="%s-%d" % j))["MASKINPORTEN_CLIENT_ID"], jobs))
+
+
+def workers_of(proc):
+    """Threads named mp-worker: the provider's worker pool."""
+    task = "/proc/%d/task" % proc.pid
+    names = []
+    for t in os.listdir(task):
+        try:
+            with open(os.path.join(task, t, "comm")) as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:
+            pass
+    return names.count("mp-worker")
+
+
+def wait_workers(proc, want, seconds):
+    deadline = time.time() + seconds * SLOW
+    while workers_of(proc) > want and time.time() < deadline:
+        time.sleep(0.1)
+    return workers_of(proc)
+
+
+def test_workers_beyond_one_leave_when_idle_and_come_back(emulator, tmp_path):
+    p = Provider(emulator, tmp_path, args=["--worker-idle", "1s"]).start()
+    try:
+        assert workers_of(p.proc) == 1
+        assert len(set(burst(p, "first", 12))) == 12
+        assert workers_of(p.proc) >= 12
+        # A second after the burst every worker but one has left and been joined.
+        assert wait_workers(p.proc, 1, 15) == 1
+        # Their slots take new workers: the next burst grows the pool again.
+        assert len(set(burst(p, "second", 12))) == 12
+        assert workers_of(p.proc) >= 12
+        assert wait_workers(p.proc, 1, 15) == 1
+        assert emulator.counts().get("POST /api/v1/clients") == 24
+    finally:
+        p.stop()
+
+
+def test_workers_stay_with_worker_idle_zero(emulator, tmp_path):
+    p = Provider(emulator, tmp_path, args=["--worker-idle", "0"]).start()
+    try:
+        burst(p, "stay", 8)
+        grown = workers_of(p.proc)
+        assert grown >= 8
+        time.sleep(1.5 * SLOW)
+        assert workers_of(p.proc) == grown
+    finally:
+        p.stop()
