@@ -128,13 +128,16 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
 
 /*
  * Counts the Mount and logs it: errors as warnings, Mounts that reached a
- * worker at info, and cache hits, the driver's republishing of every pod
- * every few minutes, at debug (they are counted in the metrics).
+ * worker at info, and those answered on the fast path, the driver's
+ * republishing of every pod every few minutes, at debug (they are counted in
+ * the metrics). hit: the client and its key were known, nothing was asked of
+ * DigDir (a worker answers such Mounts too: files written by the provider,
+ * exposed scopes).
  */
 static void log_mount(const struct mount_request *req, const char *client_id, int64_t t0,
-		      const struct err *err, bool warm)
+		      const struct err *err, bool fast, bool hit)
 {
-	enum log_level level = err ? LOG_LEVEL_WARN : warm ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
+	enum log_level level = err ? LOG_LEVEL_WARN : fast ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
 	double seconds = (double)(http_now_ms() - t0) / 1000.0;
 	char ms[32];
 
@@ -149,7 +152,7 @@ static void log_mount(const struct mount_request *req, const char *client_id, in
 		{ "duration_ms", ms },
 		{ "result", err ? "error" : "ok" },
 		{ "kind", err ? err_kind_name(err->kind) : NULL },
-		{ "cache", err ? NULL : (warm ? "hit" : "miss") },
+		{ "cache", err ? NULL : (hit ? "hit" : "miss") },
 	};
 
 	snprintf(ms, sizeof(ms), "%.1f", seconds * 1000.0);
@@ -309,7 +312,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0) {
 		reply_error(reply, NULL, &err);
-		log_mount(NULL, NULL, t0, &err, false);
+		log_mount(NULL, NULL, t0, &err, false, false);
 		return 0;
 	}
 	/* Writing files, exposed scopes and cold clients are a worker's job. */
@@ -319,7 +322,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 
 	/* Another pod of the same app had this very answer: copy it. */
 	if (cached_answer(p, &req, kid, reply, client_id, sizeof(client_id))) {
-		log_mount(&req, client_id, t0, NULL, true);
+		log_mount(&req, client_id, t0, NULL, true, true);
 		handed = 0;
 		goto out;
 	}
@@ -327,10 +330,10 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 		goto out;
 	if (answer(p, &req, &a, meta, NULL, reply, &err) < 0) {
 		reply_error(reply, &req, &err);
-		log_mount(&req, a.client_id, t0, &err, true);
+		log_mount(&req, a.client_id, t0, &err, true, true);
 	} else {
 		cache_answer(p, &req, &a, reply);
-		log_mount(&req, a.client_id, t0, NULL, true);
+		log_mount(&req, a.client_id, t0, NULL, true, true);
 	}
 	handed = 0;
 out:
@@ -349,8 +352,9 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	struct scopes_decl *decl = NULL;
 	char *exposed = NULL;
 	struct err err = { 0 };
+	char kid[KEYS_KID_MAX];
 	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
-	bool parsed = false;
+	bool parsed = false, hit = false;
 
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
 		goto fail;
@@ -363,6 +367,7 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 		goto fail;
 	}
 	atomic_store(&p->meta, meta);
+	hit = registry_warm_kid(p->reg, req.description, req.scopes_key, kid) == 0;
 	if (registry_ensure(p->reg, req.description, req.scopes, req.nscopes, req.scopes_key, until,
 			    &a, &err) < 0)
 		goto fail;
@@ -374,11 +379,11 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	}
 	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
-	log_mount(&req, a.client_id, t0, NULL, false);
+	log_mount(&req, a.client_id, t0, NULL, false, hit);
 	goto out;
 fail:
 	reply_error(reply, parsed ? &req : NULL, &err);
-	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false);
+	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false, false);
 out:
 	free(exposed);
 	scopes_decl_free(decl);

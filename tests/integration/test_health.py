@@ -113,3 +113,29 @@ def test_one_log_line_per_mount(served):
                for u in upstream), upstream
     assert not [u for u in upstream if "://" in u], upstream
     assert re.fullmatch(r"[0-9a-f-]{36}", m["client_id"])
+
+
+def test_worker_answered_mount_of_a_known_client_logs_a_cache_hit(emulator, tmp_path):
+    """With files written by the provider every Mount goes to a worker; the log still tells
+    the first pod's Mount (DigDir provisioned the client) from the next (all from memory)."""
+    kubelet = tmp_path / "kubelet"
+    targets = []
+    for uid in ("uid-1", "uid-2"):
+        t = kubelet / "pods" / uid / "volumes" / "kubernetes.io~csi" / "mp" / "mount"
+        t.mkdir(parents=True)
+        targets.append(str(t))
+    p = Provider(emulator, tmp_path, args=["--write-mode", "provider", "--kubelet-dir",
+                                           str(kubelet)]).start()
+    try:
+        for pod, target in zip(("payments-abc", "payments-def"), targets):
+            p.mount("team-a", "payments", scopes=SCOPE, pod_name=pod, target_path=target)
+        before = emulator.counts()
+        p.mount("team-a", "payments", scopes=SCOPE, pod_name="payments-abc",
+                target_path=targets[0])
+        assert emulator.counts() == before
+        lines = [json.loads(l) for l in p.logs().splitlines() if l.startswith("{")]
+        mounts = [(m["pod"], m["level"], m["cache"]) for m in lines if m.get("msg") == "mount"]
+        assert mounts == [("payments-abc", "info", "miss"), ("payments-def", "info", "hit"),
+                          ("payments-abc", "info", "hit")]
+    finally:
+        p.stop()
