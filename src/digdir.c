@@ -18,6 +18,7 @@
 
 #include "hash.h"
 #include "digdir.h"
+#include "timespec.h"
 
 #define API_SUFFIX     "/api/v1"
 #define SETTLE_POLL_MS 250 /* listing interval while a timed-out create may still land */
@@ -365,13 +366,7 @@ static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 
 	if (left <= 0)
 		return -ETIMEDOUT;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += left / 1000;
-	ts.tv_nsec += (left % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	ts = timespec_in_ms(CLOCK_REALTIME, left);
 	pthread_cond_timedwait(cond, &dd->list_lock, &ts);
 	return 0;
 }

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
+#include "timespec.h"
 
 struct entry {
 	char *description;
@@ -447,13 +448,7 @@ static int wait_flight(struct registry *reg, struct entry *e, int64_t deadline_m
 
 		if (left <= 0)
 			return -ETIMEDOUT;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += left / 1000;
-		ts.tv_nsec += (left % 1000) * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		ts = timespec_in_ms(CLOCK_REALTIME, left);
 		pthread_cond_timedwait(&reg->flight_done, &reg->lock, &ts);
 	}
 	return 0;

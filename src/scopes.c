@@ -20,6 +20,7 @@
 #include "http.h"
 #include "keys.h"
 #include "scopes.h"
+#include "timespec.h"
 
 #define CACHE_MAX 4096
 
@@ -941,13 +942,7 @@ static int wait_done(int64_t deadline_ms)
 
 	if (left <= 0)
 		return -ETIMEDOUT;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)(left / 1000);
-	ts.tv_nsec += (long)(left % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	ts = timespec_in_ms(CLOCK_REALTIME, left);
 	return pthread_cond_timedwait(&cache.done, &cache.lock, &ts) == ETIMEDOUT ? -ETIMEDOUT : 0;
 }
 

@@ -37,6 +37,7 @@
 #include "http.h"
 #include "log.h"
 #include "server.h"
+#include "timespec.h"
 
 #define METHOD_VERSION "/v1alpha1.CSIDriverProvider/Version"
 #define METHOD_MOUNT   "/v1alpha1.CSIDriverProvider/Mount"
@@ -311,15 +312,8 @@ static int add_worker(struct server *srv)
 static bool wait_for_call(struct server *srv)
 {
 	long idle_ms = srv->config->worker_idle_ms;
-	struct timespec until;
+	struct timespec until = timespec_in_ms(CLOCK_MONOTONIC, idle_ms > 0 ? idle_ms : 0);
 
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += idle_ms / 1000;
-	until.tv_nsec += (idle_ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
 	while (!srv->head && !srv->workers_exit) {
 		if (idle_ms <= 0 || srv->nthreads <= 1)
 			pthread_cond_wait(&srv->cond, &srv->lock);
