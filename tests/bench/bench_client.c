@@ -89,6 +89,8 @@ static void sleep_until(double t)
 	struct timespec ts = { .tv_sec = (time_t)t,
 			       .tv_nsec = (long)((t - (double)(time_t)t) * 1e9) };
 
+	if (ts.tv_nsec > 999999999) /* rounding */
+		ts.tv_nsec = 999999999;
 	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
 		;
 }
