@@ -12,6 +12,7 @@
 #ifndef MCP_REGISTRY_H
 #define MCP_REGISTRY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,7 @@ struct registry_answer {
 	char *jwk_private;
 	char kid[KEYS_KID_MAX];
 	int64_t epoch;
+	bool cached; /* registry_ensure: warm on arrival, nothing was asked of DigDir */
 };
 
 struct registry;

@@ -352,9 +352,8 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	struct scopes_decl *decl = NULL;
 	char *exposed = NULL;
 	struct err err = { 0 };
-	char kid[KEYS_KID_MAX];
 	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
-	bool parsed = false, hit = false;
+	bool parsed = false;
 
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
 		goto fail;
@@ -367,7 +366,6 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 		goto fail;
 	}
 	atomic_store(&p->meta, meta);
-	hit = registry_warm_kid(p->reg, req.description, req.scopes_key, kid) == 0;
 	if (registry_ensure(p->reg, req.description, req.scopes, req.nscopes, req.scopes_key, until,
 			    &a, &err) < 0)
 		goto fail;
@@ -379,7 +377,7 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	}
 	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
-	log_mount(&req, a.client_id, t0, NULL, false, hit);
+	log_mount(&req, a.client_id, t0, NULL, false, a.cached);
 	goto out;
 fail:
 	reply_error(reply, parsed ? &req : NULL, &err);

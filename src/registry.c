@@ -460,6 +460,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 {
 	int64_t epoch = registry_epoch(reg);
 	struct entry *e;
+	bool cached = false;
 	int r;
 
 	pthread_mutex_lock(&reg->lock);
@@ -473,7 +474,8 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 	}
 	lru_unlink(reg, e);
 	lru_push(reg, e);
-	metrics_cache(warm(e, scopes_key, epoch));
+	cached = warm(e, scopes_key, epoch);
+	metrics_cache(cached);
 
 	if (e->in_flight) {
 		unsigned gen = e->generation;
@@ -510,6 +512,8 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 		r = answer_from(e, ret);
 out:
 	pthread_mutex_unlock(&reg->lock);
+	if (r == 0)
+		ret->cached = cached;
 	return r;
 }
 

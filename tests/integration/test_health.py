@@ -13,9 +13,8 @@ from provider_harness import Provider
 SCOPE = "skatteetaten:testapi"
 
 
-@pytest.fixture
-def served(emulator, tmp_path):
-    p = Provider(emulator, tmp_path, args=["--metrics-addr", "127.0.0.1:0"]).start()
+def with_metrics(p):
+    """p, started with --metrics-addr 127.0.0.1:0, and p.http its base URL."""
     m = None
     deadline = time.time() + 10
     while not m and time.time() < deadline:
@@ -23,6 +22,13 @@ def served(emulator, tmp_path):
         time.sleep(0.05)
     assert m, p.logs()
     p.http = "http://127.0.0.1:%s" % m.group(1)
+    return p
+
+
+@pytest.fixture
+def served(emulator, tmp_path):
+    p = with_metrics(Provider(emulator, tmp_path,
+                              args=["--metrics-addr", "127.0.0.1:0"]).start())
     yield p
     p.stop()
 
@@ -124,8 +130,9 @@ def test_worker_answered_mount_of_a_known_client_logs_a_cache_hit(emulator, tmp_
         t = kubelet / "pods" / uid / "volumes" / "kubernetes.io~csi" / "mp" / "mount"
         t.mkdir(parents=True)
         targets.append(str(t))
-    p = Provider(emulator, tmp_path, args=["--write-mode", "provider", "--kubelet-dir",
-                                           str(kubelet)]).start()
+    p = with_metrics(Provider(emulator, tmp_path, args=[
+        "--write-mode", "provider", "--kubelet-dir", str(kubelet),
+        "--metrics-addr", "127.0.0.1:0"]).start())
     try:
         for pod, target in zip(("payments-abc", "payments-def"), targets):
             p.mount("team-a", "payments", scopes=SCOPE, pod_name=pod, target_path=target)
@@ -137,5 +144,10 @@ def test_worker_answered_mount_of_a_known_client_logs_a_cache_hit(emulator, tmp_
         mounts = [(m["pod"], m["level"], m["cache"]) for m in lines if m.get("msg") == "mount"]
         assert mounts == [("payments-abc", "info", "miss"), ("payments-def", "info", "hit"),
                           ("payments-abc", "info", "hit")]
+        # The metrics count each Mount once, as the log does.
+        status, text = get(p.http + "/metrics")
+        assert status == 200
+        assert metric(text, "mpcsi_cache_misses_total") == 1
+        assert metric(text, "mpcsi_cache_hits_total") == 2
     finally:
         p.stop()
