@@ -39,28 +39,61 @@ from jwcrypto import jwk, jwt
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_ALGS = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
-ADMIN_SCOPES = {"idporten:dcr.read", "idporten:dcr.write", "idporten:dcr.modify", "idporten:scopes.write"}
 GRANT_MAX_LIFETIME = 120
 IAT_SKEW = 10
 KEY_MAX_LIFETIME = 365 * 24 * 3600
 MAX_KEYS = 5
 MAX_BODY = 1 << 20
+# Source: felleslosninger/docs oidc_api_admin.md diagram "Overføring av integrasjonskonfigurasjon, 0-2 minutter".
+PROPAGATION_DELAY_MAX = 120
+# Record silent on at_max_age's upper bound: the emulator refuses what a signed 32-bit integer cannot
+# hold (inference: DigDir's API is a Java service), nothing smaller.
+AT_MAX_AGE_MAX = 2**31 - 1
 KID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ORGNO_RE = re.compile(r"^[0-9]{9}$")
 SUBSCOPE_RE = re.compile(r"^[a-zæøå0-9]([a-zæøå0-9._/:-]*[a-zæøå0-9])?$")
+PREFIX_RE = re.compile(r"^[a-zæøå0-9]([a-zæøå0-9._-]*[a-zæøå0-9])?$")
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# Source: felleslosninger/docs oidc_func_clientreg.md "Man må alltid sende inn nøkkeldefinisjonen
+# (kty,alg,use,e,n)"; kid (same page, chosen by the customer, must be unique); x5c (same page, pins a
+# business certificate); exp (OKD maskinporten_client.py re-posts keys with the exp DigDir returned).
+# Record silent on any other member: strict reading, an upload carrying one is refused.
+JWK_UPLOAD_REQUIRED = ("kty", "alg", "use", "kid", "e", "n")
+JWK_UPLOAD_MEMBERS = set(JWK_UPLOAD_REQUIRED) | {"exp", "x5c"}
 INTEGRATION_TYPES = {"maskinporten", "api_klient", "idporten", "krr", "eformidling"}
 AUTH_METHODS = {"private_key_jwt", "client_secret_basic", "client_secret_post", "none"}
 GRANT_TYPES = {JWT_BEARER, "authorization_code", "refresh_token", "client_credentials"}
 APPLICATION_TYPES = {"web", "browser", "native"}
 OID_ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
+CONSUMER_AUTHORITY = "iso6523-actorid-upis"
 
+# The registration fields a client may set with POST or PUT /clients (reference section 2.4, from
+# digdirator's types.go and OKD's fixtures). Anything else in a body is refused: record silent, strict
+# reading (DigDir's 2025 API validates strictly, OKD 0dd880a).
+CLIENT_FIELDS = {
+    "client_name", "description", "client_uri", "scopes", "integration_type", "application_type",
+    "token_endpoint_auth_method", "grant_types", "access_token_lifetime", "authorization_lifetime",
+    "refresh_token_lifetime", "refresh_token_usage", "redirect_uris", "post_logout_redirect_uris",
+    "frontchannel_logout_uri", "frontchannel_logout_session_required", "sso_disabled", "code_challenge_method",
+}
+# Fields DigDir sets and returns on GET, which a POST or PUT body must not carry. Source:
+# felleslosninger/docs oidc_api_admin_maskinporten.md, GET then PUT "(fjern created_date, last_updated)"
+# (both spellings refused); client_id "Blir tildelt av Digitaliseringsdirektoratet" and client_orgno comes
+# from the certificate (oidc_func_clientreg.md, oidc_api_admin.md "Eierskap til integrasjoner"). Record
+# silent on client_id, client_orgno and active in a PUT body: strict reading, refused; digdirator's PUT
+# (DGR toMaskinPortenClientRegistration) carries none of them and works in production.
+CLIENT_READ_ONLY = ("client_id", "client_orgno", "created", "created_date", "last_updated", "active")
+
+DEFAULT_ADMIN_SCOPES = ["idporten:dcr.read", "idporten:dcr.write", "idporten:dcr.modify", "idporten:scopes.write"]
 DEFAULT_SETTINGS = {
     "admin_token_lifetime": 3600,
     "client_token_lifetime": None,  # None: the client's access_token_lifetime
     "propagation_delay": 0.0,
     "clock_offset": 0.0,
-    "org_prefix": "test",
+    "org_prefixes": ["test"],
+    "admin_scopes": DEFAULT_ADMIN_SCOPES,
+    "refused_consumers": [],
+    "owner_needs_grant": False,
     "revoke_admin": False,
 }
 
@@ -91,6 +124,49 @@ def is_int(v):
 
 def is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str_list(v, what, pattern=None):
+    """v as a list of distinct strings (a space-separated string is split); ValueError otherwise."""
+    if isinstance(v, str):
+        v = v.split()
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("%s must be a list of non-empty strings" % what)
+    bad = [x for x in v if pattern is not None and not pattern.match(x)]
+    if bad:
+        raise ValueError("%s: malformed entries %s" % (what, ", ".join(bad)))
+    return list(dict.fromkeys(v))
+
+
+def check_setting(name, v):
+    """The value a control-API setting is stored as; ValueError says why it is refused."""
+    if name == "admin_token_lifetime":
+        if not is_int(v) or v < 1:
+            raise ValueError("admin_token_lifetime must be a positive integer (seconds)")
+        return v
+    if name == "client_token_lifetime":
+        if v is not None and (not is_int(v) or v < 1):
+            raise ValueError("client_token_lifetime must be null or a positive integer (seconds)")
+        return v
+    if name == "propagation_delay":
+        if not is_num(v) or not 0 <= v <= PROPAGATION_DELAY_MAX:
+            raise ValueError("propagation_delay must be a number of seconds from 0 to %d" % PROPAGATION_DELAY_MAX)
+        return float(v)
+    if name == "clock_offset":
+        if not is_num(v):
+            raise ValueError("clock_offset must be a number of seconds")
+        return float(v)
+    if name == "org_prefixes":
+        return _str_list(v, "org_prefixes", PREFIX_RE)
+    if name == "admin_scopes":
+        return _str_list(v, "admin_scopes", re.compile(r"^\S+$"))
+    if name == "refused_consumers":
+        return _str_list(v, "refused_consumers", ORGNO_RE)
+    if name in ("owner_needs_grant", "revoke_admin"):
+        if not isinstance(v, bool):
+            raise ValueError("%s must be true or false" % name)
+        return v
+    raise ValueError("unknown setting %s" % name)
 
 
 # ---------------------------------------------------------------------------
@@ -323,7 +399,7 @@ class Service:
         self.base_url = base_url
         self.issuer = base_url + "/"
         self.admin_client_id = "emulator-admin-" + uuid.uuid4().hex[:12]
-        self.initial_propagation_delay = float(propagation_delay)
+        self.initial_propagation_delay = check_setting("propagation_delay", propagation_delay)
         self.lock = threading.RLock()
         self._last_stamp_ms = 0
         self.reset()
@@ -343,9 +419,10 @@ class Service:
 
     def reset(self):
         with self.lock:
-            self.settings = dict(DEFAULT_SETTINGS)
+            self.settings = json.loads(json.dumps(DEFAULT_SETTINGS))
             self.settings["propagation_delay"] = self.initial_propagation_delay
             self.clients = {}
+            self.kid_owner = {}  # kid -> client_id, over every client: DigDir's kids are unique across customers
             self.scopes = {}
             self.access = {}
             self.faults = []
@@ -527,7 +604,11 @@ class Service:
             scopes = scope.split() if isinstance(scope, str) else []
             if not scopes:
                 raise MPError("invalid_scope", "Token request contains no scope", "MP-200")
-            allowed = ADMIN_SCOPES if is_admin else set(client["reg"]["scopes"])
+            # The admin client holds the scopes DigDir gave it by hand (control setting admin_scopes); asking
+            # for any other is MP-200. Source: felleslosninger/docs oidc_api_admin_maskinporten.md
+            # "administrasjons-klient må manuelt få tildelt scopes"; maskinporten_protocol_jwtgrant.md "the
+            # client must have pre-registered with rights to all the scopes".
+            allowed = set(self.settings["admin_scopes"]) if is_admin else set(client["reg"]["scopes"])
             bad = [s for s in scopes if s not in allowed]
             if bad:
                 raise MPError("invalid_scope", "Token request contains invalid scopes for client, %s" % " ".join(bad), "MP-200")
@@ -543,11 +624,21 @@ class Service:
             elif self.settings["client_token_lifetime"] is not None:
                 lifetime = int(self.settings["client_token_lifetime"])
             else:
+                # 0 means "the system default", which the record does not state; the emulator uses 120 s.
                 lifetime = int(client["reg"].get("access_token_lifetime") or 120)
+            if not is_admin:
+                # Source: felleslosninger/docs oidc_protocol_scope.md, at_max_age "defines a maximium allowable
+                # expires_in for access tokens having this scope. If multiple scopes are included into one
+                # token, the lowest value for at_max_age is enforced. A zero value means that lifetime is
+                # based on the client setting or system default."
+                caps = [self.scopes[s].get("at_max_age") or 0 for s in scopes]
+                caps = [c for c in caps if c > 0]
+                if caps:
+                    lifetime = min(lifetime, min(caps))
             self.counts["token:admin" if is_admin else "token:client"] = (
                 self.counts.get("token:admin" if is_admin else "token:client", 0) + 1
             )
-        access_token = self.issue_token(iss, orgno, " ".join(scopes), lifetime, amr, is_admin, now)
+        access_token = self.issue_token(iss, orgno, " ".join(scopes), lifetime, amr, now)
         return {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(scopes)}
 
     def _parse_jws(self, assertion):
@@ -627,12 +718,16 @@ class Service:
         s = self.scopes.get(name)
         if s is None or not s["active"]:
             return False
-        if s["owner_orgno"] == orgno or s["accessible_for_all"]:
+        if s["accessible_for_all"]:
+            return True
+        # Record silent on whether an owner must grant itself access to its own scope. By default the
+        # owner may consume it without a grant; owner_needs_grant makes it need one like anybody else.
+        if s["owner_orgno"] == orgno and not self.settings["owner_needs_grant"]:
             return True
         a = self.access.get((name, orgno))
         return a is not None and a["state"] == "APPROVED"
 
-    def issue_token(self, client_id, orgno, scope, lifetime, amr, is_admin, now=None):
+    def issue_token(self, client_id, orgno, scope, lifetime, amr, now=None):
         now = int(self.now() if now is None else now)
         claims = {
             "iss": self.issuer,
@@ -645,16 +740,24 @@ class Service:
             "exp": now + lifetime,
             "jti": str(uuid.uuid4()),
         }
-        if is_admin:
-            claims["client_orgno"] = orgno
+        # No client_orgno, admin tokens included: Maskinporten promises only consumer ("This value is always
+        # present", felleslosninger/docs maskinporten_protocol_token.md); client_orgno is an old claim
+        # (reference Corrections 3), so the DigDir side below never reads it.
         t = jwt.JWT(header={"alg": "RS256", "kid": self.m.sign_kid, "typ": "at+jwt"}, claims=claims)
         t.make_signed_token(self.m.sign_jwk)
         return t.serialize()
 
-    def admin_token(self):
-        lifetime = int(self.settings["admin_token_lifetime"])
-        token = self.issue_token(self.admin_client_id, self.orgno, " ".join(sorted(ADMIN_SCOPES)), lifetime, "virksomhetssertifikat", True)
-        return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
+    def admin_token(self, scope=None):
+        """A token for the admin client, as /token would give it; scope defaults to all the client holds."""
+        with self.lock:
+            lifetime = int(self.settings["admin_token_lifetime"])
+            held = self.settings["admin_scopes"]
+        wanted = held if scope is None else scope.split()
+        bad = [s for s in wanted if s not in held]
+        if bad:
+            raise DDError(400, "the admin client does not hold %s" % " ".join(bad))
+        token = self.issue_token(self.admin_client_id, self.orgno, " ".join(wanted), lifetime, "virksomhetssertifikat")
+        return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(wanted)}
 
     # -- DigDir authentication
 
@@ -683,12 +786,15 @@ class Service:
             raise bad
         if claims.get("client_id") == self.admin_client_id and self.settings["revoke_admin"]:
             raise bad
-        orgno = claims.get("client_orgno")
-        if not orgno:
-            consumer = claims.get("consumer") or {}
-            orgno = str(consumer.get("ID", "")).split(":")[-1]
+        # The organisation is consumer.ID, "0192:<orgno>", and nothing else (see issue_token).
+        consumer = claims.get("consumer")
+        if not isinstance(consumer, dict) or consumer.get("authority") != CONSUMER_AUTHORITY:
+            raise bad
+        m = re.fullmatch(r"0192:([0-9]{9})", str(consumer.get("ID")))
+        if not m:
+            raise bad
         scopes = set(str(claims.get("scope", "")).split())
-        return orgno, scopes
+        return m.group(1), scopes
 
     @staticmethod
     def need(scopes, *any_of):
@@ -698,7 +804,13 @@ class Service:
     # -- DigDir clients
 
     def client_view(self, c):
-        return json.loads(json.dumps(c["reg"]))
+        """The client as DigDir answers it, a fresh dict decoded from the cached JSON."""
+        return json.loads(c["json"])
+
+    @staticmethod
+    def _stored(c):
+        """Re-serialises a client after a change: listings join these bytes instead of dumping dicts."""
+        c["json"] = json.dumps(c["reg"]).encode("utf-8")
 
     def _client(self, orgno, client_id):
         c = self.clients.get(client_id)
@@ -707,7 +819,15 @@ class Service:
         return c
 
     def validate_client(self, body, orgno, existing=None):
-        """Returns the registration fields of body, or raises DDError(400) listing every problem."""
+        """The registration a POST or PUT body asks for, or DDError(400) listing every problem.
+
+        A PUT replaces the registration (existing is the client it replaces): every field it leaves out
+        gets the value a POST without it would give. Source: felleslosninger/docs
+        oidc_api_admin_maskinporten.md and maskinporten_guide_apitilbyder.md tell a client to GET the
+        registration, change it and PUT the whole object back, which only makes sense if a PUT replaces;
+        RFC 7592 section 2.2 (the DCR management protocol DigDir's RFC 7591 API follows) says omitted
+        fields are deleted. No source says DigDir keeps any omitted field, so none is kept.
+        """
         if not isinstance(body, dict):
             raise DDError(400, "The request body must be a JSON object")
         errs = []
@@ -715,9 +835,16 @@ class Service:
         def field(name, msg):
             errs.append(("%s: %s" % (name, msg), name))
 
+        for name in CLIENT_READ_ONLY:
+            if name in body:
+                field(name, "is set by DigDir; remove it from the body (GET answers carry it, PUT must not)")
+        for name in sorted(set(body) - CLIENT_FIELDS - set(CLIENT_READ_ONLY)):
+            field(name, "unknown field")
         itype = body.get("integration_type")
         if itype not in INTEGRATION_TYPES:
             field("integration_type", "must be one of %s" % ", ".join(sorted(INTEGRATION_TYPES)))
+        # Source: felleslosninger/docs oidc_func_clientreg.md "Det er ikke mulig å endre integrasjonstype
+        # etter opprettelse".
         if existing is not None and itype != existing["reg"]["integration_type"]:
             field("integration_type", "cannot change integration type after creation (existing: %s, requested: %s)" % (existing["reg"]["integration_type"], itype))
         for name in ("client_name", "description"):
@@ -726,6 +853,8 @@ class Service:
                 field(name, "must not be empty")
             elif len(v) > 255:
                 field(name, "must be at most 255 characters")
+        # Source for the combinations: felleslosninger/docs oidc_func_clientreg.md "Oversikt over
+        # kombinasjonar": Maskinporten = web, private_key_jwt, jwt_bearer_token.
         method = body.get("token_endpoint_auth_method", "private_key_jwt")
         if method not in AUTH_METHODS:
             field("token_endpoint_auth_method", "unknown method %r" % method)
@@ -751,10 +880,19 @@ class Service:
             v = body.get(name)
             if v is not None and (not isinstance(v, list) or not all(isinstance(u, str) for u in v)):
                 field(name, "must be null or a list of strings")
+        for name in ("frontchannel_logout_session_required", "sso_disabled"):
+            if name in body and not isinstance(body[name], bool):
+                field(name, "must be a boolean")
+        for name in ("client_uri", "frontchannel_logout_uri", "code_challenge_method"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                field(name, "must be a string")
+        if body.get("refresh_token_usage", "ONETIME") not in ("ONETIME", "REUSE"):
+            field("refresh_token_usage", "must be ONETIME or REUSE")
         scopes = body.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             field("scopes", "must be a list of strings")
         elif not scopes:
+            # Source: issue nais/digdirator#108 "A client without any scopes is disallowed".
             field("scopes", "a client must have at least one scope")
         else:
             if len(set(scopes)) != len(scopes):
@@ -768,30 +906,37 @@ class Service:
         if errs:
             raise DDError(400, errs)
 
+        # What a field left out becomes. Lifetimes 0, refresh_token_usage ONETIME and
+        # frontchannel_logout_session_required false: OKD's fixture of a POST /clients answer for a body
+        # without them (test/resources/conftest.py). application_type web: the Maskinporten POST example
+        # in felleslosninger/docs maskinporten_sjolvbetjening_api.md leaves it out. sso_disabled false and
+        # empty redirect lists: record silent, the values digdirator sends. client_uri,
+        # frontchannel_logout_uri and code_challenge_method: absent.
         reg = {
-            "access_token_lifetime": body.get("access_token_lifetime", 120),
+            "access_token_lifetime": body.get("access_token_lifetime") or 0,
             "application_type": app_type,
-            "authorization_lifetime": body.get("authorization_lifetime", 0),
+            "authorization_lifetime": body.get("authorization_lifetime") or 0,
             "client_name": body["client_name"],
             "description": body["description"],
-            "frontchannel_logout_session_required": bool(body.get("frontchannel_logout_session_required", False)),
+            "frontchannel_logout_session_required": body.get("frontchannel_logout_session_required", False),
             "grant_types": list(grants),
             "integration_type": itype,
             "post_logout_redirect_uris": body.get("post_logout_redirect_uris") or [],
             "redirect_uris": body.get("redirect_uris") or [],
-            "refresh_token_lifetime": body.get("refresh_token_lifetime", 0),
+            "refresh_token_lifetime": body.get("refresh_token_lifetime") or 0,
             "refresh_token_usage": body.get("refresh_token_usage", "ONETIME"),
             "scopes": list(scopes),
-            "sso_disabled": bool(body.get("sso_disabled", False)),
+            "sso_disabled": body.get("sso_disabled", False),
             "token_endpoint_auth_method": method,
         }
-        for name in ("client_uri", "frontchannel_logout_uri"):
+        for name in ("client_uri", "frontchannel_logout_uri", "code_challenge_method"):
             if isinstance(body.get(name), str):
                 reg[name] = body[name]
         return reg
 
-    def create_client(self, reg, orgno, jwks=None, known_since=None):
-        stamp = self.stamp()
+    def create_client(self, reg, orgno, jwks=None, known_since=None, stamp=None):
+        """Registers a client; known_since (default now) starts its propagation delay, 0 means known."""
+        stamp = stamp or self.stamp()
         client_id = str(uuid.uuid4())
         reg = dict(reg)
         reg.update({"client_id": client_id, "client_orgno": orgno, "created": stamp, "last_updated": stamp, "active": True})
@@ -802,19 +947,26 @@ class Service:
             "jwks": {"keys": []},
             "key_since": {},
         }
-        self.clients[client_id] = c
+        self._stored(c)
         if jwks:
-            self.set_jwks(c, jwks, strict=False)
+            self.seed_jwks(c, jwks)
+        self.clients[client_id] = c
         return c
 
-    def set_jwks(self, c, keys, strict=True):
-        """Replaces the client's whole key set. strict=False (control API) skips DigDir's rules on exp."""
+    def set_jwks(self, c, keys):
+        """POST/PUT /clients/{id}/jwks: replaces the client's whole key set, or DDError(400) listing every
+        problem. Source for replacing: felleslosninger/docs oidc_api_admin.md "både POST og PUT erstatter
+        evt. eksisterende JWKS", "inntil 5"."""
         now = self.now()
-        errs = []
         if not isinstance(keys, list):
             raise DDError(400, [("keys: must be a list", "keys")], "JWKS")
-        if strict and len(keys) > MAX_KEYS:
+        # Source: OKD maskinporten_client.py "When deleting the last key, we need to DELETE instead of
+        # POST-ing an empty `keys` object."
+        if not keys:
+            raise DDError(400, [("keys: must hold at least one key (DELETE removes them all)", "keys")], "JWKS")
+        if len(keys) > MAX_KEYS:
             raise DDError(400, [("keys: at most %d keys are allowed, got %d" % (MAX_KEYS, len(keys)), "keys")], "JWKS")
+        errs = []
         seen = set()
         out = []
         for i, key in enumerate(keys):
@@ -824,56 +976,133 @@ class Service:
             if not isinstance(key, dict):
                 bad("must be an object")
                 continue
-            if key.get("kty") != "RSA":
-                bad("kty must be RSA")
-            if "use" not in key:
-                bad("use is required")
-            elif key["use"] != "sig":
-                bad("use must be sig")
-            kid = key.get("kid")
-            if not isinstance(kid, str) or not KID_RE.match(kid):
-                bad("kid must match ^[A-Za-z0-9._-]+$")
-            elif kid in seen:
-                bad("duplicate kid %s" % kid)
-            else:
-                seen.add(kid)
-            if key.get("alg") not in GRANT_ALGS:
-                bad("alg must be one of RS256, RS384, RS512")
+            # Every member of JWK_UPLOAD_REQUIRED, use included: the API of 2025-05-22 refuses an upload
+            # in which any key lacks use (OKD e12da91, _jwk_ensure_use_sig).
+            missing = [m for m in JWK_UPLOAD_REQUIRED if m not in key]
+            if missing:
+                bad("%s %s required" % (", ".join(missing), "is" if len(missing) == 1 else "are"))
             private = [m for m in PRIVATE_JWK_MEMBERS if m in key]
             if private:
                 bad("private key members are not allowed: %s" % ", ".join(private))
-            try:
-                n = int.from_bytes(b64url_decode(key.get("n")), "big")
-                e = int.from_bytes(b64url_decode(key.get("e")), "big")
-                if n.bit_length() < 2048 or e < 3:
-                    bad("n must be at least 2048 bits")
-            except (ValueError, TypeError, binascii.Error):
-                bad("n and e must be base64url")
+            other = sorted(set(key) - JWK_UPLOAD_MEMBERS - set(PRIVATE_JWK_MEMBERS))
+            if other:
+                bad("members not allowed: %s (allowed: %s)" % (", ".join(other), ", ".join(sorted(JWK_UPLOAD_MEMBERS))))
+            if "kty" in key and key["kty"] != "RSA":
+                bad("kty must be RSA")
+            if "use" in key and key["use"] != "sig":
+                bad("use must be sig")
+            kid = key.get("kid")
+            if "kid" in key:
+                # Source: felleslosninger/docs oidc_func_clientreg.md, oidc_api_admin.md: kid "må være unik
+                # innenfor alle ID-porten/Maskinportens kunder"; newer text: alphanumerics and ._-
+                if not isinstance(kid, str) or not KID_RE.match(kid):
+                    bad("kid must match ^[A-Za-z0-9._-]+$")
+                elif kid in seen:
+                    bad("duplicate kid %s" % kid)
+                else:
+                    seen.add(kid)
+                    owner = self.kid_owner.get(kid)
+                    if owner is not None and owner != c["reg"]["client_id"]:
+                        bad("kid %s is registered on another client; a kid must be unique across all customers" % kid)
+            if "alg" in key and key["alg"] not in GRANT_ALGS:
+                bad("alg must be one of RS256, RS384, RS512")
+            if "n" in key and "e" in key:
+                try:
+                    n = int.from_bytes(b64url_decode(key["n"]), "big")
+                    e = int.from_bytes(b64url_decode(key["e"]), "big")
+                    if n.bit_length() < 2048 or e < 3:
+                        bad("n must be at least 2048 bits")
+                except (ValueError, TypeError, binascii.Error):
+                    bad("n and e must be base64url")
+            x5c = key.get("x5c")
+            if "x5c" in key and (not isinstance(x5c, list) or not x5c or not all(isinstance(x, str) for x in x5c)):
+                bad("x5c must be a non-empty list of strings")
+            # Source: felleslosninger/docs maskinporten_autentisering.md "En nøkkel har maks ett års levetid
+            # fra tidspunktet den blir postet på"; without exp a key gets a year (reference 3.2). Record
+            # silent on whether a longer exp is capped or refused: strict reading, refused.
             exp = key.get("exp")
             if exp is None:
                 exp = int(now) + KEY_MAX_LIFETIME
             elif not is_int(exp):
                 bad("exp must be an integer (seconds since the epoch)")
-            elif strict and exp <= now:
+            elif exp <= now:
                 bad("exp is in the past")
-            elif strict:
-                exp = min(exp, int(now) + KEY_MAX_LIFETIME)
-            pub = {m: key[m] for m in ("kty", "e", "use", "kid", "alg", "n") if m in key}
-            if isinstance(key.get("x5c"), list):
-                pub["x5c"] = key["x5c"]
+            elif exp > now + KEY_MAX_LIFETIME:
+                bad("exp is more than one year after now; a key lives at most one year from its upload")
+            pub = {m: key[m] for m in key if m in JWK_UPLOAD_MEMBERS}
             pub["exp"] = exp
             out.append(pub)
         if errs:
             raise DDError(400, errs, "JWKS")
+        return self._replace_jwks(c, out, now, propagate=True)
+
+    def seed_jwks(self, c, keys):
+        """Control API: keys DigDir already holds for a client made elsewhere, kept member for member.
+
+        Keys registered before the API change of 2025-05-22 may lack use (reference Corrections 2; OKD's
+        2021 fixture of a key answer has none): they are stored and returned as seeded, nothing added but
+        exp when the seed has none, because DigDir gives every registered key one. They are known to
+        Maskinporten at once (registered long ago).
+        """
+        now = self.now()
+        if isinstance(keys, dict):
+            keys = keys.get("keys")
+        if not isinstance(keys, list) or len(keys) > MAX_KEYS:
+            raise DDError(400, "jwks must be a list of at most %d keys" % MAX_KEYS, "JWKS")
+        out, seen = [], set()
+        for key in keys:
+            if not isinstance(key, dict) or not isinstance(key.get("kid"), str) or not key["kid"] or key.get("kty") != "RSA":
+                raise DDError(400, "each seeded key needs kty RSA and a kid", "JWKS")
+            kid = key["kid"]
+            owner = self.kid_owner.get(kid)
+            if kid in seen or (owner is not None and owner != c["reg"]["client_id"]):
+                raise DDError(400, "kid %s is not unique" % kid, "JWKS")
+            seen.add(kid)
+            if any(m in key for m in PRIVATE_JWK_MEMBERS):
+                raise DDError(400, "a seeded key must be public", "JWKS")
+            try:
+                _rsa_from_jwk(key)
+            except (KeyError, ValueError, TypeError, binascii.Error):
+                raise DDError(400, "seeded key %s needs base64url n and e" % kid, "JWKS")
+            if "exp" in key and not is_int(key["exp"]):
+                raise DDError(400, "seeded key %s: exp must be an integer" % kid, "JWKS")
+            k = json.loads(json.dumps(key))
+            k.setdefault("exp", int(now) + KEY_MAX_LIFETIME)
+            out.append(k)
+        return self._replace_jwks(c, out, now, propagate=False)
+
+    def _replace_jwks(self, c, out, now, propagate):
+        """Installs a validated key set. A key whose kid and n, e were already registered keeps the time
+        it became known; any other starts its propagation delay now (or is known at once: propagate=False).
+        Record silent on whether re-uploading an unchanged key restarts its delay: the emulator says no,
+        because digdirator and OKD re-post the keys pods are using with every new key (reference 3.3, OKD
+        create_client_key) and OKD keeps the old key 300 s after a rotation, which would be an outage
+        on every rotation if a re-post made a registered key unknown again."""
+        cid = c["reg"]["client_id"]
         old = {k["kid"]: k for k in c["jwks"]["keys"]}
         since = {}
         for k in out:
             prev = old.get(k["kid"])
-            same = prev is not None and prev["n"] == k["n"] and prev["e"] == k["e"]
-            since[k["kid"]] = c["key_since"].get(k["kid"], now) if same else (now if strict else 0)
+            same = prev is not None and prev.get("n") == k.get("n") and prev.get("e") == k.get("e")
+            since[k["kid"]] = c["key_since"].get(k["kid"], 0) if same else (now if propagate else 0)
+        for kid in old:
+            if self.kid_owner.get(kid) == cid:
+                del self.kid_owner[kid]
+        for k in out:
+            self.kid_owner[k["kid"]] = cid
         stamp = self.stamp()
         c["jwks"] = {"keys": out, "created": c["jwks"].get("created", stamp), "last_updated": stamp}
         c["key_since"] = since
+        return json.loads(json.dumps(c["jwks"]))
+
+    def delete_jwks(self, c):
+        cid = c["reg"]["client_id"]
+        for k in c["jwks"]["keys"]:
+            if self.kid_owner.get(k["kid"]) == cid:
+                del self.kid_owner[k["kid"]]
+        stamp = self.stamp()
+        c["jwks"] = {"keys": [], "created": c["jwks"].get("created", stamp), "last_updated": stamp}
+        c["key_since"] = {}
         return json.loads(json.dumps(c["jwks"]))
 
     # -- DigDir scopes
@@ -898,7 +1127,8 @@ class Service:
                 s = self._new_scope(prefix, subscope, owner, {}, stamp)
                 self.scopes[name] = s
             s["owner_orgno"] = owner
-            for k in ("accessible_for_all", "active", "visibility", "at_max_age", "description", "allowed_integration_types"):
+            for k in ("accessible_for_all", "active", "visibility", "at_max_age", "authorization_max_lifetime",
+                      "description", "allowed_integration_types"):
                 if k in spec:
                     s[k] = spec[k]
             s["last_updated"] = stamp
@@ -915,7 +1145,9 @@ class Service:
             "active": body.get("active", True),
             "accessible_for_all": body.get("accessible_for_all", False),
             "allowed_integration_types": body.get("allowed_integration_types", ["maskinporten"]),
-            "at_max_age": body.get("at_max_age", 30),
+            # Record: at_max_age is optional and 0 means no cap (oidc_protocol_scope.md); silent on the
+            # value DigDir stores when a POST leaves it out: the emulator stores 0.
+            "at_max_age": body.get("at_max_age", 0),
             "authorization_max_lifetime": body.get("authorization_max_lifetime", 0),
             "long_description": body.get("long_description", ""),
             "requires_pseudonymous_tokens": body.get("requires_pseudonymous_tokens", False),
@@ -941,7 +1173,8 @@ class Service:
         a["state"], a["last_updated"] = state, stamp
         return dict(a)
 
-    def validate_scope(self, body, existing=None):
+    def validate_scope(self, body, orgno, existing=None):
+        """Checks a POST (existing None) or PUT /scopes body; DDError(400) lists every problem."""
         if not isinstance(body, dict):
             raise DDError(400, "The request body must be a JSON object", "Scope")
         errs = []
@@ -952,8 +1185,15 @@ class Service:
         for name in ("accessible_for_all", "active", "requires_pseudonymous_tokens", "requires_user_authentication", "requires_user_consent"):
             if name in body and not isinstance(body[name], bool):
                 field(name, "must be a boolean")
-        if "at_max_age" in body and (not is_int(body["at_max_age"]) or body["at_max_age"] < 0):
-            field("at_max_age", "must be a non-negative integer")
+        # Source: felleslosninger/docs oidc_protocol_scope.md, at_max_age "optional. If set, defines a
+        # maximium allowable expires_in for access tokens having this scope ... A zero value means that
+        # lifetime is based on the client setting or system default": an integer number of seconds, 0 or
+        # more (live scopes at api.samarbeid.digdir.no/api/v1/scopes/all carry 3600). Record silent on an
+        # upper bound: see AT_MAX_AGE_MAX. authorization_max_lifetime (same page, "authorization_max_age",
+        # "set this value equal to at_max_age" for Maskinporten scopes) follows the same rule.
+        for name in ("at_max_age", "authorization_max_lifetime"):
+            if name in body and (not is_int(body[name]) or not 0 <= body[name] <= AT_MAX_AGE_MAX):
+                field(name, "must be an integer number of seconds from 0 (no limit) to %d" % AT_MAX_AGE_MAX)
         ait = body.get("allowed_integration_types", ["maskinporten"])
         if not isinstance(ait, list) or not ait or any(t not in INTEGRATION_TYPES for t in ait):
             field("allowed_integration_types", "must be a non-empty list of integration types")
@@ -962,10 +1202,29 @@ class Service:
         if "description" in body and not isinstance(body["description"], str):
             field("description", "must be a string")
         if existing is None:
+            # Source: felleslosninger/docs oidc_api_admin_maskinporten.md "POST /scopes | prefix*, subscope*";
+            # oidc_protocol_scope.md: prefix "mandatory ... Manually assigned by Digdir", "An organization
+            # may have multiple prefixes"; maskinporten_guide_apitilbyder.md "Prefix må matche det du
+            # tidligere fikk tildelt". The organisation's prefixes are the control setting org_prefixes.
+            prefix = body.get("prefix")
+            if not isinstance(prefix, str) or not prefix:
+                field("prefix", "is required")
+            elif prefix not in self.settings["org_prefixes"]:
+                field("prefix", "prefix %s is not assigned to organisation %s" % (prefix, orgno))
             sub = body.get("subscope")
             if not isinstance(sub, str) or not SUBSCOPE_RE.match(sub):
                 field("subscope", "is required and may hold a-z, æøå, 0-9 and . _ / : -")
+            # Source: oidc_protocol_scope.md, description "mandatory"; every POST example carries one.
+            # (visibility is "mandatory" there too, but DigDir's own POST examples leave it out: PUBLIC.)
+            desc = body.get("description")
+            if not isinstance(desc, str) or not desc.strip():
+                field("description", "is required")
+            # DigDir derives name from prefix and subscope; digdirator sends "".
+            name = body.get("name")
+            if name not in (None, "") and name != "%s:%s" % (prefix, sub):
+                field("name", "is derived from prefix and subscope; send it empty or leave it out")
         else:
+            # Source: oidc_api_admin_maskinporten.md "Selve scope-navnet kan ikke endres".
             for name in ("prefix", "subscope"):
                 if body.get(name) not in (None, "", existing[name]):
                     field(name, "cannot be changed")
@@ -992,10 +1251,35 @@ class Service:
         except DDError as e:
             return Reply(e.status, dd_error_body(e.status, e.messages, e.object_name), headers=e.headers)
 
+    # The admin scope each endpoint needs (any one of them). Sources: felleslosninger/docs oidc_api_admin.md
+    # and maskinporten_sjolvbetjening_api.md tables: dcr.read "lese klientregistreringer", dcr.modify "endre
+    # klientregistreringer", dcr.write "opprette nye klientregistreringer"; oidc_api_admin_maskinporten.md:
+    # scopes.write "opprette/endre APIer, og gi/fjerne tilgang til konsumenter"; OKD maskinporten_client.py:
+    # dcr.read for every GET, dcr.write for POST /clients, DELETE /clients/{id} and POST
+    # /clients/{id}/jwks; digdirator PUTs, DELETEs and uploads JWKS with a token of dcr.write, dcr.read and
+    # scopes.write only (DGR config default), so dcr.write serves there too.
+    READ = ("idporten:dcr.read",)
+    CREATE = ("idporten:dcr.write",)
+    MODIFY = ("idporten:dcr.modify", "idporten:dcr.write")
+    # DELETE /clients/{id} and JWKS writes: dcr.write (OKD, DGR). Record silent on dcr.modify there:
+    # strict reading, not enough.
+    WRITE = ("idporten:dcr.write",)
+    SCOPES = ("idporten:scopes.write",)
+
     def _digdir(self, method, sub, query, headers, raw):
         if sub == "/delegationsources" and method == "GET":
+            # Open: digdirator calls it without a token (reference 1.1).
             stamp = "2024-01-01T00:00:00.000+00:00"
             return Reply(200, [{"name": "altinn", "issuer": "https://tt02.altinn.no/", "last_updated": stamp, "created": stamp}])
+        if sub == "/scopes/all" and method == "GET":
+            # Open: "Åpent endepunkt som gir liste over alle synlige scopes" (oidc_api_admin_maskinporten.md).
+            want = query.get("accessible_for_all")
+            with self.lock:
+                out = [dict(s) for s in self.scopes.values() if s["active"] and s["visibility"] == "PUBLIC"]
+            if want:
+                flag = want[0].lower() == "true"
+                out = [s for s in out if s["accessible_for_all"] == flag]
+            return Reply(200, out)
         orgno, scopes = self.bearer(headers)
         body = None
         if raw:
@@ -1004,85 +1288,84 @@ class Service:
             except (ValueError, UnicodeDecodeError):
                 raise DDError(400, "Malformed JSON in request body")
         inactive = (query.get("inactive") or ["false"])[0].lower() == "true"
-        read = ("idporten:dcr.read",)
-        write = ("idporten:dcr.write", "idporten:dcr.modify")
-        swrite = ("idporten:scopes.write",)
         with self.lock:
             m = re.fullmatch(r"/clients(?:/([^/]+)(/jwks)?)?", sub)
             if m:
                 cid, jwks = m.group(1), m.group(2)
                 if cid is None and method == "GET":
-                    self.need(scopes, *read)
-                    out = [self.client_view(c) for c in self.clients.values()
-                           if c["orgno"] == orgno and (inactive or c["reg"]["active"])]
-                    return Reply(200, out)
+                    self.need(scopes, *self.READ)
+                    # Not paged, every client of the organisation (reference Corrections 5): joined from
+                    # each client's cached JSON, so 10,000 clients cost one join, not 10,000 dumps.
+                    parts = [c["json"] for c in self.clients.values()
+                             if c["orgno"] == orgno and (inactive or c["reg"]["active"])]
+                    return Reply(200, b"[" + b",".join(parts) + b"]")
                 if cid is None and method == "POST":
-                    self.need(scopes, "idporten:dcr.write")
+                    self.need(scopes, *self.CREATE)
                     reg = self.validate_client(body, orgno)
                     return Reply(201, self.client_view(self.create_client(reg, orgno)))
                 if cid is not None and not jwks and method == "GET":
-                    self.need(scopes, *read)
+                    self.need(scopes, *self.READ)
                     return Reply(200, self.client_view(self._client(orgno, cid)))
                 if cid is not None and not jwks and method == "PUT":
-                    self.need(scopes, *write)
+                    self.need(scopes, *self.MODIFY)
                     c = self._client(orgno, cid)
                     reg = self.validate_client(body, orgno, c)
                     for k in ("client_id", "client_orgno", "created", "active"):
                         reg[k] = c["reg"][k]
                     reg["last_updated"] = self.stamp()
                     c["reg"] = reg
+                    self._stored(c)
                     return Reply(200, self.client_view(c))
                 if cid is not None and not jwks and method == "DELETE":
-                    self.need(scopes, *write)
+                    self.need(scopes, *self.WRITE)
                     c = self._client(orgno, cid)
                     c["reg"]["active"] = False
                     c["reg"]["last_updated"] = self.stamp()
+                    self._stored(c)
                     return Reply(200, self.client_view(c))
                 if jwks and method == "GET":
-                    self.need(scopes, *read)
+                    self.need(scopes, *self.READ)
                     return Reply(200, json.loads(json.dumps(self._client(orgno, cid)["jwks"])))
                 if jwks and method in ("POST", "PUT"):
-                    self.need(scopes, *write)
+                    self.need(scopes, *self.WRITE)
                     c = self._client(orgno, cid)
                     if not isinstance(body, dict) or "keys" not in body:
                         raise DDError(400, [("keys: is required", "keys")], "JWKS")
                     return Reply(200 if method == "PUT" else 201, self.set_jwks(c, body["keys"]))
                 if jwks and method == "DELETE":
-                    self.need(scopes, *write)
-                    c = self._client(orgno, cid)
-                    c["jwks"] = {"keys": [], "created": c["jwks"].get("created", self.stamp()), "last_updated": self.stamp()}
-                    c["key_since"] = {}
-                    return Reply(200, json.loads(json.dumps(c["jwks"])))
+                    self.need(scopes, *self.WRITE)
+                    return Reply(200, self.delete_jwks(self._client(orgno, cid)))
                 raise DDError(405, "Method %s not allowed" % method)
 
             if sub == "/scopes/access/all" and method == "GET":
-                self.need(scopes, "idporten:scopes.write", "idporten:dcr.read")
+                # Record silent on the scope this needs. A consumer reads its own accesses here, and
+                # dcr.read is the read scope every consumer's admin client holds: strict reading,
+                # dcr.read and only that (scopes.write is an API provider's scope).
+                self.need(scopes, *self.READ)
                 return Reply(200, [dict(a) for a in self.access.values() if a["consumer_orgno"] == orgno])
-            if sub == "/scopes/all" and method == "GET":
-                self.need(scopes, "idporten:scopes.write", "idporten:dcr.read")
-                want = query.get("accessible_for_all")
-                out = [dict(s) for s in self.scopes.values() if s["active"] and s["visibility"] == "PUBLIC"]
-                if want:
-                    flag = want[0].lower() == "true"
-                    out = [s for s in out if s["accessible_for_all"] == flag]
-                return Reply(200, out)
             m = re.fullmatch(r"/scopes/access/([^/]+)", sub)
             if m and method in ("PUT", "DELETE"):
-                self.need(scopes, *swrite)
+                self.need(scopes, *self.SCOPES)
                 s = self._owned_scope(orgno, query)
                 consumer = m.group(1)
                 if not orgno_valid(consumer):
                     raise DDError(400, [("consumer_orgno: %s is not a valid organisation number" % consumer, "consumer_orgno")], "Access")
+                # DigDir answers 400 for some consumers (reference 2.5 and 4.4: digdirator then skips that
+                # one); which ones is DigDir's business, so the control setting refused_consumers decides.
+                if method == "PUT" and consumer in self.settings["refused_consumers"]:
+                    raise DDError(400, [("consumer_orgno: organisation %s cannot be given access" % consumer, "consumer_orgno")], "Access")
                 if method == "DELETE" and (s["name"], consumer) not in self.access:
                     raise DDError(404, "No access for %s to %s" % (consumer, s["name"]), "Access")
                 state = "APPROVED" if method == "PUT" else "DENIED"
                 return Reply(200, self._set_access(s["name"], orgno, consumer, state))
             if sub == "/scopes/access" and method == "GET":
-                self.need(scopes, *swrite)
+                self.need(scopes, *self.SCOPES)
                 s = self._owned_scope(orgno, query)
                 return Reply(200, [dict(a) for (n, _), a in self.access.items() if n == s["name"]])
             if sub == "/scopes":
-                self.need(scopes, *swrite)
+                # GET /scopes is a "Beskyttet endepunkt" listing the organisation's own scopes: record silent
+                # on its scope, strict reading scopes.write like every other /scopes call.
+                self.need(scopes, *self.SCOPES)
                 if method == "GET" and "scope" in query:
                     name = query["scope"][0]
                     s = self.scopes.get(name)
@@ -1093,26 +1376,25 @@ class Service:
                     return Reply(200, [dict(s) for s in self.scopes.values()
                                if s["owner_orgno"] == orgno and (inactive or s["active"])])
                 if method == "POST":
-                    self.validate_scope(body)
-                    prefix = self.settings["org_prefix"]
-                    if body.get("prefix") not in (None, "", prefix):
-                        raise DDError(403, [("prefix: organisation %s may only use prefix %s" % (orgno, prefix), "prefix")], "Scope")
-                    name = prefix + ":" + body["subscope"]
+                    self.validate_scope(body, orgno)
+                    name = body["prefix"] + ":" + body["subscope"]
                     s = self.scopes.get(name)
                     if s is not None and s["active"]:
                         raise DDError(400, [("scope %s already exists" % name, "subscope")], "Scope")
                     if s is not None:
+                        # Source: oidc_api_admin_maskinporten.md "Deaktiverte entiteter vil ikke reaktiveres
+                        # ved POST og man får 409 Conflict isteden."
                         raise DDError(409, "Scope %s exists but is inactive: reactivate it with PUT" % name, "Scope")
-                    s = self._new_scope(prefix, body["subscope"], orgno, body, self.stamp())
+                    s = self._new_scope(body["prefix"], body["subscope"], orgno, body, self.stamp())
                     self.scopes[name] = s
                     return Reply(201, dict(s))
                 if method == "PUT":
                     s = self._owned_scope(orgno, query)
-                    self.validate_scope(body, s)
+                    self.validate_scope(body, orgno, s)
                     for k in ("description", "active", "accessible_for_all", "allowed_integration_types", "at_max_age",
-                          "authorization_max_lifetime", "long_description", "requires_pseudonymous_tokens",
-                          "requires_user_authentication", "requires_user_consent", "token_type", "visibility",
-                          "delegation_source"):
+                              "authorization_max_lifetime", "long_description", "requires_pseudonymous_tokens",
+                              "requires_user_authentication", "requires_user_consent", "token_type", "visibility",
+                              "delegation_source"):
                         if k in body:
                             s[k] = body[k]
                     s["last_updated"] = self.stamp()
@@ -1147,6 +1429,92 @@ class Service:
         out["keys"] = out["jwks"]["keys"]
         return out
 
+    # A client made by hand (control API): these values unless the spec says otherwise.
+    HAND_MADE = {
+        "client_name": "made by hand",
+        "description": "made by hand",
+        "integration_type": "maskinporten",
+        "application_type": "web",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "grant_types": [JWT_BEARER],
+        "scopes": [],
+        "access_token_lifetime": 120,
+        "authorization_lifetime": 0,
+        "refresh_token_lifetime": 0,
+        "refresh_token_usage": "ONETIME",
+        "frontchannel_logout_session_required": False,
+        "redirect_uris": [],
+        "post_logout_redirect_uris": [],
+        "sso_disabled": False,
+    }
+
+    def _hand_made(self, body, extra=()):
+        """A control-API client spec split into (registration, orgno, keys, active); unknown fields refused."""
+        if not isinstance(body, dict):
+            raise DDError(400, "a client spec must be an object")
+        spec = dict(body)
+        unknown = set(spec) - CLIENT_FIELDS - {"orgno", "jwks", "active"} - set(extra)
+        if unknown:
+            raise DDError(400, "unknown client fields: %s" % ", ".join(sorted(unknown)))
+        orgno = spec.pop("orgno", None) or self.orgno
+        if not isinstance(orgno, str) or not ORGNO_RE.match(orgno):
+            raise DDError(400, "orgno must be nine digits")
+        keys = spec.pop("jwks", None) or []
+        active = spec.pop("active", True)
+        for k in extra:
+            spec.pop(k, None)
+        reg = dict(self.HAND_MADE)
+        reg.update(spec)
+        return reg, orgno, keys, bool(active)
+
+    def bulk_clients(self, body):
+        """POST /_emulator/clients/bulk {"count": N, "description": "bulk:ns:app-{i}", ...}: N hand-made
+        clients at once (no keys), description formatted with i = 0..N-1, for listings of realistic size."""
+        count = body.get("count") if isinstance(body, dict) else None
+        if not is_int(count) or not 1 <= count <= 100000:
+            raise DDError(400, "count must be an integer from 1 to 100000")
+        reg, orgno, keys, active = self._hand_made(body, extra=("count",))
+        if keys:
+            raise DDError(400, "bulk clients have no keys")
+        template = reg["description"]
+        if not isinstance(template, str) or "{i}" not in template:
+            raise DDError(400, "description must be a template holding {i}")
+        stamp = self.stamp()
+        ids = []
+        for i in range(count):
+            r = dict(reg)
+            r["description"] = template.replace("{i}", str(i))
+            c = self.create_client(r, orgno, known_since=0, stamp=stamp)
+            if not active:
+                c["reg"]["active"] = False
+                self._stored(c)
+            ids.append(c["reg"]["client_id"])
+        return {"count": count, "client_ids": ids}
+
+    def update_settings(self, body):
+        """Checks every setting before applying any; org_prefix (one string) is kept as an alias."""
+        if not isinstance(body, dict):
+            raise DDError(400, "settings must be an object")
+        body = dict(body)
+        if "org_prefix" in body:
+            if "org_prefixes" in body:
+                raise DDError(400, "give org_prefixes or org_prefix, not both")
+            one = body.pop("org_prefix")
+            if not isinstance(one, str):
+                raise DDError(400, "org_prefix must be a string")
+            body["org_prefixes"] = [one]
+        unknown = set(body) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise DDError(400, "unknown settings: %s" % ", ".join(sorted(unknown)))
+        new = {}
+        try:
+            for k, v in body.items():
+                new[k] = check_setting(k, v)
+        except ValueError as e:
+            raise DDError(400, str(e))
+        self.settings.update(new)
+        return dict(self.settings)
+
     def _control(self, method, sub, query, body):
         with self.lock:
             if sub == "/reset" and method == "POST":
@@ -1157,33 +1525,14 @@ class Service:
             if sub == "/scopes" and method == "GET":
                 return Reply(200, {"scopes": list(self.scopes.values()), "access": list(self.access.values())})
             if sub == "/clients" and method == "POST":
-                spec = dict(body)
-                orgno = spec.pop("orgno", None) or self.orgno
-                keys = spec.pop("jwks", None) or []
-                if isinstance(keys, dict):
-                    keys = keys.get("keys", [])
-                reg = {
-                    "client_name": "made by hand",
-                    "description": "made by hand",
-                    "integration_type": "maskinporten",
-                    "application_type": "web",
-                    "token_endpoint_auth_method": "private_key_jwt",
-                    "grant_types": [JWT_BEARER],
-                    "scopes": [],
-                    "access_token_lifetime": 120,
-                    "authorization_lifetime": 0,
-                    "refresh_token_lifetime": 0,
-                    "refresh_token_usage": "ONETIME",
-                    "frontchannel_logout_session_required": False,
-                    "redirect_uris": [],
-                    "post_logout_redirect_uris": [],
-                    "sso_disabled": False,
-                }
-                reg.update(spec)
-                active = reg.pop("active", True)
+                reg, orgno, keys, active = self._hand_made(body)
                 c = self.create_client(reg, orgno, jwks=keys, known_since=0)
-                c["reg"]["active"] = bool(active)
+                if not active:
+                    c["reg"]["active"] = False
+                    self._stored(c)
                 return Reply(200, self.client_dump(c))
+            if sub == "/clients/bulk" and method == "POST":
+                return Reply(200, self.bulk_clients(body))
             if sub == "/clients" and method == "GET":
                 inactive = (query.get("inactive") or ["false"])[0].lower() == "true"
                 return Reply(200, self.all_clients_view(inactive))
@@ -1205,16 +1554,12 @@ class Service:
             if sub == "/log" and method == "GET":
                 return Reply(200, list(self.log))
             if sub == "/settings" and method == "POST":
-                unknown = set(body) - set(DEFAULT_SETTINGS)
-                if unknown:
-                    return Reply(400, {"error": "unknown settings: %s" % ", ".join(sorted(unknown))})
-                self.settings.update(body)
-                return Reply(200, dict(self.settings))
+                return Reply(200, self.update_settings(body))
             if sub == "/settings" and method == "GET":
                 return Reply(200, dict(self.settings))
             if sub == "/admin-token" and method == "GET":
                 self.counts["control:admin-token"] = self.counts.get("control:admin-token", 0) + 1
-                return Reply(200, self.admin_token())
+                return Reply(200, self.admin_token((query.get("scope") or [None])[0]))
         return Reply(404, {"error": "no such control endpoint: %s %s" % (method, sub)})
 
     # -- the request entry point for the two emulated services
@@ -1413,6 +1758,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not orgno_valid(args.org):
         ap.error("--org must be a valid 9-digit organisation number")
+    try:
+        check_setting("propagation_delay", args.propagation_delay)
+    except ValueError as e:
+        ap.error(str(e))
 
     os.makedirs(args.state_dir, exist_ok=True)
     material = Material(args.org)

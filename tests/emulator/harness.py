@@ -180,6 +180,11 @@ class Emulator:
         """Creates a client directly (as if made by hand); jwks=[public JWKs], orgno=... optional."""
         return self.control("POST", "/clients", fields)
 
+    def bulk_clients(self, count, description="bulk:ns:app-{i}", **fields):
+        """Seeds count hand-made clients at once ({i} in description is 0..count-1); returns their ids."""
+        body = dict(fields, count=count, description=description)
+        return self.control("POST", "/clients/bulk", body)["client_ids"]
+
     def clients(self, inactive=False):
         return self.control("GET", "/clients" + ("?inactive=true" if inactive else ""))
 
@@ -201,8 +206,10 @@ class Emulator:
     def settings(self, **kw):
         return self.control("POST", "/settings", kw)
 
-    def admin_token(self):
-        return self.control("GET", "/admin-token")["access_token"]
+    def admin_token(self, scope=None):
+        """An admin access token with scope (default: every scope the admin client holds)."""
+        path = "/admin-token" + ("?" + urlencode({"scope": scope}) if scope is not None else "")
+        return self.control("GET", path)["access_token"]
 
     # -- Maskinporten and DigDir as a client sees them
 

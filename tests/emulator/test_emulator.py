@@ -22,6 +22,10 @@ from harness import (EMULATOR, JWT_BEARER, PYTHON, client_grant, decode_jwt, gra
 
 ORG = "889640782"
 OTHER_ORG = "974761076"
+THIRD_ORG = "983887457"
+SCOPE = "nav:test/api"
+YEAR = 365 * 24 * 3600
+ADMIN_SCOPES = ("idporten:dcr.read", "idporten:dcr.write", "idporten:dcr.modify", "idporten:scopes.write")
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -183,7 +187,7 @@ def test_admin_grant_with_x5c(emulator):
     assert body["scope"] == "idporten:dcr.read idporten:dcr.write idporten:scopes.write"
     claims = verify_access_token(emulator, body["access_token"])
     assert claims["client_id"] == emulator.info["admin_client_id"]
-    assert claims["client_orgno"] == ORG
+    assert "client_orgno" not in claims  # only consumer, as Maskinporten promises
     assert claims["client_amr"] == "virksomhetssertifikat"
     assert claims["consumer"] == {"authority": "iso6523-actorid-upis", "ID": "0192:" + ORG}
     assert claims["iss"] == emulator.issuer and claims["exp"] - claims["iat"] == 3600
@@ -373,24 +377,6 @@ def test_revoked_admin(emulator):
     dd_error(emulator.digdir("GET", "/clients", token=token), 401)
 
 
-def test_propagation_delay(emulator, keys):
-    emulator.settings(propagation_delay=0.6)
-    cid = emulator.digdir("POST", "/clients", registration()).json()["client_id"]
-    assert emulator.digdir("POST", "/clients/%s/jwks" % cid, {"keys": [public_jwk(keys[0])]}).status < 300
-    mp_error(emulator.token(client_grant(emulator, keys[0], cid, "nav:test/api")), "invalid_grant", "MP-100",
-             text="Client not found")
-    time.sleep(0.7)
-    assert emulator.token(client_grant(emulator, keys[0], cid, "nav:test/api")).status == 200
-    # A key added later is not known yet; re-posting a known key keeps it working.
-    jwks = {"keys": [public_jwk(keys[0]), public_jwk(keys[1])]}
-    assert emulator.digdir("POST", "/clients/%s/jwks" % cid, jwks).status < 300
-    assert emulator.token(client_grant(emulator, keys[0], cid, "nav:test/api")).status == 200
-    mp_error(emulator.token(client_grant(emulator, keys[1], cid, "nav:test/api")), "invalid_grant",
-             text="Unknown key identifier")
-    time.sleep(0.7)
-    assert emulator.token(client_grant(emulator, keys[1], cid, "nav:test/api")).status == 200
-
-
 def test_clock_offset(emulator, app, keys):
     emulator.settings(clock_offset=300)
     mp_error(emulator.token(client_grant(emulator, keys[0], app, "nav:test/api")), "invalid_grant", "MP-130")
@@ -425,21 +411,6 @@ def test_digdir_expired_token(emulator):
     assert emulator.digdir("GET", "/clients", token=token).status == 200
     time.sleep(1.1)
     dd_error(emulator.digdir("GET", "/clients", token=token), 401)
-
-
-def test_digdir_token_scopes(emulator):
-    read = emulator.token(emulator.admin_grant(scope="idporten:dcr.read")).json()["access_token"]
-    assert emulator.digdir("GET", "/clients", token=read).status == 200
-    dd_error(emulator.digdir("POST", "/clients", registration(), token=read), 403)
-    dd_error(emulator.digdir("POST", "/scopes", {"subscope": "x"}, token=read), 403)
-    write = emulator.token(emulator.admin_grant(scope="idporten:dcr.write")).json()["access_token"]
-    assert emulator.digdir("POST", "/clients", registration(), token=write).status == 201
-    dd_error(emulator.digdir("GET", "/clients", token=write), 403)
-    modify = emulator.token(emulator.admin_grant(scope="idporten:dcr.modify")).json()["access_token"]
-    cid = emulator.clients()[0]["client_id"]
-    assert emulator.digdir("PUT", "/clients/" + cid, registration(), token=modify).status == 200
-    swrite = emulator.token(emulator.admin_grant(scope="idporten:scopes.write")).json()["access_token"]
-    assert emulator.digdir("POST", "/scopes", {"subscope": "x"}, token=swrite).status == 201
 
 
 # ---------------------------------------------------------------------------
@@ -575,24 +546,43 @@ def without(d, member):
     lambda k: [json.loads(k[1].export_private())],
     lambda k: [public_jwk(k[1], exp=int(time.time()) - 60)],
     lambda k: [public_jwk(k[1], kty="EC")],
-], ids=["missing-use", "missing-alg", "missing-n", "bad-kid", "duplicate-kid", "private-members", "exp-past", "kty"])
+    lambda k: [public_jwk(k[1], use="enc")],
+    lambda k: [without(public_jwk(k[1]), "kty")],
+    lambda k: [without(public_jwk(k[1]), "kid")],
+    lambda k: [without(public_jwk(k[1]), "e")],
+    lambda k: [public_jwk(k[1], x5t="AAAA")],
+    lambda k: [public_jwk(k[1], x5c="MIIB")],
+    lambda k: [public_jwk(k[1], exp="soon")],
+    lambda k: [public_jwk(k[1]), without(public_jwk(k[2]), "use")],
+    lambda k: [],
+], ids=["missing-use", "missing-alg", "missing-n", "bad-kid", "duplicate-kid", "private-members", "exp-past", "kty",
+        "use-enc", "missing-kty", "missing-kid", "missing-e", "unknown-member", "x5c-not-a-list", "exp-not-int",
+        "one-of-two-lacks-use", "empty-set"])
 def test_jwks_rejected(emulator, app, keys, make):
     dd_error(emulator.digdir("POST", jwks_url(app), {"keys": make(keys)}), 400)
     assert [k["kid"] for k in emulator.digdir("GET", jwks_url(app)).json()["keys"]] == ["key-0"]
 
 
-def test_jwks_exp_default_and_cap(emulator, app, keys):
+def test_jwks_exp_default_and_limit(emulator, app, keys):
     year = 365 * 24 * 3600
     now = int(time.time())
-    body = {"keys": [public_jwk(keys[1]), public_jwk(keys[2], exp=now + 2 * year), public_jwk(keys[3], exp=now + 3600)]}
+    body = {"keys": [public_jwk(keys[1]), public_jwk(keys[3], exp=now + 3600)]}
     got = {k["kid"]: k["exp"] for k in emulator.digdir("POST", jwks_url(app), body).json()["keys"]}
     assert abs(got["key-1"] - (now + year)) <= 5
-    assert abs(got["key-2"] - (now + year)) <= 5
     assert got["key-3"] == now + 3600
+    # A key lives at most a year from its upload: a longer exp is refused, not capped.
+    r = emulator.digdir("POST", jwks_url(app), {"keys": [public_jwk(keys[2], exp=now + year + 60)]})
+    assert "one year" in dd_error(r, 400)["error_description"]
+    assert emulator.digdir("POST", jwks_url(app), {"keys": [public_jwk(keys[2], exp=now + year - 60)]}).status == 201
 
 
 # ---------------------------------------------------------------------------
 # DigDir: scopes and access
+
+
+def new_scope(subscope, prefix="test", **extra):
+    """A POST /scopes body with everything DigDir requires."""
+    return dict({"prefix": prefix, "subscope": subscope, "description": "test scope"}, **extra)
 
 
 def test_scope_lifecycle(emulator):
@@ -602,7 +592,7 @@ def test_scope_lifecycle(emulator):
     s = r.json()
     assert s["name"] == "test:arbeid:api.read" and s["owner_orgno"] == ORG and s["active"] is True
     q = "?scope=test:arbeid:api.read"
-    dd_error(emulator.digdir("POST", "/scopes", {"prefix": "test", "subscope": "arbeid:api.read"}), 400)
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("arbeid:api.read")), 400)
     assert [x["name"] for x in emulator.digdir("GET", "/scopes").json()] == ["test:arbeid:api.read"]
     assert emulator.digdir("GET", "/scopes" + q).json()["name"] == "test:arbeid:api.read"
     r = emulator.digdir("PUT", "/scopes" + q, {"prefix": "test", "subscope": "arbeid:api.read", "description": "new"})
@@ -610,17 +600,38 @@ def test_scope_lifecycle(emulator):
     assert emulator.digdir("DELETE", "/scopes" + q).json()["active"] is False
     assert emulator.digdir("GET", "/scopes").json() == []
     assert emulator.digdir("GET", "/scopes?inactive=true").json()[0]["active"] is False
-    dd_error(emulator.digdir("POST", "/scopes", {"prefix": "test", "subscope": "arbeid:api.read"}), 409)
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("arbeid:api.read")), 409)
     r = emulator.digdir("PUT", "/scopes" + q, {"active": True})
     assert r.status == 200 and r.json()["active"] is True
     assert len(emulator.digdir("GET", "/scopes").json()) == 1
 
 
-def test_scope_prefix_is_the_orgs(emulator):
-    dd_error(emulator.digdir("POST", "/scopes", {"prefix": "nav", "subscope": "x"}), 403)
-    emulator.settings(org_prefix="myorg")
-    assert emulator.digdir("POST", "/scopes", {"subscope": "x"}).json()["name"] == "myorg:x"
-    dd_error(emulator.digdir("POST", "/scopes", {"subscope": "Bad Scope"}), 400)
+def test_scope_prefix_is_required_and_assigned(emulator):
+    # Missing, empty or not the organisation's: 400 with DigDir's error body naming the field.
+    for body, why in (({"subscope": "x", "description": "d"}, "prefix: is required"),
+                      (new_scope("x", prefix=""), "prefix: is required"),
+                      (new_scope("x", prefix=None), "prefix: is required"),
+                      (new_scope("x", prefix="nav"), "prefix: prefix nav is not assigned to organisation " + ORG)):
+        err = dd_error(emulator.digdir("POST", "/scopes", body), 400)
+        assert [(e["fieldIdentifier"], e["errorMessage"]) for e in err["errors"]] == [("prefix", why)], err
+    assert emulator.digdir("GET", "/scopes").json() == []
+    # An organisation may hold several prefixes, set through the control API.
+    emulator.settings(org_prefixes=["myorg", "other"])
+    assert emulator.digdir("POST", "/scopes", new_scope("x", prefix="myorg")).json()["name"] == "myorg:x"
+    assert emulator.digdir("POST", "/scopes", new_scope("x", prefix="other")).json()["name"] == "other:x"
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("y", prefix="test")), 400)
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("Bad Scope", prefix="myorg")), 400)
+    assert sorted(x["name"] for x in emulator.digdir("GET", "/scopes").json()) == ["myorg:x", "other:x"]
+    # An organisation with no prefix exposes nothing.
+    emulator.settings(org_prefixes=[])
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("z", prefix="myorg")), 400)
+
+
+def test_scope_needs_description_and_derives_name(emulator):
+    err = dd_error(emulator.digdir("POST", "/scopes", {"prefix": "test", "subscope": "x"}), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["description"]
+    dd_error(emulator.digdir("POST", "/scopes", new_scope("x", name="test:y")), 400)
+    assert emulator.digdir("POST", "/scopes", new_scope("x", name="test:x")).status == 201
 
 
 def test_only_owner_changes_scope(emulator):
@@ -631,7 +642,7 @@ def test_only_owner_changes_scope(emulator):
 
 
 def test_access_grant_and_revoke(emulator):
-    emulator.digdir("POST", "/scopes", {"subscope": "api"})
+    assert emulator.digdir("POST", "/scopes", new_scope("api")).status == 201
     q = "?scope=test:api"
     r = emulator.digdir("PUT", "/scopes/access/%s%s" % (OTHER_ORG, q))
     assert r.status == 200 and r.json()["state"] == "APPROVED" and r.json()["consumer_orgno"] == OTHER_ORG
@@ -657,12 +668,361 @@ def test_access_all_and_open_scopes(emulator):
 
 
 def test_own_scope_is_consumable(emulator, keys):
-    emulator.digdir("POST", "/scopes", {"subscope": "own"})
+    assert emulator.digdir("POST", "/scopes", new_scope("own")).status == 201
     c = emulator.digdir("POST", "/clients", registration(scopes=["test:own"])).json()
     emulator.digdir("POST", jwks_url(c["client_id"]), {"keys": [public_jwk(keys[0])]})
     assert emulator.token(client_grant(emulator, keys[0], c["client_id"], "test:own")).status == 200
     emulator.digdir("DELETE", "/scopes?scope=test:own")
     mp_error(emulator.token(client_grant(emulator, keys[0], c["client_id"], "test:own")), "forbidden", "MP-250", 403)
+
+
+# ---------------------------------------------------------------------------
+# The admin client: its scopes, its token, what each endpoint needs
+
+
+def test_admin_scopes_set_by_control(emulator):
+    r = emulator.token(emulator.admin_grant(scope="idporten:dcr.read idporten:dcr.modify"))
+    assert r.status == 200, r
+    assert r.json()["scope"] == "idporten:dcr.read idporten:dcr.modify"
+    assert decode_jwt(r.json()["access_token"])[1]["scope"] == "idporten:dcr.read idporten:dcr.modify"
+    emulator.settings(admin_scopes=["idporten:dcr.read", "idporten:dcr.write"])
+    body = mp_error(emulator.token(emulator.admin_grant(scope="idporten:dcr.read idporten:scopes.write")),
+                    "invalid_scope", "MP-200", text="invalid scopes for client")
+    assert body["error_description"].startswith("Token request contains invalid scopes for client, idporten:scopes.write ")
+    r = emulator.token(emulator.admin_grant(scope="idporten:dcr.write idporten:dcr.read"))
+    assert r.status == 200 and r.json()["scope"] == "idporten:dcr.write idporten:dcr.read"
+    # The control API's own admin token follows the same setting.
+    assert decode_jwt(emulator.admin_token())[1]["scope"] == "idporten:dcr.read idporten:dcr.write"
+    assert emulator.request("GET", "/_emulator/admin-token?scope=idporten:scopes.write").status == 400
+
+
+def test_org_comes_from_consumer_claim(emulator):
+    emulator.add_client(description="mine")
+    emulator.add_client(orgno=OTHER_ORG, description="theirs")
+    token = emulator.token(emulator.admin_grant()).json()["access_token"]
+    claims = decode_jwt(token)[1]
+    assert "client_orgno" not in claims and claims["consumer"] == {"authority": "iso6523-actorid-upis",
+                                                                   "ID": "0192:" + ORG}
+    listed = emulator.digdir("GET", "/clients", token=token).json()
+    assert [(c["description"], c["client_orgno"]) for c in listed] == [("mine", ORG)]
+
+
+def _endpoint_cases(keys):
+    jwks = {"keys": [public_jwk(keys[1])]}
+    own = "?scope=test:own"
+    return [
+        ("GET", "/clients", None, {"idporten:dcr.read"}),
+        ("POST", "/clients", registration(), {"idporten:dcr.write"}),
+        ("GET", "/clients/{cid}", None, {"idporten:dcr.read"}),
+        ("PUT", "/clients/{cid}", registration(), {"idporten:dcr.modify", "idporten:dcr.write"}),
+        ("DELETE", "/clients/{cid}", None, {"idporten:dcr.write"}),
+        ("GET", "/clients/{cid}/jwks", None, {"idporten:dcr.read"}),
+        ("POST", "/clients/{cid}/jwks", jwks, {"idporten:dcr.write"}),
+        ("PUT", "/clients/{cid}/jwks", jwks, {"idporten:dcr.write"}),
+        ("DELETE", "/clients/{cid}/jwks", None, {"idporten:dcr.write"}),
+        ("GET", "/scopes/access/all", None, {"idporten:dcr.read"}),
+        ("GET", "/scopes", None, {"idporten:scopes.write"}),
+        ("GET", "/scopes" + own, None, {"idporten:scopes.write"}),
+        ("POST", "/scopes", new_scope("fresh"), {"idporten:scopes.write"}),
+        ("PUT", "/scopes" + own, {"description": "new"}, {"idporten:scopes.write"}),
+        ("DELETE", "/scopes" + own, None, {"idporten:scopes.write"}),
+        ("GET", "/scopes/access" + own, None, {"idporten:scopes.write"}),
+        ("PUT", "/scopes/access/%s%s" % (THIRD_ORG, own), None, {"idporten:scopes.write"}),
+        ("DELETE", "/scopes/access/%s%s" % (OTHER_ORG, own), None, {"idporten:scopes.write"}),
+    ]
+
+
+def test_each_endpoint_needs_its_admin_scope(emulator, keys):
+    for method, path, body, enough in _endpoint_cases(keys):
+        for scope in ADMIN_SCOPES:
+            emulator.reset()
+            cid = emulator.add_client(description="cluster:ns:app", scopes=[SCOPE],
+                                      jwks=[public_jwk(keys[0])])["client_id"]
+            emulator.seed_scope("test:own", ORG, consumers=[OTHER_ORG])
+            r = emulator.digdir(method, path.format(cid=cid), body, token=emulator.admin_token(scope))
+            if scope in enough:
+                assert r.status in (200, 201), (method, path, scope, r)
+            else:
+                assert dd_error(r, 403, "needs one of the scopes"), (method, path, scope)
+
+
+def test_open_endpoints_need_no_token(emulator):
+    r = emulator.request("GET", "/api/v1/scopes/all")
+    assert r.status == 200 and "ks:fiks" in [s["name"] for s in r.json()]
+    assert emulator.request("GET", "/api/v1/scopes/all?accessible_for_all=true").json()[0]["name"] == "ks:fiks"
+    assert emulator.request("GET", "/api/v1/delegationsources").status == 200
+
+
+# ---------------------------------------------------------------------------
+# Control-API settings
+
+
+@pytest.mark.parametrize("bad", [
+    {"propagation_delay": -1}, {"propagation_delay": 120.5}, {"propagation_delay": "5"},
+    {"propagation_delay": True}, {"org_prefixes": ["Bad:"]}, {"org_prefixes": 7},
+    {"refused_consumers": ["12345"]}, {"admin_scopes": [""]}, {"admin_token_lifetime": 0},
+    {"client_token_lifetime": "x"}, {"revoke_admin": "yes"}, {"owner_needs_grant": 1}, {"no_such": 1},
+    {"org_prefix": "a", "org_prefixes": ["b"]},
+])
+def test_settings_are_validated(emulator, bad):
+    before = emulator.control("GET", "/settings")
+    r = emulator.request("POST", "/_emulator/settings", json_body=dict(bad, admin_token_lifetime=7)
+                         if "admin_token_lifetime" not in bad else bad)
+    assert r.status == 400, r
+    assert emulator.control("GET", "/settings") == before
+
+
+def test_propagation_delay_bounds(emulator, tmp_path):
+    assert emulator.settings(propagation_delay=0)["propagation_delay"] == 0
+    assert emulator.settings(propagation_delay=120)["propagation_delay"] == 120
+    p = subprocess.run([PYTHON, EMULATOR, "--state-dir", str(tmp_path), "--propagation-delay", "121"],
+                       capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"propagation_delay" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# Propagation delay: Maskinporten learns new clients and keys late
+
+
+def grant_at(emu, key, cid, offset, scope=SCOPE):
+    """A grant dated by the emulator's clock, which runs clock_offset seconds ahead of ours."""
+    now = int(time.time() + offset)
+    return client_grant(emu, key, cid, scope, iat=now, exp=now + 30)
+
+
+def test_propagation_delay(emulator, keys):
+    emulator.settings(propagation_delay=60)
+    cid = emulator.digdir("POST", "/clients", registration()).json()["client_id"]
+    assert emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0])]}).status == 201
+    mp_error(emulator.token(grant_at(emulator, keys[0], cid, 0)), "invalid_grant", "MP-100", text="Client not found")
+    emulator.settings(clock_offset=55)
+    mp_error(emulator.token(grant_at(emulator, keys[0], cid, 55)), "invalid_grant", text="Client not found")
+    emulator.settings(clock_offset=61)
+    assert emulator.token(grant_at(emulator, keys[0], cid, 61)).status == 200
+    # A new kid waits out its own delay; the registered key keeps working meanwhile.
+    assert emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0]), public_jwk(keys[1])]}).status == 201
+    assert emulator.token(grant_at(emulator, keys[0], cid, 61)).status == 200
+    mp_error(emulator.token(grant_at(emulator, keys[1], cid, 61)), "invalid_grant", text="Unknown key identifier")
+    # Re-uploading unchanged keys restarts nothing: key-1 is still due at 61 + 60.
+    emulator.settings(clock_offset=100)
+    assert emulator.digdir("PUT", jwks_url(cid), {"keys": [public_jwk(keys[0]), public_jwk(keys[1])]}).status == 200
+    assert emulator.token(grant_at(emulator, keys[0], cid, 100)).status == 200
+    mp_error(emulator.token(grant_at(emulator, keys[1], cid, 100)), "invalid_grant", text="Unknown key identifier")
+    emulator.settings(clock_offset=122)
+    assert emulator.token(grant_at(emulator, keys[1], cid, 122)).status == 200
+    # The same kid with other n/e is a new key.
+    swapped = new_key(kid="key-1")
+    assert emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0]), public_jwk(swapped)]}).status == 201
+    mp_error(emulator.token(grant_at(emulator, swapped, cid, 122)), "invalid_grant", text="Unknown key identifier")
+    emulator.settings(clock_offset=183)
+    assert emulator.token(grant_at(emulator, swapped, cid, 183)).status == 200
+    # A key dropped from the set stops at once; put back, it is new again.
+    assert emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(swapped)]}).status == 201
+    mp_error(emulator.token(grant_at(emulator, keys[0], cid, 183)), "invalid_grant", text="Unknown key identifier")
+    assert emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0]), public_jwk(swapped)]}).status == 201
+    mp_error(emulator.token(grant_at(emulator, keys[0], cid, 183)), "invalid_grant", text="Unknown key identifier")
+
+
+def test_seeded_clients_are_known_at_once(emulator, keys):
+    emulator.settings(propagation_delay=120)
+    cid = emulator.add_client(scopes=[SCOPE], jwks=[public_jwk(keys[0])])["client_id"]
+    assert emulator.token(client_grant(emulator, keys[0], cid, SCOPE)).status == 200
+
+
+# ---------------------------------------------------------------------------
+# Keys registered before the 2025-05-22 API change
+
+
+def legacy(key, **extra):
+    """A public JWK as DigDir stored it before 2025-05-22: no use."""
+    d = without(public_jwk(key), "use")
+    d.update(extra)
+    return d
+
+
+def test_legacy_keys_held_returned_and_usable(emulator, keys):
+    exp = int(time.time()) + 3600
+    seeded = [legacy(keys[0], exp=exp), legacy(keys[1])]
+    cid = emulator.add_client(scopes=[SCOPE], jwks=seeded)["client_id"]
+    got = emulator.digdir("GET", jwks_url(cid)).json()["keys"]
+    assert got[0] == seeded[0]  # member for member, no use added
+    assert {k: v for k, v in got[1].items() if k != "exp"} == seeded[1]
+    assert abs(got[1]["exp"] - (int(time.time()) + YEAR)) <= 5  # DigDir gives every key an exp
+    for key in keys[:2]:
+        assert emulator.token(client_grant(emulator, key, cid, SCOPE)).status == 200
+    # Posting them back as they are is refused, for every key that lacks use.
+    err = dd_error(emulator.digdir("POST", jwks_url(cid), {"keys": got}), 400, "use is required")
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["keys[0]", "keys[1]"]
+    dd_error(emulator.digdir("PUT", jwks_url(cid), {"keys": [dict(got[0], use="sig"), got[1]]}), 400)
+    assert emulator.digdir("GET", jwks_url(cid)).json()["keys"] == got
+    # Normalised (use added, exp kept), they go through and stay usable at once, delay or not.
+    emulator.settings(propagation_delay=120)
+    fixed = [dict(k, use="sig") for k in got]
+    r = emulator.digdir("POST", jwks_url(cid), {"keys": fixed})
+    assert r.status == 201 and r.json()["keys"] == fixed
+    assert emulator.token(client_grant(emulator, keys[0], cid, SCOPE)).status == 200
+
+
+def test_jwks_upload_keeps_x5c_and_exp(emulator, app, keys):
+    exp = int(time.time()) + 7200
+    key = public_jwk(keys[1], x5c=emulator.admin_chain_x5c()[:1], exp=exp)
+    r = emulator.digdir("POST", jwks_url(app), {"keys": [key]})
+    assert r.status == 201 and r.json()["keys"] == [key]
+
+
+def test_kid_unique_across_clients(emulator, app, keys):
+    other = emulator.add_client(scopes=[SCOPE])["client_id"]
+    dd_error(emulator.digdir("POST", jwks_url(other), {"keys": [public_jwk(keys[0])]}), 400, "another client")
+    r = emulator.request("POST", "/_emulator/clients", json_body={"jwks": [public_jwk(keys[0])]})
+    assert r.status == 400
+    # The owner may post it again; once dropped there, the kid is free.
+    assert emulator.digdir("POST", jwks_url(app), {"keys": [public_jwk(keys[0])]}).status == 201
+    assert emulator.digdir("POST", jwks_url(app), {"keys": [public_jwk(keys[1])]}).status == 201
+    assert emulator.digdir("POST", jwks_url(other), {"keys": [public_jwk(keys[0])]}).status == 201
+
+
+# ---------------------------------------------------------------------------
+# PUT /clients/{id} replaces the registration
+
+
+def test_put_resets_what_it_leaves_out(emulator):
+    full = registration(access_token_lifetime=600, authorization_lifetime=900, refresh_token_lifetime=60,
+                        sso_disabled=True, frontchannel_logout_session_required=True,
+                        frontchannel_logout_uri="https://example.org/logout", code_challenge_method="S256",
+                        redirect_uris=["https://example.org/cb"], post_logout_redirect_uris=["https://example.org/"])
+    c = emulator.digdir("POST", "/clients", full).json()
+    for k in ("access_token_lifetime", "sso_disabled", "frontchannel_logout_uri", "code_challenge_method", "client_uri"):
+        assert c[k] == full[k]
+    minimal = {k: full[k] for k in ("client_name", "description", "integration_type", "grant_types", "scopes")}
+    u = emulator.digdir("PUT", "/clients/" + c["client_id"], minimal).json()
+    assert (u["access_token_lifetime"], u["authorization_lifetime"], u["refresh_token_lifetime"]) == (0, 0, 0)
+    assert u["sso_disabled"] is False and u["frontchannel_logout_session_required"] is False
+    assert u["redirect_uris"] == [] and u["post_logout_redirect_uris"] == []
+    assert u["application_type"] == "web" and u["token_endpoint_auth_method"] == "private_key_jwt"
+    assert u["refresh_token_usage"] == "ONETIME"
+    for k in ("client_uri", "frontchannel_logout_uri", "code_challenge_method"):
+        assert k not in u
+    assert u["created"] == c["created"] and u["client_orgno"] == ORG and u["active"] is True
+    assert emulator.digdir("GET", "/clients/" + c["client_id"]).json() == u
+    assert emulator.digdir("GET", "/clients").json() == [u]
+
+
+@pytest.mark.parametrize("field", ["client_id", "client_orgno", "created", "created_date", "last_updated", "active"])
+def test_read_only_fields_refused(emulator, field):
+    c = emulator.digdir("POST", "/clients", registration()).json()
+    value = c.get(field, "2021-09-15T10:20:43.354+02:00")
+    err = dd_error(emulator.digdir("PUT", "/clients/" + c["client_id"], dict(registration(description="x:y:z"),
+                                                                           **{field: value})), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == [field]
+    assert emulator.digdir("GET", "/clients/" + c["client_id"]).json() == c
+    dd_error(emulator.digdir("POST", "/clients", dict(registration(), **{field: value})), 400)
+    assert len(emulator.clients()) == 1
+
+
+def test_get_modify_put(emulator):
+    made = emulator.add_client(description="cluster:ns:app", client_name="by hand", scopes=[SCOPE],
+                               access_token_lifetime=300, client_uri="https://hand.example", sso_disabled=True)
+    got = emulator.digdir("GET", "/clients/" + made["client_id"]).json()
+    body = {k: v for k, v in got.items() if k not in ("client_id", "client_orgno", "created", "last_updated", "active")}
+    body["scopes"] = [SCOPE, "ks:fiks"]
+    u = emulator.digdir("PUT", "/clients/" + got["client_id"], body).json()
+    assert u == dict(got, scopes=[SCOPE, "ks:fiks"], last_updated=u["last_updated"])
+    assert u["last_updated"] > got["last_updated"]
+    err = dd_error(emulator.digdir("PUT", "/clients/" + got["client_id"], dict(body, jwks_uri="/x")), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["jwks_uri"]
+    r = emulator.request("POST", "/_emulator/clients", json_body={"no_such_field": 1})
+    assert r.status == 400
+
+
+# ---------------------------------------------------------------------------
+# at_max_age
+
+
+@pytest.mark.parametrize("value", [-1, "3600", 3600.5, True, None, 2**31])
+def test_at_max_age_refused(emulator, value):
+    err = dd_error(emulator.digdir("POST", "/scopes", new_scope("x", at_max_age=value)), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["at_max_age"]
+    assert emulator.digdir("POST", "/scopes", new_scope("y")).status == 201
+    err = dd_error(emulator.digdir("PUT", "/scopes?scope=test:y", {"at_max_age": value}), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["at_max_age"]
+    assert emulator.digdir("GET", "/scopes?scope=test:y").json()["at_max_age"] == 0
+
+
+def test_at_max_age_bounds_and_token_cap(emulator, keys):
+    for i, v in enumerate((0, 1, 3600, 2**31 - 1)):
+        assert emulator.digdir("POST", "/scopes", new_scope("ok%d" % i, at_max_age=v)).json()["at_max_age"] == v
+    emulator.digdir("POST", "/scopes", new_scope("short", at_max_age=30))
+    emulator.digdir("POST", "/scopes", new_scope("long", at_max_age=3600))
+    emulator.digdir("POST", "/scopes", new_scope("nocap"))
+    cid = emulator.digdir("POST", "/clients", registration(access_token_lifetime=600, scopes=[
+        "test:short", "test:long", "test:nocap"])).json()["client_id"]
+    emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0])]})
+
+    def expires_in(scope):
+        r = emulator.token(client_grant(emulator, keys[0], cid, scope))
+        assert r.status == 200, r
+        return r.json()["expires_in"]
+
+    assert expires_in("test:long") == 600
+    assert expires_in("test:nocap") == 600
+    assert expires_in("test:short test:long") == 30
+
+
+def test_owner_needs_grant_setting(emulator, keys):
+    emulator.digdir("POST", "/scopes", new_scope("own"))
+    cid = emulator.digdir("POST", "/clients", registration(scopes=["test:own"])).json()["client_id"]
+    emulator.digdir("POST", jwks_url(cid), {"keys": [public_jwk(keys[0])]})
+    assert emulator.token(client_grant(emulator, keys[0], cid, "test:own")).status == 200
+    emulator.settings(owner_needs_grant=True)
+    mp_error(emulator.token(client_grant(emulator, keys[0], cid, "test:own")), "forbidden", "MP-250", 403)
+    assert emulator.digdir("PUT", "/scopes/access/%s?scope=test:own" % ORG).status == 200
+    assert emulator.token(client_grant(emulator, keys[0], cid, "test:own")).status == 200
+
+
+# ---------------------------------------------------------------------------
+# A consumer DigDir refuses; listings of thousands of clients
+
+
+def test_refused_consumer(emulator):
+    emulator.digdir("POST", "/scopes", new_scope("api"))
+    emulator.settings(refused_consumers=[OTHER_ORG])
+    err = dd_error(emulator.digdir("PUT", "/scopes/access/%s?scope=test:api" % OTHER_ORG), 400)
+    assert [e["fieldIdentifier"] for e in err["errors"]] == ["consumer_orgno"] and OTHER_ORG in err["error"]
+    assert emulator.digdir("PUT", "/scopes/access/%s?scope=test:api" % THIRD_ORG).status == 200
+    acl = emulator.digdir("GET", "/scopes/access?scope=test:api").json()
+    assert [a["consumer_orgno"] for a in acl] == [THIRD_ORG]
+
+
+def test_listing_ten_thousand_clients(emulator):
+    t0 = time.monotonic()
+    ids = emulator.bulk_clients(10000, description="bulk:ns:app-{i}", scopes=[SCOPE])
+    seeded = time.monotonic() - t0
+    assert len(set(ids)) == 10000
+    emulator.add_client(orgno=OTHER_ORG, description="theirs")
+    token = emulator.admin_token()
+    t0 = time.monotonic()
+    r = emulator.request("GET", "/api/v1/clients", token=token, timeout=60)
+    listed = time.monotonic() - t0
+    assert r.status == 200
+    clients = r.json()
+    assert len(clients) == 10000
+    assert {c["description"] for c in clients} == {"bulk:ns:app-%d" % i for i in range(10000)}
+    assert all(c["client_orgno"] == ORG and c["active"] and c["scopes"] == [SCOPE] for c in clients)
+    print("\nbulk seed 10000 clients: %.2f s; GET /api/v1/clients: %.3f s, %d bytes" % (seeded, listed, len(r.body)))
+    # Generous bounds (measured well under a second each): they catch a per-client cost gone quadratic.
+    assert seeded < 60 and listed < 10
+    # A change to one client shows in the next listing.
+    u = emulator.digdir("PUT", "/clients/" + ids[7], registration(description="renamed")).json()
+    assert [c for c in emulator.digdir("GET", "/clients", token=token).json() if c["client_id"] == ids[7]] == [u]
+    emulator.digdir("DELETE", "/clients/" + ids[8], token=token)
+    assert len(emulator.digdir("GET", "/clients", token=token).json()) == 9999
+
+
+def test_bulk_is_validated(emulator):
+    for body in ({"count": 0, "description": "a-{i}"}, {"count": 2, "description": "no-template"},
+                 {"count": 2, "description": "a-{i}", "bogus": 1}, {"description": "a-{i}"}):
+        assert emulator.request("POST", "/_emulator/clients/bulk", json_body=body).status == 400
+    assert emulator.clients() == []
 
 
 # ---------------------------------------------------------------------------
@@ -762,13 +1122,18 @@ def test_log_has_no_bodies(emulator, app, keys):
 
 def test_reset(emulator, app, keys):
     emulator.fault(path="^/jwk$", status=500)
-    emulator.settings(admin_token_lifetime=5, org_prefix="x")
+    emulator.settings(admin_token_lifetime=5, org_prefix="x", propagation_delay=9, refused_consumers=[OTHER_ORG],
+                      admin_scopes=["idporten:dcr.read"])
+    assert emulator.control("GET", "/settings")["org_prefixes"] == ["x"]
     emulator.seed_scope("extra:scope", OTHER_ORG, accessible_for_all=True)
     emulator.reset()
     assert emulator.clients(inactive=True) == []
     assert emulator.counts() == {}
     assert emulator.request("GET", "/jwk").status == 200
     assert emulator.token(emulator.admin_grant()).json()["expires_in"] == 3600
+    settings = emulator.control("GET", "/settings")
+    assert settings["org_prefixes"] == ["test"] and settings["propagation_delay"] == 0
+    assert settings["refused_consumers"] == [] and len(settings["admin_scopes"]) == 4
     names = [s["name"] for s in emulator.digdir("GET", "/scopes/all").json()]
     assert sorted(names) == ["folkeregister:deling/offentligutenhjemmel", "ks:fiks", "nav:test/api",
                              "skatteetaten:testapi"]
