@@ -2,11 +2,13 @@
 """An emulator of Maskinporten (metadata, /jwk, /token) and of DigDir's
 self-service admin API (/api/v1), for tests and `make run`.
 
-Written from /work/shared/reference/digdir-maskinporten-api.md, independently
-of the C code, so that a signing or protocol bug in C is not cancelled out by
-the same bug here. One HTTPS port serves everything: Maskinporten at the root,
-DigDir under /api/v1 and an unauthenticated control API under /_emulator that
-tests use to seed state, inject faults and read counters.
+It follows DigDir's and Maskinporten's public record, never the C code, so that
+a bug in C is not cancelled out by the same bug here: each rule names its public
+source in a comment, or says the record is silent and which strict reading it
+takes (all listed in docs/digdir-api.md). One HTTPS port serves everything:
+Maskinporten at the root, DigDir under /api/v1 and an unauthenticated control
+API under /_emulator that tests use to seed state, inject faults and read
+counters.
 
 It never logs bodies, assertions or tokens.
 """
