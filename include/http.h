@@ -16,6 +16,7 @@
 #include "err.h"
 
 #define HTTP_MAX_BODY_DEFAULT (1024 * 1024)
+#define HTTP_MAX_ERROR_BODY   (64 * 1024) /* kept of a streamed request's error answer */
 
 struct http_config {
 	const char *ca_file; /* CA bundle; NULL: the system's */
@@ -60,6 +61,20 @@ struct http_request {
 	int (*make_body)(void *ctx, char **ret_body, size_t *ret_len);
 	void (*free_body)(char *body);
 	void *body_ctx;
+	/*
+	 * Optional: a 2xx answer's body is handed to sink chunk by chunk instead
+	 * of being kept, up to sink_max bytes in all (0: the client's max_body),
+	 * so an answer of any size is read in the memory the sink keeps. restart
+	 * is called before every attempt, so the sink starts afresh after a
+	 * retry. sink returns 0, or a negative errno that aborts the transfer
+	 * (http_do then fails with ERR_BAD_RESPONSE and the sink's message, which
+	 * it writes into the err it gets). Answers with other statuses are kept
+	 * in ret->body as usual, up to HTTP_MAX_ERROR_BODY bytes.
+	 */
+	int (*sink)(void *ctx, const char *data, size_t len, struct err *err);
+	void (*restart)(void *ctx);
+	void *sink_ctx;
+	size_t sink_max;
 };
 
 struct http_response {
@@ -88,6 +103,13 @@ int64_t http_now_ms(void);
 
 /* Whether a Content-Type value's media type is application/json (parameters allowed). */
 bool http_is_json(const char *content_type);
+
+/*
+ * Whether two absolute URLs share an origin: the same scheme, host (case
+ * ignored) and port (the scheme's default when absent). False when either
+ * does not parse.
+ */
+bool http_same_origin(const char *a, const char *b);
 
 /* Percent-encodes s for a query parameter. Returns a malloc'd string or NULL. */
 char *http_escape(const char *s);

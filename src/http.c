@@ -8,6 +8,7 @@
  *
  * Must never log or copy a bearer token or a body: both may be secrets.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -48,12 +49,18 @@ struct http {
 
 /* What one attempt gathered; reset before each attempt. */
 struct attempt {
+	CURL *curl;
+	const struct http_request *req;
 	char *body;
 	size_t len;
 	size_t cap;
 	size_t max;
 	bool too_big;
 	long retry_after_ms;
+	int streaming; /* 0: not decided yet, 1: a 2xx answer goes to req->sink, -1: kept */
+	size_t streamed;
+	int sink_rc; /* the sink's error, which aborted the transfer */
+	struct err sink_err;
 };
 
 int http_global_init(void)
@@ -137,6 +144,38 @@ long http_clamp_timeout_ms(long attempt_ms, int64_t deadline_ms, int64_t now_ms)
 	if (deadline_ms - now_ms < attempt_ms)
 		return (long)(deadline_ms - now_ms);
 	return attempt_ms;
+}
+
+/* The origin of url as "scheme://host:port", lowercased, into ret. False when it does not parse. */
+static bool origin_of(const char *url, char *ret, size_t len)
+{
+	char *scheme = NULL, *host = NULL, *port = NULL;
+	CURLU *u = curl_url();
+	bool ok = false;
+
+	if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+		int n = snprintf(ret, len, "%s://%s:%s", scheme, host, port);
+
+		ok = n > 0 && (size_t)n < len;
+		for (char *p = ret; ok && *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+	}
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return ok;
+}
+
+bool http_same_origin(const char *a, const char *b)
+{
+	char oa[512], ob[512];
+
+	return a && b && origin_of(a, oa, sizeof(oa)) && origin_of(b, ob, sizeof(ob)) &&
+	       !strcmp(oa, ob);
 }
 
 char *http_escape(const char *s)
@@ -280,11 +319,36 @@ static void pool_put(struct http *http, CURL *curl)
 		curl_easy_cleanup(curl);
 }
 
+/* A 2xx answer of a request with a sink: handed on, never kept. */
+static size_t to_sink(struct attempt *a, char *data, size_t n)
+{
+	size_t max = a->req->sink_max;
+
+	if (n > max - a->streamed) {
+		a->too_big = true;
+		return 0;
+	}
+	a->streamed += n;
+	a->sink_rc = a->req->sink(a->req->sink_ctx, data, n, &a->sink_err);
+	return a->sink_rc < 0 ? 0 : n;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct attempt *a = userp;
 	size_t n = size * nmemb;
+	long status = 0;
 	char *p;
+
+	/* The status is known once the body starts: only a 2xx answer is streamed. */
+	if (a->streaming == 0 && a->req->sink) {
+		curl_easy_getinfo(a->curl, CURLINFO_RESPONSE_CODE, &status);
+		a->streaming = status >= 200 && status < 300 ? 1 : -1;
+		if (a->streaming < 0)
+			a->max = HTTP_MAX_ERROR_BODY;
+	}
+	if (a->streaming > 0)
+		return to_sink(a, data, n);
 
 	/* Returning less than n aborts the transfer with CURLE_WRITE_ERROR. */
 	if (n > a->max - a->len) {
@@ -356,7 +420,7 @@ static CURLcode setup(struct http *http, CURL *curl, const struct http_request *
 	SET(CURLOPT_HEADERFUNCTION, on_header);
 	SET(CURLOPT_HEADERDATA, a);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
-	SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)http->max_body);
+	SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(req->sink ? req->sink_max : http->max_body));
 	if (http->ca_file)
 		SET(CURLOPT_CAINFO, http->ca_file);
 	if (http->https_proxy)
@@ -438,6 +502,7 @@ static struct curl_slist *make_headers(const struct http_request *req)
 int http_do(struct http *http, const struct http_request *req, struct http_response *ret,
 	    struct err *err)
 {
+	struct http_request sreq = *req;
 	struct attempt a = { 0 };
 	struct curl_slist *headers = NULL;
 	char errbuf[CURL_ERROR_SIZE];
@@ -455,6 +520,8 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 			 req->endpoint);
 		err->http_status = 0;
 	}
+	if (sreq.sink && sreq.sink_max == 0)
+		sreq.sink_max = http->max_body;
 	headers = make_headers(req);
 	curl = pool_get(http);
 	if (!headers || !curl) {
@@ -465,16 +532,26 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 
 	for (attempt = 1;; attempt++) {
 		free(a.body);
-		a = (struct attempt){ .max = http->max_body, .retry_after_ms = -1 };
+		a = (struct attempt){ .curl = curl,
+				      .req = &sreq,
+				      .max = http->max_body,
+				      .retry_after_ms = -1 };
+		if (sreq.sink && sreq.restart)
+			sreq.restart(sreq.sink_ctx);
 		errbuf[0] = '\0';
 		status = 0;
 
 		timeout = http_clamp_timeout_ms(http->attempt_timeout_ms, req->deadline_ms,
 						http_now_ms());
 		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
-			r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-				    "%s %s: deadline passed after %d attempt(s)", req->service,
-				    req->endpoint, attempt - 1);
+			if (attempt == 1)
+				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+					    "%s %s: not sent, no time was left for it", req->service,
+					    req->endpoint);
+			else
+				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+					    "%s %s: no time left for another try after %d attempt(s)",
+					    req->service, req->endpoint, attempt - 1);
 			goto out;
 		}
 		if (req->make_body) {
@@ -491,7 +568,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 		}
 
 		curl_easy_reset(curl);
-		c = setup(http, curl, req, req->make_body ? body : req->body,
+		c = setup(http, curl, &sreq, req->make_body ? body : req->body,
 			  req->make_body ? body_len : req->body_len, headers, &a, errbuf, timeout);
 		if (c != CURLE_OK) {
 			r = err_set(err, ERR_INTERNAL, EINVAL, "%s %s: libcurl option refused: %s",
@@ -510,10 +587,23 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 			  c == CURLE_OK ? status : 0L, (long long)(http_now_ms() - sent_ms),
 			  attempt);
 
+		if (a.sink_rc < 0) {
+			if (err) {
+				*err = a.sink_err;
+				err->kind = ERR_BAD_RESPONSE;
+				snprintf(err->endpoint, sizeof(err->endpoint), "%s %s",
+					 req->service, req->endpoint);
+			}
+			r = a.sink_rc;
+			goto out;
+		}
 		if (a.too_big || c == CURLE_FILESIZE_EXCEEDED) {
 			r = err_set(err, ERR_BAD_RESPONSE, EMSGSIZE,
 				    "%s %s: answer larger than %zu bytes", req->service,
-				    req->endpoint, http->max_body);
+				    req->endpoint,
+				    a.streaming < 0 ? (size_t)HTTP_MAX_ERROR_BODY
+				    : sreq.sink	    ? sreq.sink_max
+						    : http->max_body);
 			goto out;
 		}
 
@@ -551,7 +641,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 				    req->service, req->endpoint, attempt);
 			else
 				r = err_set(err, ERR_UNAVAILABLE, EIO,
-					    "%s %s: HTTP %ld (%d attempt(s))", req->service,
+					    "%s %s: answered HTTP %ld (%d attempt(s))", req->service,
 					    req->endpoint, status, attempt);
 			goto out;
 		}
