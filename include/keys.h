@@ -164,10 +164,19 @@ struct keys_schedule_input {
 	int64_t epoch_len;
 	const json_t *current;
 	bool drop_foreign;
+	int64_t now; /* Unix seconds: foreign keys that expired by then are dropped; 0: unused */
 };
 
 int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn public_jwk, void *ctx,
 		  json_t **ret_set, bool *ret_changed, struct err *err);
+
+/*
+ * A registered key as DigDir takes it back in an upload: only the public
+ * members kty, use, kid, alg, n, e, exp and x5c, with "use":"sig" and
+ * "alg":"RS256" added where a key registered before DigDir's 2025 API lacks
+ * them. A new object, or NULL when key is not an object with a kid.
+ */
+json_t *keys_jwk_normalise(const json_t *key);
 
 /* True when the JWK array set holds a key with this kid. */
 bool keys_set_has_kid(const json_t *set, const char *kid);

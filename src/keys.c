@@ -1308,6 +1308,36 @@ bool keys_set_has_kid(const json_t *set, const char *kid)
 	return kid && find_kid(set, kid) != NULL;
 }
 
+json_t *keys_jwk_normalise(const json_t *key)
+{
+	static const char *const members[] = { "kty", "use", "kid", "alg", "n", "e", "exp", "x5c" };
+	json_t *out;
+
+	if (!json_is_object(key) || !json_is_string(json_object_get(key, "kid")))
+		return NULL;
+	out = json_object();
+	for (size_t i = 0; out && i < sizeof(members) / sizeof(members[0]); i++) {
+		json_t *v = json_object_get(key, members[i]);
+
+		if (v && json_object_set(out, members[i], v) < 0) {
+			json_decref(out);
+			return NULL;
+		}
+	}
+	/* Keys registered before DigDir's 2025-05-22 API may lack use; RS256 was then the only alg. */
+	if (out && !json_object_get(out, "use") &&
+	    json_object_set_new(out, "use", json_string("sig")) < 0) {
+		json_decref(out);
+		return NULL;
+	}
+	if (out && !json_object_get(out, "alg") &&
+	    json_object_set_new(out, "alg", json_string("RS256")) < 0) {
+		json_decref(out);
+		return NULL;
+	}
+	return out;
+}
+
 int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn public_jwk, void *ctx,
 		  json_t **ret_set, bool *ret_changed, struct err *err)
 {
@@ -1351,7 +1381,9 @@ int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn publi
 
 			if (!json_is_integer(old) || json_integer_value(old) != exp)
 				changed = true;
-			jwk = json_deep_copy(found);
+			jwk = keys_jwk_normalise(found);
+			if (jwk && !json_equal(jwk, found))
+				changed = true;
 			carried++;
 		} else if (k == e || k == e + 1) {
 			jwk = public_jwk(ctx, k);
@@ -1375,12 +1407,18 @@ int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn publi
 		}
 	}
 
-	/* Foreign keys, in registration order, while unexpired and there is room. */
+	/*
+	 * Foreign keys, in registration order, while unexpired and there is
+	 * room, each normalised: DigDir refuses an upload in which any key lacks
+	 * use or carries a member it does not know.
+	 */
 	foreign_after = keys_epoch_start(e, in->epoch_len);
+	if (in->now > foreign_after)
+		foreign_after = in->now;
 	json_array_foreach(in->current, i, v)
 	{
 		const char *kid = json_string_value(json_object_get(v, "kid"));
-		json_t *exp = json_object_get(v, "exp");
+		json_t *exp = json_object_get(v, "exp"), *norm;
 
 		if (kid && keys_kid_is_own(in->seed, in->client_id, kid, NULL))
 			continue; /* ours: carried above or dropped */
@@ -1390,7 +1428,12 @@ int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn publi
 			continue;
 		if (keys_set_has_kid(set, kid))
 			continue; /* a duplicate kid cannot be registered twice */
-		if (json_array_append_new(set, json_deep_copy(v)) < 0) {
+		norm = keys_jwk_normalise(v);
+		if (!norm)
+			continue; /* not a key DigDir could take back */
+		if (!json_equal(norm, v))
+			changed = true;
+		if (json_array_append_new(set, norm) < 0) {
 			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 			goto out;
 		}

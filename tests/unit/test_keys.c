@@ -754,7 +754,9 @@ static json_t *fake_public_jwk(void *ctx, int64_t epoch)
  *   o<k>   our key of epoch E+k with the right exp (o-1, o0, o+2)
  *   O<k>   our key of epoch E+k with a wrong exp
  *   s<k>   the key of epoch E+k of another seed (foreign)
- *   f<X>   a foreign key "X" without exp; f<X>! expired; f<X>~ expiring later
+ *   f<X>   a foreign key "X" without exp; f<X>! expired; f<X>~ expiring later;
+ *          f<X>? registered before DigDir's 2025 API: no use, no alg, an x5t
+ * Keys carry use and alg, as DigDir's 2025 API returns them, unless said otherwise.
  */
 static json_t *make_set(const char *spec)
 {
@@ -771,15 +773,21 @@ static json_t *make_set(const char *spec)
 
 			keys_kid(tok[0] == 's' ? &other_seed : &seed, "client-1", ep, kid);
 			k = json_pack(
-			    "{s:s, s:s, s:I}", "kid", kid, "kty", "RSA", "exp",
+			    "{s:s, s:s, s:s, s:s, s:I}", "kid", kid, "kty", "RSA", "use", "sig",
+			    "alg", "RS256", "exp",
 			    (json_int_t)(keys_epoch_end(ep + 1, LEN) + (tok[0] == 'O' ? 5 : 0)));
 		} else {
 			size_t l = strlen(tok);
 			char last = tok[l - 1];
 
-			if (last == '!' || last == '~')
+			if (last == '!' || last == '~' || last == '?')
 				tok[l - 1] = '\0';
-			k = json_pack("{s:s, s:s}", "kid", tok + 1, "kty", "RSA");
+			if (last == '?')
+				k = json_pack("{s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA", "x5t",
+					      "abc");
+			else
+				k = json_pack("{s:s, s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA",
+					      "use", "sig", "alg", "RS256");
 			if (last == '!')
 				json_object_set_new(k, "exp",
 						    json_integer(keys_epoch_start(E, LEN) - 10));
@@ -857,6 +865,7 @@ static void test_schedule_table(void **state)
 		  false, 0 },
 		{ "duplicate own kid", "o0 o0 o+1", "o+0 o+1", false, true, 0 },
 		{ "duplicate foreign kid", "fA fA o0 o+1", "o+0 o+1 fA", false, true, 0 },
+		{ "legacy foreign key normalised", "fL? o0 o+1", "o+0 o+1 fL", false, true, 0 },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -881,6 +890,10 @@ static void test_schedule_table(void **state)
 		{
 			int64_t ep;
 
+			/* Every key as DigDir takes it: use and alg, no member it does not know. */
+			assert_string_equal(json_string_value(json_object_get(v, "use")), "sig");
+			assert_string_equal(json_string_value(json_object_get(v, "alg")), "RS256");
+			assert_null(json_object_get(v, "x5t"));
 			if (keys_kid_is_own(&seed, "client-1",
 					    json_string_value(json_object_get(v, "kid")), &ep))
 				assert_int_equal(json_integer_value(json_object_get(v, "exp")),
@@ -889,6 +902,51 @@ static void test_schedule_table(void **state)
 		json_decref(set);
 		json_decref(cur);
 	}
+}
+
+/* A foreign key that expired before now is dropped even when the epoch began earlier. */
+static void test_schedule_drops_keys_expired_by_now(void **state)
+{
+	json_t *cur = make_set("fA~ fB o0 o+1"), *set = NULL;
+	struct keys_schedule_input in = { .seed = &seed,
+					  .client_id = "client-1",
+					  .epoch = E,
+					  .epoch_len = LEN,
+					  .current = cur,
+					  .now = keys_epoch_start(E, LEN) + 20 };
+	struct err err = { 0 };
+	bool changed = false;
+	char got[256];
+
+	assert_int_equal(keys_schedule(&in, fake_public_jwk, NULL, &set, &changed, &err), 0);
+	describe(set, got, sizeof(got));
+	assert_string_equal(got, "o+0 o+1 fB");
+	assert_true(changed);
+	json_decref(set);
+	json_decref(cur);
+}
+
+static void test_jwk_normalise(void **state)
+{
+	json_t *legacy = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty",
+				   "RSA", "n", "nn", "e", "AQAB", "d", "secret", "exp", 99, "x5c",
+				   "MIIB");
+	json_t *n = keys_jwk_normalise(legacy);
+	json_t *want = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty",
+				 "RSA", "n", "nn", "e", "AQAB", "use", "sig", "alg", "RS256", "exp",
+				 99, "x5c", "MIIB");
+
+	/* No private member ever goes back; use and alg are added, x5c and exp kept. */
+	assert_true(json_equal(n, want));
+	json_decref(n);
+	json_object_set_new(legacy, "alg", json_string("RS512"));
+	n = keys_jwk_normalise(legacy);
+	assert_string_equal(json_string_value(json_object_get(n, "alg")), "RS512");
+	json_decref(n);
+	json_object_del(legacy, "kid");
+	assert_null(keys_jwk_normalise(legacy));
+	json_decref(legacy);
+	json_decref(want);
 }
 
 static void test_schedule_errors(void **state)
@@ -995,6 +1053,8 @@ int main(void)
 		cmocka_unit_test(test_uuid),
 		cmocka_unit_test(test_pem),
 		cmocka_unit_test(test_schedule_table),
+		cmocka_unit_test(test_schedule_drops_keys_expired_by_now),
+		cmocka_unit_test(test_jwk_normalise),
 		cmocka_unit_test(test_schedule_errors),
 		cmocka_unit_test(test_schedule_two_clocks),
 	};
