@@ -23,6 +23,8 @@ enum err_kind {
 	ERR_BAD_RESPONSE, /* an upstream answer we cannot use: garbage, wrong type */
 	ERR_UPSTREAM,	  /* DigDir or Maskinporten refused our request (4xx) */
 	ERR_INTERNAL,	  /* a bug or a local resource failure */
+	ERR_PROPAGATING,  /* a new client or key is not accepted by Maskinporten yet */
+	ERR_UNCONFIGURED, /* the Mount needs something this provider was not configured with */
 };
 
 struct err {
@@ -30,6 +32,7 @@ struct err {
 	long http_status;	 /* upstream status, 0 when none */
 	char endpoint[96];	 /* e.g. "digdir POST /clients" */
 	char correlation_id[80]; /* DigDir's correlation_id when it gave one */
+	char code[40];		 /* Maskinporten's error code ("invalid_grant") when it gave one */
 	char msg[640];
 };
 

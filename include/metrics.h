@@ -24,6 +24,15 @@ void metrics_key_derived(void);
 void metrics_jwks_upload(void);
 void metrics_epoch(int64_t epoch);
 
+/* A client we created and could not use was deactivated ("duplicate"). */
+void metrics_client_deactivated(const char *reason);
+
+/* DigDir refused one consumer grant of an exposed scope; the others went on. */
+void metrics_consumer_refused(void);
+
+/* A flight waited this long for Maskinporten to accept a new client or key. */
+void metrics_key_propagation(double seconds);
+
 /* Renders everything. Returns 0 and a malloc'd text (caller frees), or -ENOMEM. */
 int metrics_render(char **ret_text, size_t *ret_len);
 

@@ -57,6 +57,8 @@ const char *err_kind_name(enum err_kind kind)
 		[ERR_BAD_RESPONSE] = "bad_response",
 		[ERR_UPSTREAM] = "upstream",
 		[ERR_INTERNAL] = "internal",
+		[ERR_PROPAGATING] = "propagating",
+		[ERR_UNCONFIGURED] = "unconfigured",
 	};
 
 	if ((unsigned)kind < sizeof(names) / sizeof(names[0]) && names[kind])

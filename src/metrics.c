@@ -138,6 +138,25 @@ void metrics_jwks_upload(void)
 	add("mpcsi_jwks_uploads_total", "", 1, 0);
 }
 
+void metrics_client_deactivated(const char *reason)
+{
+	char labels[96];
+
+	snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
+	add("mpcsi_clients_deactivated_total", labels, 1, 0);
+}
+
+void metrics_consumer_refused(void)
+{
+	add("mpcsi_consumer_grants_refused_total", "", 1, 0);
+}
+
+void metrics_key_propagation(double seconds)
+{
+	add("mpcsi_key_propagation_waits_total", "", 1, 0);
+	add("mpcsi_key_propagation_seconds_total", "", seconds, 0);
+}
+
 void metrics_epoch(int64_t epoch)
 {
 	add("mpcsi_key_epoch", "", (double)epoch, 1);
@@ -157,6 +176,15 @@ static const char *help_of(const char *name)
 		{ "mpcsi_keys_derived_total", "RSA keys derived." },
 		{ "mpcsi_jwks_uploads_total", "JWKS uploads to DigDir." },
 		{ "mpcsi_key_epoch", "The current key epoch." },
+		{ "mpcsi_clients_deactivated_total",
+		  "Clients this provider made and could not use (duplicates of a create race), "
+		  "deactivated at DigDir." },
+		{ "mpcsi_consumer_grants_refused_total",
+		  "Consumer grants of exposed scopes that DigDir refused (skipped)." },
+		{ "mpcsi_key_propagation_waits_total",
+		  "Flights that waited for Maskinporten to accept a new client or key." },
+		{ "mpcsi_key_propagation_seconds_total",
+		  "Time flights waited for Maskinporten to accept a new client or key." },
 	};
 
 	for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
