@@ -30,6 +30,9 @@ struct config {
 	const char *admin_cert_file;
 	const char *admin_kid;
 	const char *admin_scopes;
+	const char *org_number;	  /* the organisation's number; "": from the admin token */
+	const char *scope_prefix; /* the organisation's scope prefix at DigDir, for `exposes` */
+	bool trust_metadata_endpoints;
 	const char *client_name;
 	const char *client_uri;
 	const char *default_scope;
@@ -45,14 +48,20 @@ struct config {
 	long connect_timeout_ms;
 	long request_timeout_ms;
 	long mount_timeout_ms; /* our own budget, below kubelet's 2 minutes */
+	long flight_timeout_ms; /* one provisioning flight, which outlives a Mount's deadline */
+	long max_listing_bytes; /* the largest DigDir listing read */
+	long listing_reuse_ms;	/* how old a shared listing a lookup may use */
 
 	/* Serving. */
 	const char *socket_path;
 	unsigned socket_mode;
+	const char *state_file; /* NULL: beside the socket; "": none */
 	const char *metrics_addr; /* host:port of /healthz, /readyz, /metrics; "" disables */
 	enum write_mode write_mode;
 	const char *kubelet_dir;
 	long revalidate_interval_s;
+	long scope_flip_window_ms; /* two scope sets for one app within this: refused */
+	long metadata_refresh_ms;  /* Maskinporten's metadata is fetched again this often */
 	long cache_size;
 	int workers;
 	long worker_idle_ms; /* a worker beyond the first leaves after this long idle */

@@ -17,8 +17,12 @@
 
 #include "err.h"
 #include "http.h"
+#include "jsonarray.h"
 #include "keys.h"
 #include "maskinporten.h"
+
+#define DIGDIR_MAX_LISTING_DEFAULT (256L * 1024 * 1024) /* bytes of one streamed listing */
+#define DIGDIR_MAX_ENTRY	   (1024 * 1024)	/* bytes of one entry of a listing */
 
 struct digdir_config {
 	const char *base_url;	 /* https://api.test.samarbeid.digdir.no ("/api/v1" appended) */
@@ -28,6 +32,8 @@ struct digdir_config {
 	long access_token_lifetime; /* 0: 3600 */
 	long authorization_lifetime; /* 0: 7200 */
 	long scope_cache_seconds;    /* how long scope access lists are trusted; 0: 600 */
+	size_t max_listing_bytes;    /* bound of one listing answer; 0: DIGDIR_MAX_LISTING_DEFAULT */
+	long list_reuse_ms;	     /* how old a listing a lookup may use; 0: 2000 */
 };
 
 struct digdir;
@@ -36,34 +42,90 @@ struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_
 			  struct err *err);
 void digdir_free(struct digdir *dd);
 
-/* GET /clients: every active client of the organisation. *ret is a new array. */
-int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err);
+/* Flags of digdir_call and digdir_call_list. */
+enum {
+	DIGDIR_IDEMPOTENT = 1, /* safe to repeat: retried after errors that may have reached DigDir */
+	DIGDIR_EXPOSE = 2,     /* an exposed-scope call: the admin token with idporten:scopes.write */
+};
 
 /*
- * Finds the client: by pinned_id when non-NULL, else by description and
- * integration_type "maskinporten". When several match, the one created first
- * (ties: the smallest client_id) wins, the same choice on every node.
- * Returns 0 with *ret a new reference, or NULL when there is none.
+ * One authenticated request to DigDir: path under /api/v1 (with query), body
+ * may be NULL. *ret (may be NULL) gets the parsed JSON answer (json_null()
+ * for an empty body). Statuses >= 400 become errors with DigDir's message and
+ * correlation_id.
  */
-int digdir_find_client(struct digdir *dd, const char *description, const char *pinned_id,
-		       int64_t deadline_ms, json_t **ret, struct err *err);
+int digdir_call(struct digdir *dd, const char *method, const char *path, const char *endpoint,
+		const json_t *body, unsigned flags, int64_t deadline_ms, json_t **ret,
+		struct err *err);
 
 /*
- * Makes sure the client for description exists with exactly these consumed
- * scopes: finds it (by pinned_id, or by description when pinned_id is NULL
- * or no longer listed; adopting clients made by hand or by other tools), creates
- * it when missing, PUTs it when its scopes differ. Checks first that the
- * organisation may consume every scope (ERR_SCOPE_ACCESS naming each scope and
- * the organisation number otherwise). With no scopes, the default scope is
- * registered. Never leaves a duplicate: after a create it lists again and,
- * when another node created one too, keeps the winner of
- * digdir_find_client's rule and deletes its own.
- * Returns 0 with *ret_client_id (caller frees); *ret_created (may be NULL)
- * says whether the client is one this call created, so no key is registered.
+ * A GET whose answer is a list of objects, streamed: fn gets each object as
+ * it arrives (borrowed for the call), so a listing of any length up to the
+ * configured bound is read in bounded memory. A retry starts the list over:
+ * reset (may be NULL) is called with ctx before every attempt, so that ctx
+ * holds only the entries of the answer that succeeds.
  */
-int digdir_ensure_client(struct digdir *dd, const char *description, const char *const *scopes,
-			 size_t nscopes, const char *pinned_id, int64_t deadline_ms,
-			 char **ret_client_id, bool *ret_created, struct err *err);
+int digdir_call_list(struct digdir *dd, const char *path, const char *endpoint, unsigned flags,
+		     jsonarray_fn fn, void (*reset)(void *ctx), void *ctx, int64_t deadline_ms,
+		     struct err *err);
+
+/* GET /clients, streamed: fn gets every active client of the organisation. */
+int digdir_each_client(struct digdir *dd, jsonarray_fn fn, void (*reset)(void *ctx), void *ctx,
+		       int64_t deadline_ms, struct err *err);
+
+/* GET /clients/{id}: *ret is a new reference. ERR_NOT_FOUND (-ENOENT) when DigDir has none. */
+int digdir_get_client(struct digdir *dd, const char *client_id, int64_t deadline_ms, json_t **ret,
+		      struct err *err);
+
+/*
+ * The active maskinporten clients whose description is description, from a
+ * listing shared by concurrent callers (one at most LIST_REUSE_MS old, or
+ * newer than any create of this description by this process). *ret_ids is a
+ * new array of client ids, earliest created first (ties: smallest id): the
+ * first is the one every node picks. Empty when there is none.
+ */
+int digdir_lookup(struct digdir *dd, const char *description, int64_t deadline_ms, json_t **ret_ids,
+		  struct err *err);
+
+/*
+ * What a flight asks of digdir_ensure_client, and what it answers. The
+ * scope sets are keys: sorted, deduplicated, space-joined.
+ */
+struct digdir_ensure {
+	/* In. */
+	const char *description;
+	const char *const *scopes; /* none: the default scope */
+	size_t nscopes;
+	const char *pinned_id; /* the client this app had; re-checked, dropped when it no longer fits */
+	const char *written;   /* the scope set this node last registered for it, or NULL */
+	bool readonly_scopes;  /* revalidation: report differing scopes, never write them */
+	/* Out, each owned by the struct: release with digdir_ensure_release(). */
+	char *client_id;
+	char *registered; /* the scope set DigDir holds now */
+	json_t *duplicates; /* ids of other active clients with this description, or NULL */
+	bool created;	    /* this call created the client: it has no keys yet */
+	bool scopes_changed; /* this call registered new scopes */
+	bool scopes_differ;  /* readonly_scopes: DigDir holds other scopes than the wanted ones */
+};
+
+/*
+ * Makes sure the client for e->description exists with exactly the wanted
+ * consumed scopes. Before it registers scopes (a create or a change) it
+ * checks that the organisation may consume every one (ERR_SCOPE_ACCESS
+ * naming each scope and the organisation number otherwise). A pinned client is read by id and kept only while it is active,
+ * of integration_type maskinporten and still described as this app; else the
+ * client is looked up by description (adopting clients made by hand or by
+ * other tools) and created when missing. Never leaves a duplicate of its own:
+ * after a create it lists again and, when another node created one too,
+ * keeps the earliest and deactivates its own. Scopes are changed by GET,
+ * modify, PUT, so fields this provider does not manage survive. A change of
+ * scopes that someone else made after this node's last one (e->written) is
+ * not undone: ERR_CONFLICT names both sets.
+ */
+int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t deadline_ms,
+			 struct err *err);
+
+void digdir_ensure_release(struct digdir_ensure *e);
 
 /* Checks that the organisation may consume every scope (cached scope access lists). */
 int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size_t nscopes,
@@ -85,47 +147,64 @@ enum {
 
 /*
  * Reads the JWKS, computes the set with keys_schedule() and uploads it only
- * when it changed, then confirms by reading back that our keys are there.
+ * when it changed, then confirms from the upload's answer (the registered
+ * set) that our keys are there.
  * *ret_registered (may be NULL) gets the registered "keys" array; *ret_uploaded
- * (may be NULL) says whether an upload happened.
+ * (may be NULL) says whether an upload happened, and *ret_current_new (may be
+ * NULL) whether it registered the key of epoch itself, which Maskinporten
+ * then accepts only after DigDir's propagation delay.
  */
 int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
 		     int64_t epoch, int64_t epoch_len, unsigned flags,
 		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
-		     json_t **ret_registered, bool *ret_uploaded, struct err *err);
+		     json_t **ret_registered, bool *ret_uploaded, bool *ret_current_new,
+		     struct err *err);
 
 /* DELETE /clients/{id} (DigDir deactivates it). */
 int digdir_delete_client(struct digdir *dd, const char *client_id, int64_t deadline_ms,
 			 struct err *err);
 
-/* A generic authenticated request to DigDir, for the scope calls of later issues:
- * path under /api/v1 (with query), body may be NULL. *ret (may be NULL) gets
- * the parsed JSON answer (json_null() for an empty body). Statuses >= 400
- * become errors with DigDir's message and correlation_id. */
-int digdir_call(struct digdir *dd, const char *method, const char *path, const char *endpoint,
-		const json_t *body, bool idempotent, int64_t deadline_ms, json_t **ret,
-		struct err *err);
-
 /* prefix + value percent-encoded + suffix, e.g. ("/scopes?scope=", "a:b", ""). Caller frees. */
 char *digdir_path(const char *prefix, const char *value, const char *suffix);
 
-/* The organisation number of the admin token, or NULL. Borrowed. */
+/* The organisation number (configured, or from the admin token), or NULL. Borrowed. */
 const char *digdir_org_number(struct digdir *dd);
 
-/* Pure helpers, exported for the unit tests. */
+/* Pure helpers, exported for the unit tests and fuzzers. */
 
 /*
- * The client digdir_find_client's rule picks out of a GET /clients list:
- * pinned_id when non-NULL, else the earliest `created` (ties: smallest
- * client_id) of the active clients with this description and integration_type
- * maskinporten. Borrowed from clients, or NULL. *ret_matches (may be NULL)
- * gets how many matched.
+ * A client listing as this provider keeps it: for each active maskinporten
+ * client only its id, description, scopes and creation time, indexed by
+ * description. Built from a listing streamed in chunks of any size.
  */
-json_t *digdir_pick_client(const json_t *clients, const char *description, const char *pinned_id,
-			   size_t *ret_matches);
+struct digdir_listing;
 
-/* Whether a client's "scopes" array holds exactly the wanted scopes, as sets. */
-bool digdir_scopes_equal(const json_t *have, const char *const *want, size_t nwant);
+/* An empty listing, to be fed with digdir_listing_feed(). NULL on allocation failure. */
+struct digdir_listing *digdir_listing_new(void);
+void digdir_listing_free(struct digdir_listing *l);
+
+/* Adds one entry of a GET /clients answer (a jsonarray_fn: ctx is the listing). */
+int digdir_listing_add(void *ctx, json_t *client, size_t index, struct err *err);
+
+/* Empties a listing, keeping its memory (the reset of a retried listing). */
+void digdir_listing_clear(void *ctx);
+
+/* How many clients it keeps (active maskinporten clients). */
+size_t digdir_listing_count(const struct digdir_listing *l);
+
+/*
+ * The ids of the clients described as description, earliest created first
+ * (unknown times last; ties: smallest id): a new array, empty when none.
+ * NULL on allocation failure.
+ */
+json_t *digdir_listing_find(const struct digdir_listing *l, const char *description);
+
+/* The scope set (sorted, deduplicated, space-joined) of a listed client, or NULL. Borrowed. */
+const char *digdir_listing_scopes(const struct digdir_listing *l, const char *client_id);
+
+/* A client's "scopes" array as a scope set key: sorted, deduplicated, space-joined.
+ * Caller frees; NULL when scopes is not an array of strings or memory ran out. */
+char *digdir_scopes_key(const json_t *scopes);
 
 /* DigDir's ISO 8601 time ("2021-09-15T10:20:43.354+02:00", "...Z") in Unix ms. */
 int digdir_parse_time(const char *s, int64_t *ret_ms);
@@ -135,9 +214,6 @@ int digdir_parse_time(const char *s, int64_t *ret_ms);
 /* Turns a DigDir error answer (status >= 400) into err: DigDir's messages,
  * correlation_id, a kind. Returns the matching negative errno. */
 int digdir_status_error(const char *endpoint, const struct http_response *resp, struct err *err);
-
-/* 0 when a GET /clients answer is a list of objects with a client_id. */
-int digdir_check_client_list(const json_t *list, struct err *err);
 
 /* The "keys" array of a JWKS answer (absent "keys": none), each key with a kid.
  * Returns 0 with *ret a new reference (json_decref). */

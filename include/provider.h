@@ -12,6 +12,7 @@
 #include "app.h"
 #include "err.h"
 #include "server.h"
+#include "state.h"
 
 struct provider;
 
@@ -29,6 +30,12 @@ int provider_start(struct provider *p);
 
 /* Readiness: metadata fetched and an admin token obtainable. 0, or -errno with msg. */
 int provider_ready(struct provider *p, char *msg, size_t len);
+
+/*
+ * The state file of cfg (--state-file, else beside the socket; "" keeps it
+ * in memory only). NULL on allocation failure. Shared with `client show`.
+ */
+struct state *provider_state_open(const struct config *cfg);
 
 /* The gRPC status for an error kind: the single mapping of the project. */
 enum server_code provider_status(enum err_kind kind);

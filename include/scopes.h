@@ -19,10 +19,10 @@
 #include "err.h"
 
 #define SCOPES_MAX_ENTRIES    32
-#define SCOPES_MAX_CONSUMERS  256
+#define SCOPES_MAX_CONSUMERS  256 /* in all the entries of one declaration */
 #define SCOPES_MAX_NAME	      128
-#define SCOPES_AT_MAX_AGE_MIN 30
-#define SCOPES_AT_MAX_AGE_MAX 680
+#define SCOPES_AT_MAX_AGE_MAX 2147483647L /* DigDir's at_max_age: seconds, 0 is no cap */
+#define SCOPES_MAX_WRITES     128 /* DigDir writes one Mount makes; the rest at the next one */
 
 /* One exposed scope as declared, defaults filled in. Owned by its scopes_decl. */
 struct scopes_entry {
@@ -33,7 +33,7 @@ struct scopes_entry {
 	bool accessible_for_all;
 	bool private_visibility;
 	bool altinn;	       /* delegationSource: altinn */
-	long at_max_age;       /* seconds of an access token's authorization, 30-680 */
+	long at_max_age;       /* seconds an access token may live, 0: no cap; -1: not sent */
 	json_t *integrations;  /* array of strings */
 	char (*consumers)[10]; /* nine-digit organisation numbers, deduplicated */
 	size_t nconsumers;
@@ -56,18 +56,35 @@ int scopes_parse(const char *text, struct scopes_decl **ret, struct err *err);
 
 void scopes_decl_free(struct scopes_decl *decl);
 
+/* Exposed scopes kept in line with DigDir, with a per-app cache of the last sync. */
+struct scopes;
+
+/*
+ * prefix is the organisation's scope prefix at DigDir (NULL: exposing
+ * scopes is not configured, and every sync fails saying so). A declaration
+ * synced for an app less than revalidate_s ago is not synced again. dd is
+ * borrowed. NULL on allocation failure.
+ */
+struct scopes *scopes_new(struct digdir *dd, const char *prefix, long revalidate_s);
+void scopes_free(struct scopes *sc);
+
+/* 0 when this provider can sync exposed scopes, else ERR_UNCONFIGURED saying what to set. */
+int scopes_check(const struct scopes *sc, struct err *err);
+
 /*
  * Makes DigDir match the declaration for the app (description
- * "<cluster>:<namespace>:<app>"): a process-wide cache skips DigDir when
- * the same declaration was synced for the app less than revalidate_s ago.
- * Writes only what differs. A scope of the same subscope owned by another
- * app fails with ERR_CONFLICT naming its owner. When DigDir is unreachable
+ * "<cluster>:<namespace>:<app>"), writing only what differs and at most
+ * SCOPES_MAX_WRITES changes per call (ERR_THROTTLED past it: the rest follow
+ * at the next call). A scope of the same name owned by another app fails
+ * with ERR_CONFLICT naming its owner. A consumer grant DigDir refuses (HTTP
+ * 400) is skipped: *ret_refused (may be NULL; NULL when none, else a new
+ * array of {scope, orgno, reason}) names each. When DigDir is unreachable
  * and this exact declaration was synced before, the last result is kept.
  * *ret_names (caller frees) gets the enabled scopes' full names, space
  * separated.
  */
-int scopes_sync(struct digdir *dd, const char *app_description, const struct scopes_decl *decl,
-		long revalidate_s, int64_t deadline_ms, char **ret_names, struct err *err);
+int scopes_sync(struct scopes *sc, const char *app_description, const struct scopes_decl *decl,
+		int64_t deadline_ms, char **ret_names, json_t **ret_refused, struct err *err);
 
 /*
  * The organisation's scopes (inactive ones too) whose description names
@@ -91,7 +108,7 @@ bool scopes_owned_by(const json_t *scope, const char *app_description);
 
 /*
  * The POST/PUT body of an entry, field for field as digdirator sends it.
- * prefix may be NULL (left out: DigDir assigns the organisation's);
+ * prefix is the organisation's scope prefix (DigDir requires it);
  * delegation_issuer is the issuer of the altinn delegation source or NULL.
  * A new object, or NULL on allocation failure.
  */

@@ -70,6 +70,9 @@ int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *er
 	mc.admin_cert_file = cfg->admin_cert_file;
 	mc.admin_kid = cfg->admin_kid;
 	mc.admin_scopes = cfg->admin_scopes;
+	mc.org_number = cfg->org_number;
+	mc.trust_endpoints = cfg->trust_metadata_endpoints;
+	mc.metadata_refresh_ms = cfg->metadata_refresh_ms;
 	app->mp = mp_new(app->http, &mc, err);
 	if (!app->mp) {
 		r = -EINVAL;
@@ -79,6 +82,8 @@ int app_open(struct app *app, struct config *cfg, unsigned flags, struct err *er
 	dc.client_name = cfg->client_name;
 	dc.client_uri = cfg->client_uri;
 	dc.default_scope = cfg->default_scope;
+	dc.max_listing_bytes = cfg->max_listing_bytes > 0 ? (size_t)cfg->max_listing_bytes : 0;
+	dc.list_reuse_ms = cfg->listing_reuse_ms;
 	app->dd = digdir_new(app->http, app->mp, &dc, err);
 	if (!app->dd) {
 		r = -EINVAL;

@@ -15,7 +15,9 @@
 #include "cli.h"
 #include "config.h"
 #include "http.h"
+#include "provider.h"
 #include "scopes.h"
+#include "state.h"
 
 static const char usage[] =
     "Usage: maskinporten-csi-provider client VERB [ARGS] [FLAGS]\n"
@@ -124,15 +126,32 @@ static void print_scopes(FILE *f, const json_t *scopes)
 		fprintf(f, "%s%s", i ? " " : "", json_string_value(s) ? json_string_value(s) : "?");
 }
 
+/* Collects the listing's clients (a jsonarray_fn, with its reset below). */
+static int collect(void *ctx, json_t *client, size_t index, struct err *err)
+{
+	return json_array_append(ctx, client) < 0
+		   ? err_set(err, ERR_INTERNAL, ENOMEM, "out of memory")
+		   : 0;
+}
+
+static void collect_reset(void *ctx)
+{
+	json_array_clear(ctx);
+}
+
 static int do_list(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
-	json_t *list = NULL, *c;
+	json_t *list = json_array(), *c;
 	size_t i;
 	int r;
 
-	r = digdir_list_clients(app->dd, deadline_ms, &list, err);
-	if (r < 0)
+	if (!list)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = digdir_each_client(app->dd, collect, collect_reset, list, deadline_ms, err);
+	if (r < 0) {
+		json_decref(list);
 		return r;
+	}
 	if (app->cfg->json) {
 		json_dumpf(list, stdout, JSON_INDENT(2));
 		putchar('\n');
@@ -153,13 +172,26 @@ static int find(struct app *app, const char *which, int64_t deadline_ms, json_t 
 		struct err *err)
 {
 	bool by_desc = strchr(which, ':') != NULL;
+	json_t *ids = NULL, *c = NULL;
+	const char *id = which;
 	int r;
 
-	r = digdir_find_client(app->dd, by_desc ? which : NULL, by_desc ? NULL : which, deadline_ms,
-			       ret, err);
-	if (r == 0 && !*ret)
+	if (by_desc) {
+		r = digdir_lookup(app->dd, which, deadline_ms, &ids, err);
+		if (r < 0)
+			return r;
+		id = json_string_value(json_array_get(ids, 0));
+	}
+	r = id ? digdir_get_client(app->dd, id, deadline_ms, &c, err) : -ENOENT;
+	if ((r == -ENOENT || (r == 0 && json_is_false(json_object_get(c, "active"))))) {
+		json_decref(c);
+		c = NULL;
 		r = err_set(err, ERR_NOT_FOUND, ENOENT, "no active client %s %s at DigDir",
 			    by_desc ? "with description" : "with client_id", which);
+	}
+	json_decref(ids);
+	if (r == 0)
+		*ret = c;
 	return r;
 }
 
@@ -258,6 +290,8 @@ out:
 static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
 	json_t *client = NULL, *keys = NULL, *facts = NULL, *exposed = NULL, *k, *out;
+	json_t *refused = NULL;
+	struct state *st;
 	const char *id;
 	size_t i;
 	int r;
@@ -273,9 +307,14 @@ static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err
 	r = exposed_facts(app, str(client, "description"), deadline_ms, &exposed, err);
 	if (r < 0)
 		goto out;
+	/* What DigDir refused at this node's last sync lives only in the node's state file. */
+	st = provider_state_open(app->cfg);
+	refused = state_get_refused(st, str(client, "description"));
+	state_close(st);
 	if (app->cfg->json) {
-		out = json_pack("{s:O, s:O, s:O}", "client", client, "keys", facts,
-				"exposed_scopes", exposed);
+		out = json_pack("{s:O, s:O, s:O, s:o}", "client", client, "keys", facts,
+				"exposed_scopes", exposed, "refused_consumer_grants",
+				refused ? json_incref(refused) : json_array());
 		json_dumpf(out, stdout, JSON_INDENT(2));
 		putchar('\n');
 		json_decref(out);
@@ -317,7 +356,13 @@ static int do_show(struct app *app, char **args, int64_t deadline_ms, struct err
 		}
 		putchar('\n');
 	}
+	printf("refused grants:    %zu%s\n", json_array_size(refused),
+	       json_array_size(refused) ? " (DigDir refused them at this node's last sync)" : "");
+	for (i = 0; i < json_array_size(refused) && (k = json_array_get(refused, i)); i++)
+		printf("  %s  organisation %s: %s\n", str(k, "scope"), str(k, "orgno"),
+		       str(k, "reason"));
 out:
+	json_decref(refused);
 	json_decref(exposed);
 	json_decref(facts);
 	json_decref(keys);
@@ -352,8 +397,10 @@ static bool valid_description(const char *d)
 static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
 	const char *scopes[64];
+	struct digdir_ensure ens = { 0 };
 	struct keys_derive_ctx dc;
-	char *buf = NULL, *client_id = NULL;
+	char *buf = NULL;
+	const char *client_id = NULL;
 	size_t nscopes;
 	bool uploaded = false, created = false;
 	int64_t epoch;
@@ -368,15 +415,17 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 	nscopes = split_words(buf, scopes, sizeof(scopes) / sizeof(scopes[0]));
 
-	r = digdir_ensure_client(app->dd, args[0], scopes, nscopes, NULL, deadline_ms, &client_id,
-				 &created, err);
+	ens = (struct digdir_ensure){ .description = args[0], .scopes = scopes, .nscopes = nscopes };
+	r = digdir_ensure_client(app->dd, &ens, deadline_ms, err);
 	if (r < 0)
 		goto out;
+	client_id = ens.client_id;
+	created = ens.created;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
 	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = client_id };
 	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length,
 			     created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &dc,
-			     deadline_ms, NULL, &uploaded, err);
+			     deadline_ms, NULL, &uploaded, NULL, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", client_id);
 		goto out;
@@ -385,7 +434,7 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 		uploaded ? "keys registered" : "keys already registered", (long long)epoch);
 	printf("%s\n", client_id);
 out:
-	free(client_id);
+	digdir_ensure_release(&ens);
 	free(buf);
 	return r;
 }
@@ -484,7 +533,7 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = id };
 	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length,
 			     drop ? DIGDIR_JWKS_DROP_FOREIGN : 0, keys_derive_public_jwk, &dc,
-			     deadline_ms, &after, &uploaded, err);
+			     deadline_ms, &after, &uploaded, NULL, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", id);
 		goto out;

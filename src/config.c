@@ -48,7 +48,15 @@ static const struct opt opts[] = {
 	{ "admin-key-file", T_STR, F(admin_key_file), "admin client's private key, PEM" },
 	{ "admin-cert-file", T_STR, F(admin_cert_file), "business certificate chain, PEM (x5c)" },
 	{ "admin-kid", T_STR, F(admin_kid), "kid of a pre-registered admin key (without a chain)" },
-	{ "admin-scopes", T_STR, F(admin_scopes), "scopes of the admin token" },
+	{ "admin-scopes", T_STR, F(admin_scopes),
+	  "scopes of the admin token (idporten:dcr.read idporten:dcr.write); "
+	  "idporten:scopes.write is added only for `exposes`" },
+	{ "org-number", T_STR, F(org_number),
+	  "the organisation's number (else the admin token's consumer)" },
+	{ "scope-prefix", T_STR, F(scope_prefix),
+	  "the organisation's scope prefix at DigDir, needed for `exposes`" },
+	{ "trust-metadata-endpoints", T_BOOL, F(trust_metadata_endpoints),
+	  "accept a token endpoint and JWKS URI off the issuer's origin" },
 	{ "client-name", T_STR, F(client_name), "client_name of new clients" },
 	{ "client-uri", T_STR, F(client_uri), "client_uri of new clients" },
 	{ "default-scope", T_STR, F(default_scope), "scope registered when an app consumes none" },
@@ -60,13 +68,26 @@ static const struct opt opts[] = {
 	{ "connect-timeout", T_MS, F(connect_timeout_ms), "connect timeout (5s)" },
 	{ "request-timeout", T_MS, F(request_timeout_ms), "one HTTP attempt's timeout (30s)" },
 	{ "mount-timeout", T_MS, F(mount_timeout_ms), "budget of one Mount (110s)" },
+	{ "flight-timeout", T_MS, F(flight_timeout_ms),
+	  "budget of one provisioning flight, which goes on after a Mount's deadline (5m)" },
+	{ "max-listing", T_LONG, F(max_listing_bytes),
+	  "largest DigDir client listing read, bytes (256 MiB)" },
+	{ "listing-reuse", T_MS, F(listing_reuse_ms),
+	  "how old a client listing concurrent lookups may share (2s)" },
 	{ "socket", T_STR, F(socket_path), "provider socket path" },
 	{ "socket-mode", T_MODE, F(socket_mode), "socket file mode, octal (0600)" },
+	{ "state-file", T_STR, F(state_file),
+	  "non-secret memory of each app's client across restarts (beside the socket; \"\": "
+	  "none)" },
 	{ "metrics-addr", T_STR, F(metrics_addr), "host:port for /healthz /readyz /metrics" },
 	{ "write-mode", T_WRITEMODE, F(write_mode), "driver (files in the answer) or provider" },
 	{ "kubelet-dir", T_STR, F(kubelet_dir), "kubelet root (provider write mode)" },
 	{ "revalidate-interval", T_SECONDS, F(revalidate_interval_s),
 	  "re-check known clients (1h)" },
+	{ "scope-flip-window", T_MS, F(scope_flip_window_ms),
+	  "an app asking for its previous scope set again within this is refused (5m)" },
+	{ "metadata-refresh", T_MS, F(metadata_refresh_ms),
+	  "fetch Maskinporten's metadata again this often (24h)" },
 	{ "cache-size", T_LONG, F(cache_size), "clients kept in memory (4096)" },
 	{ "workers", T_INT, F(workers), "most threads for cold Mounts, started as needed (64)" },
 	{ "worker-idle", T_MS, F(worker_idle_ms),
@@ -100,17 +121,22 @@ static const struct opt opts[] = {
 void config_defaults(struct config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->admin_scopes = "idporten:dcr.write idporten:dcr.read idporten:scopes.write";
+	cfg->admin_scopes = "idporten:dcr.read idporten:dcr.write";
 	cfg->epoch_length = 30 * 24 * 3600;
 	cfg->connect_timeout_ms = 5000;
 	cfg->request_timeout_ms = 30000;
 	cfg->mount_timeout_ms = 110000;
+	cfg->flight_timeout_ms = 300000;
+	cfg->max_listing_bytes = 256L * 1024 * 1024;
+	cfg->listing_reuse_ms = 2000;
 	cfg->socket_path = CONFIG_SOCKET_DEFAULT;
 	cfg->socket_mode = 0600;
 	cfg->metrics_addr = "";
 	cfg->write_mode = WRITE_MODE_DRIVER;
 	cfg->kubelet_dir = CONFIG_KUBELET_DIR_DEFAULT;
 	cfg->revalidate_interval_s = 3600;
+	cfg->scope_flip_window_ms = 5 * 60 * 1000L;
+	cfg->metadata_refresh_ms = 24 * 3600 * 1000L;
 	cfg->cache_size = 4096;
 	cfg->workers = 64;
 	cfg->worker_idle_ms = 60000;

@@ -2,7 +2,10 @@
  * digdir: DigDir's self-service admin API under /api/v1. Finds, creates and
  * updates Maskinporten clients, keeps their JWKS on the key schedule, and
  * checks which scopes the organisation may consume. Bodies are built with
- * jansson and parsed with JSON_REJECT_DUPLICATES and json_unpack_ex.
+ * jansson and parsed with JSON_REJECT_DUPLICATES and json_unpack_ex; listings
+ * are streamed and parsed one entry at a time (jsonarray), because DigDir
+ * neither pages them nor looks clients up by description, so an
+ * organisation of thousands of clients answers with megabytes.
  *
  * Must never log or copy the admin token; error messages carry only DigDir's
  * own error texts, the endpoint and the correlation_id.
@@ -16,22 +19,56 @@
 #include <strings.h>
 #include <time.h>
 
-#include "hash.h"
 #include "digdir.h"
+#include "hash.h"
+#include "log.h"
 #include "timespec.h"
 
-#define API_SUFFIX     "/api/v1"
-#define SETTLE_POLL_MS 250 /* listing interval while a timed-out create may still land */
-#define SETTLE_MAX_MS  30000
+#define API_SUFFIX	   "/api/v1"
+#define SETTLE_POLL_MS	   250 /* first listing interval while a timed-out create may still land */
+#define SETTLE_POLL_MAX_MS 4000
+#define SETTLE_MAX_MS	   30000
 /*
  * Client listings are shared by concurrent flights. A lookup may use a
- * listing up to LIST_REUSE_MS old: a create it leads to is always confirmed
+ * listing up to list_reuse_ms old (2 s by default): a create it leads to is always confirmed
  * by a listing sent after the create, which settles any race. A confirming
- * listing waits for the creates still under way, up to LIST_BATCH_MS, so
- * that one listing confirms every client a burst of new apps made.
+ * listing waits for the creates still under way, and for a quiet moment
+ * (LIST_QUIET_MS: the Mounts of a burst arrive spread over some
+ * milliseconds), up to LIST_BATCH_MS, so that one listing confirms every
+ * client a burst of new apps made.
  */
-#define LIST_REUSE_MS 2000
+#define LIST_REUSE_MS 2000 /* the default of list_reuse_ms */
 #define LIST_BATCH_MS 1000
+#define LIST_QUIET_MS 50 /* ... and until no create began or ended for this long */
+
+/*
+ * The fields of a client a PUT may carry. DigDir's docs say to GET the
+ * client, change it and PUT it back "(fjern created_date, last_updated)"
+ * (felleslosninger/docs oidc_api_admin_maskinporten.md); what it sets itself
+ * (client_id, client_orgno, created, active) and what a GET may carry beside
+ * the registration (jwks_uri, supplier_orgno, ...) is not sent back, so a
+ * PUT keeps only the registration's own fields (docs/digdir-api.md).
+ */
+static const char *const writable_fields[] = {
+	"client_name",
+	"description",
+	"client_uri",
+	"scopes",
+	"integration_type",
+	"application_type",
+	"token_endpoint_auth_method",
+	"grant_types",
+	"access_token_lifetime",
+	"authorization_lifetime",
+	"refresh_token_lifetime",
+	"refresh_token_usage",
+	"redirect_uris",
+	"post_logout_redirect_uris",
+	"frontchannel_logout_uri",
+	"frontchannel_logout_session_required",
+	"sso_disabled",
+	"code_challenge_method",
+};
 
 /*
  * When a listing was sent, or what a caller needs of one: sent after ms
@@ -49,6 +86,24 @@ static bool fresh_for(struct stamp sent, struct stamp need)
 	return sent.ms > need.ms && sent.seq >= need.seq;
 }
 
+/* ---- the client listing, as kept ---------------------------------------- */
+
+/* One listed client; strings are offsets into the listing's arena. */
+struct listed {
+	uint32_t id, description, scopes;
+	uint32_t next; /* the next of its bucket, index + 1; 0 ends the chain */
+	int64_t created_ms;
+};
+
+struct digdir_listing {
+	char *arena;
+	size_t alen, acap;
+	struct listed *v;
+	size_t n, cap;
+	uint32_t *buckets; /* index + 1 of the first entry; 0: empty */
+	size_t nbuckets;
+};
+
 struct digdir {
 	struct http *http;
 	struct mp *mp;
@@ -59,22 +114,25 @@ struct digdir {
 	long access_token_lifetime;
 	long authorization_lifetime;
 	long scope_cache_ms;
+	size_t max_listing;
+	long list_reuse_ms;
 
 	/* Scope names the organisation may consume; guarded by scope_lock. */
 	pthread_mutex_t scope_lock;
 	json_t *consumable; /* object: name -> true */
 	int64_t consumable_at_ms;
 
-	/* The shared client listing; guarded by list_lock (see list_shared). */
+	/* The shared client listing; guarded by list_lock (see list_fresh). */
 	pthread_mutex_t list_lock;
 	pthread_cond_t list_done;
 	pthread_cond_t create_done;
-	json_t *list;	      /* the last successful listing, never modified */
-	struct stamp list_at; /* when its request was sent */
-	bool list_running;    /* a listing is under way ... */
-	bool list_batching;   /* ... and not sent yet, or ... */
-	struct stamp next_at; /* ... sent at this stamp */
-	int creating;	      /* creates sent and not answered yet */
+	struct digdir_listing *list; /* the last successful listing; read under list_lock */
+	struct stamp list_at;	     /* when its request was sent */
+	bool list_running;	     /* a listing is under way ... */
+	bool list_batching;	     /* ... and not sent yet, or ... */
+	struct stamp next_at;	     /* ... sent at this stamp */
+	int creating;		     /* creates sent and not answered yet */
+	int64_t create_moved_ms;     /* when a create last began or ended */
 	uint64_t creates_ended;
 	unsigned list_gen; /* bumped when one finishes */
 	int list_rc;	   /* how the last one ended */
@@ -131,6 +189,9 @@ struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_
 	    config->authorization_lifetime > 0 ? config->authorization_lifetime : 7200;
 	dd->scope_cache_ms =
 	    (config->scope_cache_seconds > 0 ? config->scope_cache_seconds : 600) * 1000L;
+	dd->max_listing =
+	    config->max_listing_bytes > 0 ? config->max_listing_bytes : DIGDIR_MAX_LISTING_DEFAULT;
+	dd->list_reuse_ms = config->list_reuse_ms > 0 ? config->list_reuse_ms : LIST_REUSE_MS;
 	if (!dd->api || !dd->client_name)
 		goto nomem;
 	return dd;
@@ -149,7 +210,7 @@ void digdir_free(struct digdir *dd)
 	free(dd->client_uri);
 	free(dd->default_scope);
 	json_decref(dd->consumable);
-	json_decref(dd->list);
+	digdir_listing_free(dd->list);
 	pthread_mutex_destroy(&dd->scope_lock);
 	pthread_cond_destroy(&dd->list_done);
 	pthread_cond_destroy(&dd->create_done);
@@ -217,21 +278,70 @@ int digdir_status_error(const char *endpoint, const struct http_response *resp, 
 	}
 }
 
-int digdir_call(struct digdir *dd, const char *method, const char *path, const char *endpoint,
-		const json_t *body, bool idempotent, int64_t deadline_ms, json_t **ret,
-		struct err *err)
-{
-	struct http_response resp = { 0 };
-	struct http_request req = { 0 };
-	char *url = NULL, *text = NULL, *token = NULL;
-	json_error_t jerr;
-	json_t *doc = NULL;
-	int r, tries;
 
+/*
+ * One request with the admin token the call needs. A 401 means our cached
+ * admin token went stale: one more try with a fresh one. The answer's body is
+ * in *ret (release with http_response_release) when the status is below 400.
+ */
+static int request(struct digdir *dd, struct http_request *req, unsigned flags,
+		   struct http_response *ret, struct err *err)
+{
+	enum mp_admin which = flags & DIGDIR_EXPOSE ? MP_ADMIN_EXPOSE : MP_ADMIN_CLIENTS;
+	struct http_response resp = { 0 };
+	char *token = NULL;
+	int r = 0, tries;
+
+	for (tries = 0; tries < 2; tries++) {
+		r = mp_admin_token(dd->mp, which, req->deadline_ms, &token, err);
+		if (r < 0)
+			goto out;
+		req->bearer = token;
+		r = http_do(dd->http, req, &resp, err);
+		req->bearer = NULL;
+		if (r < 0)
+			goto out;
+		if (resp.status != 401)
+			break;
+		mp_admin_token_invalidate(dd->mp, token);
+		keys_free_secret(token);
+		token = NULL;
+		if (tries == 0)
+			http_response_release(&resp);
+	}
+	if (resp.status >= 400) {
+		r = digdir_status_error(req->endpoint, &resp, err);
+		goto out;
+	}
+	*ret = resp;
+	resp = (struct http_response){ 0 };
+	r = 0;
+out:
+	http_response_release(&resp);
+	keys_free_secret(token);
+	return r;
+}
+
+static void begin(struct err *err, const char *endpoint)
+{
 	if (err) {
 		err->correlation_id[0] = '\0';
 		snprintf(err->endpoint, sizeof(err->endpoint), "digdir %s", endpoint);
 	}
+}
+
+int digdir_call(struct digdir *dd, const char *method, const char *path, const char *endpoint,
+		const json_t *body, unsigned flags, int64_t deadline_ms, json_t **ret,
+		struct err *err)
+{
+	struct http_response resp = { 0 };
+	struct http_request req = { 0 };
+	char *url = NULL, *text = NULL;
+	json_error_t jerr;
+	json_t *doc = NULL;
+	int r;
+
+	begin(err, endpoint);
 	if (asprintf(&url, "%s%s", dd->api, path) < 0) {
 		url = NULL;
 		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
@@ -244,39 +354,20 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 			goto out;
 		}
 	}
-
-	/* A 401 means our cached admin token went stale: one more try with a fresh one. */
-	for (tries = 0; tries < 2; tries++) {
-		r = mp_admin_token(dd->mp, deadline_ms, &token, err);
-		if (r < 0)
-			goto out;
-		req = (struct http_request){
-			.method = method,
-			.url = url,
-			.service = "digdir",
-			.endpoint = endpoint,
-			.bearer = token,
-			.content_type = "application/json",
-			.body = text,
-			.body_len = text ? strlen(text) : 0,
-			.idempotent = idempotent,
-			.deadline_ms = deadline_ms,
-		};
-		r = http_do(dd->http, &req, &resp, err);
-		if (r < 0)
-			goto out;
-		if (resp.status != 401)
-			break;
-		mp_admin_token_invalidate(dd->mp, token);
-		keys_free_secret(token);
-		token = NULL;
-		if (tries == 0)
-			http_response_release(&resp);
-	}
-	if (resp.status >= 400) {
-		r = digdir_status_error(endpoint, &resp, err);
+	req = (struct http_request){
+		.method = method,
+		.url = url,
+		.service = "digdir",
+		.endpoint = endpoint,
+		.content_type = "application/json",
+		.body = text,
+		.body_len = text ? strlen(text) : 0,
+		.idempotent = flags & DIGDIR_IDEMPOTENT,
+		.deadline_ms = deadline_ms,
+	};
+	r = request(dd, &req, flags, &resp, err);
+	if (r < 0)
 		goto out;
-	}
 	if (ret) {
 		if (resp.body_len == 0) {
 			doc = json_null();
@@ -300,8 +391,76 @@ int digdir_call(struct digdir *dd, const char *method, const char *path, const c
 	r = 0;
 out:
 	http_response_release(&resp);
-	keys_free_secret(token);
 	free(text);
+	free(url);
+	return r;
+}
+
+/* A streamed listing: the parser, and what the caller builds of it. */
+struct streamed {
+	struct jsonarray ja;
+	void (*reset)(void *ctx);
+	void *ctx;
+};
+
+/* The http sink of a streamed listing: every chunk goes to the parser. */
+static int list_sink(void *ctx, const char *data, size_t len, struct err *err)
+{
+	struct streamed *s = ctx;
+
+	return jsonarray_feed(&s->ja, data, len, err);
+}
+
+/* Before every attempt: a retry starts over, and so does what the caller built. */
+static void list_restart(void *ctx)
+{
+	struct streamed *s = ctx;
+
+	jsonarray_reset(&s->ja);
+	if (s->reset)
+		s->reset(s->ctx);
+}
+
+int digdir_call_list(struct digdir *dd, const char *path, const char *endpoint, unsigned flags,
+		     jsonarray_fn fn, void (*reset)(void *ctx), void *ctx, int64_t deadline_ms,
+		     struct err *err)
+{
+	struct http_response resp = { 0 };
+	struct http_request req = { 0 };
+	struct streamed st = { .reset = reset, .ctx = ctx };
+	char what[128];
+	char *url = NULL;
+	int r;
+
+	begin(err, endpoint);
+	snprintf(what, sizeof(what), "DigDir %s", endpoint);
+	jsonarray_init(&st.ja, what, DIGDIR_MAX_ENTRY, fn, ctx);
+	if (asprintf(&url, "%s%s", dd->api, path) < 0) {
+		url = NULL;
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	req = (struct http_request){
+		.method = "GET",
+		.url = url,
+		.service = "digdir",
+		.endpoint = endpoint,
+		.content_type = "application/json",
+		.idempotent = true,
+		.deadline_ms = deadline_ms,
+		.sink = list_sink,
+		.restart = list_restart,
+		.sink_ctx = &st,
+		.sink_max = dd->max_listing,
+	};
+	r = request(dd, &req, flags | DIGDIR_IDEMPOTENT, &resp, err);
+	if (r < 0)
+		goto out;
+	/* An empty 2xx answer never reached the sink: it is not a list either. */
+	r = jsonarray_finish(&st.ja, err);
+out:
+	jsonarray_release(&st.ja);
+	http_response_release(&resp);
 	free(url);
 	return r;
 }
@@ -322,176 +481,282 @@ static char *client_path(const char *client_id, const char *suffix)
 	return digdir_path("/clients/", client_id, suffix);
 }
 
-int digdir_check_client_list(const json_t *list, struct err *err)
+/* ---- the kept listing ----------------------------------------------------- */
+
+struct digdir_listing *digdir_listing_new(void)
 {
+	return calloc(1, sizeof(struct digdir_listing));
+}
+
+void digdir_listing_free(struct digdir_listing *l)
+{
+	if (!l)
+		return;
+	free(l->arena);
+	free(l->v);
+	free(l->buckets);
+	free(l);
+}
+
+void digdir_listing_clear(void *ctx)
+{
+	struct digdir_listing *l = ctx;
+
+	l->alen = 0;
+	l->n = 0;
+	if (l->buckets)
+		memset(l->buckets, 0, l->nbuckets * sizeof(*l->buckets));
+}
+
+size_t digdir_listing_count(const struct digdir_listing *l)
+{
+	return l ? l->n : 0;
+}
+
+/* Copies s into the arena; returns its offset, or UINT32_MAX when memory or the arena ran out. */
+static uint32_t intern(struct digdir_listing *l, const char *s)
+{
+	size_t n = strlen(s) + 1;
+	uint32_t at;
+
+	if (l->alen + n > UINT32_MAX - 1)
+		return UINT32_MAX;
+	if (l->alen + n > l->acap) {
+		size_t cap = l->acap ? l->acap : 16384;
+		char *p;
+
+		while (cap < l->alen + n)
+			cap *= 2;
+		p = realloc(l->arena, cap);
+		if (!p)
+			return UINT32_MAX;
+		l->arena = p;
+		l->acap = cap;
+	}
+	at = (uint32_t)l->alen;
+	memcpy(l->arena + at, s, n);
+	l->alen += n;
+	return at;
+}
+
+static uint64_t bucket_of(const struct digdir_listing *l, const char *description)
+{
+	return hash_str(HASH_INIT, description) & (l->nbuckets - 1);
+}
+
+/* Doubles the bucket array and chains every entry again. */
+static int rehash(struct digdir_listing *l)
+{
+	size_t n = l->nbuckets ? l->nbuckets * 2 : 64;
+	uint32_t *b = calloc(n, sizeof(*b));
+
+	if (!b)
+		return -ENOMEM;
+	free(l->buckets);
+	l->buckets = b;
+	l->nbuckets = n;
+	for (size_t i = 0; i < l->n; i++) {
+		uint64_t h = bucket_of(l, l->arena + l->v[i].description);
+
+		l->v[i].next = l->buckets[h];
+		l->buckets[h] = (uint32_t)(i + 1);
+	}
+	return 0;
+}
+
+int digdir_listing_add(void *ctx, json_t *client, size_t index, struct err *err)
+{
+	struct digdir_listing *l = ctx;
+	const char *id = NULL, *desc = NULL, *itype = NULL, *created = NULL;
+	json_t *scopes = NULL, *active = NULL;
+	struct listed e = { 0 };
 	json_error_t jerr;
-	const char *id;
-	json_t *c;
-	size_t i;
+	char *key;
 
-	if (!json_is_array(list))
+	if (json_unpack_ex(client, &jerr, 0, "{s:s, s?s, s?s, s?s, s?o, s?o}", "client_id", &id,
+			   "description", &desc, "integration_type", &itype, "created", &created,
+			   "scopes", &scopes, "active", &active) < 0)
 		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			       "DigDir GET /clients: answer is not a list of clients");
-	for (i = 0; i < json_array_size(list) && (c = json_array_get(list, i)); i++) {
-		if (json_unpack_ex(c, &jerr, 0, "{s:s}", "client_id", &id) < 0)
-			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				       "DigDir GET /clients: entry %zu is not a client (%s)", i,
-				       jerr.text);
+			       "DigDir GET /clients: entry %zu is not a client (%s)", index,
+			       jerr.text);
+	/* Only what a lookup can pick: active maskinporten clients with a description. */
+	if (json_is_false(active) || !desc || !itype || strcmp(itype, "maskinporten") != 0)
+		return 0;
+	key = digdir_scopes_key(scopes ? scopes : json_array());
+	if (!key)
+		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			       "DigDir GET /clients: entry %zu: scopes is not a list of names",
+			       index);
+	e.created_ms = INT64_MAX;
+	digdir_parse_time(created, &e.created_ms);
+	e.id = intern(l, id);
+	e.description = intern(l, desc);
+	e.scopes = intern(l, key);
+	free(key);
+	if (e.id == UINT32_MAX || e.description == UINT32_MAX || e.scopes == UINT32_MAX)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory keeping the listing");
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 256;
+		struct listed *v = realloc(l->v, cap * sizeof(*v));
+
+		if (!v)
+			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory keeping the listing");
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = e;
+	if (l->n * 2 > l->nbuckets) {
+		if (rehash(l) < 0)
+			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory keeping the listing");
+	} else {
+		uint64_t h = bucket_of(l, desc);
+
+		l->v[l->n - 1].next = l->buckets[h];
+		l->buckets[h] = (uint32_t)l->n;
 	}
 	return 0;
 }
 
-int digdir_list_clients(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err)
+/* Sort key of a candidate: when it was created (unknown: last), then its id. */
+static bool earlier(const struct digdir_listing *l, const struct listed *a, const struct listed *b)
 {
-	json_t *list = NULL;
-	int r;
-
-	r = digdir_call(dd, "GET", "/clients", "GET /clients", NULL, true, deadline_ms, &list, err);
-	if (r < 0)
-		return r;
-	r = digdir_check_client_list(list, err);
-	if (r < 0) {
-		json_decref(list);
-		return r;
-	}
-	*ret = list;
-	return 0;
+	if (a->created_ms != b->created_ms)
+		return a->created_ms < b->created_ms;
+	return strcmp(l->arena + a->id, l->arena + b->id) < 0;
 }
 
-/* Waits on cond (list_lock held) until woken or until_ms. -ETIMEDOUT once past it. */
-static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
+json_t *digdir_listing_find(const struct digdir_listing *l, const char *description)
 {
-	int64_t left = until_ms - http_now_ms();
-	struct timespec ts;
+	const struct listed *found[64];
+	size_t n = 0;
+	json_t *ids = json_array();
 
-	if (left <= 0)
-		return -ETIMEDOUT;
-	ts = timespec_in_ms(CLOCK_REALTIME, left);
-	pthread_cond_timedwait(cond, &dd->list_lock, &ts);
-	return 0;
-}
+	if (!ids || !l || !l->nbuckets)
+		return ids;
+	for (uint32_t i = l->buckets[bucket_of(l, description)]; i; i = l->v[i - 1].next) {
+		const struct listed *e = &l->v[i - 1];
+		size_t at;
 
-/* A create is about to be sent: the next confirming listing waits for its answer. */
-static void create_begin(struct digdir *dd)
-{
-	pthread_mutex_lock(&dd->list_lock);
-	dd->creating++;
-	pthread_mutex_unlock(&dd->list_lock);
-}
-
-/*
- * The create's answer came (or the wait for it ended). Returns what a
- * listing must be to show what it did; lookups of description want the same.
- */
-static struct stamp create_end(struct digdir *dd, const char *description)
-{
-	struct stamp need = { .ms = INT64_MIN };
-
-	pthread_mutex_lock(&dd->list_lock);
-	need.seq = ++dd->creates_ended;
-	dd->creates[dd->ncreates % 64].hash = hash_str(HASH_INIT, description);
-	dd->creates[dd->ncreates % 64].seq = need.seq;
-	dd->ncreates++;
-	if (--dd->creating == 0)
-		pthread_cond_broadcast(&dd->create_done);
-	pthread_mutex_unlock(&dd->list_lock);
-	return need;
-}
-
-/*
- * How fresh a lookup's listing must be: a shared one up to LIST_REUSE_MS old
- * will do, unless this process tried to create the client. Then only a
- * listing sent after that attempt's answer can tell whether it happened, and
- * an older one would make us create the client a second time.
- */
-static struct stamp lookup_need(struct digdir *dd, const char *description)
-{
-	struct stamp need = { .ms = http_now_ms() - LIST_REUSE_MS };
-	uint64_t h = hash_str(HASH_INIT, description);
-
-	pthread_mutex_lock(&dd->list_lock);
-	for (unsigned i = 0; i < 64 && i < dd->ncreates; i++)
-		if (dd->creates[i].hash == h && dd->creates[i].seq > need.seq)
-			need.seq = dd->creates[i].seq;
-	pthread_mutex_unlock(&dd->list_lock);
-	return need;
-}
-
-/*
- * A client listing fresh enough for need: the last one when it is, the one
- * under way when it will be, else a new one. With batch, the new one is sent
- * once the creates under way are answered (up to LIST_BATCH_MS later), and
- * every caller arriving meanwhile shares it. *ret is a new reference to a
- * listing nobody modifies.
- */
-static int list_shared(struct digdir *dd, struct stamp need, bool batch, int64_t deadline_ms,
-		       json_t **ret, struct err *err)
-{
-	int64_t until = deadline_ms > 0 ? deadline_ms : INT64_MAX / 2;
-	json_t *list = NULL;
-	struct err lerr = { 0 };
-	struct stamp sent;
-	int r;
-
-	pthread_mutex_lock(&dd->list_lock);
-	for (;;) {
-		if (dd->list && fresh_for(dd->list_at, need)) {
-			*ret = json_incref(dd->list);
-			r = 0;
-			goto out;
-		}
-		if (!dd->list_running)
+		if (strcmp(l->arena + e->description, description) != 0)
+			continue;
+		/* Insertion sort: a description has one client, rarely a few. */
+		if (n == sizeof(found) / sizeof(found[0]))
 			break;
-		/* Wait for the listing under way; use it, or its failure, when it is fresh. */
-		unsigned gen = dd->list_gen;
-		bool fresh = dd->list_batching || fresh_for(dd->next_at, need);
-
-		while (dd->list_gen == gen)
-			if (wait_until(dd, &dd->list_done, until) < 0) {
-				r = err_set(
-				    err, ERR_TIMEOUT, ETIMEDOUT,
-				    "DigDir GET /clients: timed out waiting for the listing");
-				goto out;
-			}
-		if (fresh && dd->list_rc < 0) {
-			if (err)
-				*err = dd->list_err;
-			r = dd->list_rc;
-			goto out;
+		for (at = n; at > 0 && earlier(l, e, found[at - 1]); at--)
+			found[at] = found[at - 1];
+		found[at] = e;
+		n++;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (json_array_append_new(ids, json_string(l->arena + found[i]->id)) < 0) {
+			json_decref(ids);
+			return NULL;
 		}
-	}
-	dd->list_running = true;
-	if (batch) {
-		int64_t batch_end = http_now_ms() + LIST_BATCH_MS;
+	return ids;
+}
 
-		dd->list_batching = true;
-		while (dd->creating > 0 &&
-		       wait_until(dd, &dd->create_done, batch_end < until ? batch_end : until) == 0)
-			;
-		dd->list_batching = false;
-	}
-	sent = dd->next_at = (struct stamp){ http_now_ms(), dd->creates_ended };
-	pthread_mutex_unlock(&dd->list_lock);
+static struct listed *listed_by_id(const struct digdir_listing *l, const char *description,
+				   const char *client_id)
+{
+	if (!l || !l->nbuckets)
+		return NULL;
+	for (uint32_t i = l->buckets[bucket_of(l, description)]; i; i = l->v[i - 1].next)
+		if (!strcmp(l->arena + l->v[i - 1].id, client_id))
+			return &l->v[i - 1];
+	return NULL;
+}
 
-	r = digdir_list_clients(dd, deadline_ms, &list, &lerr);
+const char *digdir_listing_scopes(const struct digdir_listing *l, const char *client_id)
+{
+	for (size_t i = 0; l && i < l->n; i++)
+		if (!strcmp(l->arena + l->v[i].id, client_id))
+			return l->arena + l->v[i].scopes;
+	return NULL;
+}
 
-	pthread_mutex_lock(&dd->list_lock);
-	dd->list_running = false;
-	dd->list_gen++;
-	dd->list_rc = r;
-	dd->list_err = lerr;
-	if (r == 0) {
-		json_decref(dd->list);
-		dd->list = json_incref(list);
-		dd->list_at = sent;
-		*ret = list;
-	} else if (err) {
-		*err = lerr;
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+char *digdir_scopes_key(const json_t *scopes)
+{
+	const char **v;
+	size_t n = json_array_size(scopes), len = 1, at = 0, k = 0;
+	char *key;
+
+	if (!json_is_array(scopes))
+		return NULL;
+	v = calloc(n ? n : 1, sizeof(*v));
+	if (!v)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		v[i] = json_string_value(json_array_get(scopes, i));
+		if (!v[i]) {
+			free(v);
+			return NULL;
+		}
+		len += strlen(v[i]) + 1;
 	}
-	pthread_cond_broadcast(&dd->list_done);
-out:
-	pthread_mutex_unlock(&dd->list_lock);
-	return r;
+	qsort(v, n, sizeof(*v), cmp_str);
+	key = malloc(len);
+	if (key) {
+		for (size_t i = 0; i < n; i++) {
+			size_t m = strlen(v[i]);
+
+			if (k && !strcmp(v[i], v[k - 1]))
+				continue; /* a set: duplicates collapse */
+			v[k++] = v[i];
+			if (at)
+				key[at++] = ' ';
+			memcpy(key + at, v[i], m);
+			at += m;
+		}
+		key[at] = '\0';
+	}
+	free(v);
+	return key;
+}
+
+/* The scope set key of plain names. */
+static char *names_key(const char *const *scopes, size_t n)
+{
+	json_t *a = json_array();
+	char *key;
+
+	for (size_t i = 0; a && i < n; i++)
+		if (json_array_append_new(a, json_string(scopes[i])) < 0) {
+			json_decref(a);
+			return NULL;
+		}
+	key = a ? digdir_scopes_key(a) : NULL;
+	json_decref(a);
+	return key;
+}
+
+int digdir_each_client(struct digdir *dd, jsonarray_fn fn, void (*reset)(void *ctx), void *ctx,
+		       int64_t deadline_ms, struct err *err)
+{
+	return digdir_call_list(dd, "/clients", "GET /clients", 0, fn, reset, ctx, deadline_ms,
+				err);
+}
+
+/* A whole listing, kept as this provider keeps them. */
+static int list_clients(struct digdir *dd, int64_t deadline_ms, struct digdir_listing **ret,
+			struct err *err)
+{
+	struct digdir_listing *l = digdir_listing_new();
+	int r;
+
+	if (!l)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = digdir_each_client(dd, digdir_listing_add, digdir_listing_clear, l, deadline_ms, err);
+	if (r < 0) {
+		digdir_listing_free(l);
+		return r;
+	}
+	*ret = l;
+	return 0;
 }
 
 int digdir_parse_time(const char *s, int64_t *ret_ms)
@@ -531,184 +796,446 @@ int digdir_parse_time(const char *s, int64_t *ret_ms)
 	return 0;
 }
 
-/* Sort key of a candidate: when it was created (unknown: last), then its id. */
-static bool earlier(json_t *a, json_t *b)
+
+/* ---- the shared listing ---------------------------------------------------- */
+
+/* Waits on cond (list_lock held) until woken or until_ms. -ETIMEDOUT once past it. */
+static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 {
-	const char *ida = json_string_value(json_object_get(a, "client_id"));
-	const char *idb = json_string_value(json_object_get(b, "client_id"));
-	int64_t ta = INT64_MAX, tb = INT64_MAX;
+	int64_t left = until_ms - http_now_ms();
+	struct timespec ts;
 
-	digdir_parse_time(json_string_value(json_object_get(a, "created")), &ta);
-	digdir_parse_time(json_string_value(json_object_get(b, "created")), &tb);
-	if (ta != tb)
-		return ta < tb;
-	return strcmp(ida ? ida : "", idb ? idb : "") < 0;
-}
-
-json_t *digdir_pick_client(const json_t *clients, const char *description, const char *pinned_id,
-			   size_t *ret_matches)
-{
-	const char *id, *desc, *itype;
-	json_t *c, *best = NULL;
-	size_t i, matches = 0;
-
-	for (i = 0; i < json_array_size(clients) && (c = json_array_get(clients, i)); i++) {
-		if (json_is_false(json_object_get(c, "active")))
-			continue;
-		id = json_string_value(json_object_get(c, "client_id"));
-		desc = json_string_value(json_object_get(c, "description"));
-		itype = json_string_value(json_object_get(c, "integration_type"));
-		if (pinned_id) {
-			if (id && !strcmp(id, pinned_id)) {
-				if (ret_matches)
-					*ret_matches = 1;
-				return c;
-			}
-			continue;
-		}
-		if (!desc || !itype || strcmp(desc, description) || strcmp(itype, "maskinporten"))
-			continue;
-		matches++;
-		if (!best || earlier(c, best))
-			best = c;
-	}
-	if (ret_matches)
-		*ret_matches = matches;
-	return best;
-}
-
-int digdir_find_client(struct digdir *dd, const char *description, const char *pinned_id,
-		       int64_t deadline_ms, json_t **ret, struct err *err)
-{
-	json_t *list = NULL, *c;
-	int r;
-
-	r = digdir_list_clients(dd, deadline_ms, &list, err);
-	if (r < 0)
-		return r;
-	c = digdir_pick_client(list, description, pinned_id, NULL);
-	*ret = c ? json_incref(c) : NULL;
-	json_decref(list);
+	if (left <= 0)
+		return -ETIMEDOUT;
+	ts = timespec_in_ms(CLOCK_REALTIME, left);
+	pthread_cond_timedwait(cond, &dd->list_lock, &ts);
 	return 0;
 }
 
-bool digdir_scopes_equal(const json_t *have, const char *const *want, size_t nwant)
+/*
+ * A lookup found no client, so a create follows (after the access check):
+ * the next confirming listing waits for its answer, and so confirms the
+ * creates of a whole burst of new apps at once.
+ */
+static void create_begin(struct digdir *dd)
 {
-	size_t i, j, n = json_array_size(have);
+	pthread_mutex_lock(&dd->list_lock);
+	dd->creating++;
+	dd->create_moved_ms = http_now_ms();
+	pthread_mutex_unlock(&dd->list_lock);
+}
 
-	/* As sets: every wanted scope is there and nothing else (duplicates aside). */
-	for (i = 0; i < nwant; i++) {
-		bool found = false;
+/* The create announced by create_begin will not be sent after all. */
+static void create_cancel(struct digdir *dd)
+{
+	pthread_mutex_lock(&dd->list_lock);
+	if (--dd->creating == 0)
+		pthread_cond_broadcast(&dd->create_done);
+	pthread_mutex_unlock(&dd->list_lock);
+}
 
-		for (j = 0; j < n && !found; j++) {
-			const char *s = json_string_value(json_array_get(have, j));
+/*
+ * The create's answer came (or the wait for it ended). Returns what a
+ * listing must be to show what it did; lookups of description want the same.
+ */
+static struct stamp create_end(struct digdir *dd, const char *description)
+{
+	struct stamp need = { .ms = INT64_MIN };
 
-			found = s && !strcmp(s, want[i]);
+	pthread_mutex_lock(&dd->list_lock);
+	need.seq = ++dd->creates_ended;
+	dd->creates[dd->ncreates % 64].hash = hash_str(HASH_INIT, description);
+	dd->creates[dd->ncreates % 64].seq = need.seq;
+	dd->ncreates++;
+	dd->create_moved_ms = http_now_ms();
+	if (--dd->creating == 0)
+		pthread_cond_broadcast(&dd->create_done);
+	pthread_mutex_unlock(&dd->list_lock);
+	return need;
+}
+
+/*
+ * How fresh a lookup's listing must be: a shared one up to list_reuse_ms old
+ * will do, unless this process tried to create the client. Then only a
+ * listing sent after that attempt's answer can tell whether it happened, and
+ * an older one would make us create the client a second time.
+ */
+static struct stamp lookup_need(struct digdir *dd, const char *description)
+{
+	struct stamp need = { .ms = http_now_ms() - dd->list_reuse_ms };
+	uint64_t h = hash_str(HASH_INIT, description);
+
+	pthread_mutex_lock(&dd->list_lock);
+	for (unsigned i = 0; i < 64 && i < dd->ncreates; i++)
+		if (dd->creates[i].hash == h && dd->creates[i].seq > need.seq)
+			need.seq = dd->creates[i].seq;
+	pthread_mutex_unlock(&dd->list_lock);
+	return need;
+}
+
+/*
+ * Makes dd->list fresh enough for need: the last listing when it is, the one
+ * under way when it will be, else a new one. With batch, the new one is sent
+ * once the creates under way are answered (up to LIST_BATCH_MS later), and
+ * every caller arriving meanwhile shares it. Returns 0 with list_lock held,
+ * so the caller reads dd->list before another listing replaces it.
+ */
+static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t deadline_ms,
+		      struct err *err)
+{
+	int64_t until = deadline_ms > 0 ? deadline_ms : INT64_MAX / 2;
+	struct digdir_listing *list = NULL;
+	struct err lerr = { 0 };
+	struct stamp sent;
+	int r;
+
+	pthread_mutex_lock(&dd->list_lock);
+	for (;;) {
+		if (dd->list && fresh_for(dd->list_at, need))
+			return 0;
+		if (!dd->list_running)
+			break;
+		/* Wait for the listing under way; use it, or its failure, when it is fresh. */
+		unsigned gen = dd->list_gen;
+		bool fresh = dd->list_batching || fresh_for(dd->next_at, need);
+
+		while (dd->list_gen == gen)
+			if (wait_until(dd, &dd->list_done, until) < 0) {
+				r = err_set(
+				    err, ERR_TIMEOUT, ETIMEDOUT,
+				    "DigDir GET /clients: timed out waiting for the listing");
+				goto fail;
+			}
+		if (fresh && dd->list_rc < 0) {
+			if (err)
+				*err = dd->list_err;
+			r = dd->list_rc;
+			goto fail;
 		}
-		if (!found)
-			return false;
 	}
-	for (j = 0; j < n; j++) {
-		const char *s = json_string_value(json_array_get(have, j));
-		bool found = false;
+	dd->list_running = true;
+	if (batch) {
+		int64_t batch_end = http_now_ms() + LIST_BATCH_MS;
 
-		for (i = 0; i < nwant && s && !found; i++)
-			found = !strcmp(s, want[i]);
-		if (!found)
-			return false;
+		dd->list_batching = true;
+		for (;;) {
+			int64_t quiet = dd->create_moved_ms + LIST_QUIET_MS;
+			int64_t end = batch_end < until ? batch_end : until;
+
+			if (dd->creating == 0 && http_now_ms() >= quiet)
+				break;
+			if (wait_until(dd, &dd->create_done,
+				       dd->creating == 0 && quiet < end ? quiet : end) < 0)
+				break;
+		}
+		dd->list_batching = false;
 	}
-	return true;
+	sent = dd->next_at = (struct stamp){ http_now_ms(), dd->creates_ended };
+	pthread_mutex_unlock(&dd->list_lock);
+
+	r = list_clients(dd, deadline_ms, &list, &lerr);
+
+	pthread_mutex_lock(&dd->list_lock);
+	dd->list_running = false;
+	dd->list_gen++;
+	dd->list_rc = r;
+	dd->list_err = lerr;
+	pthread_cond_broadcast(&dd->list_done);
+	if (r < 0) {
+		if (err)
+			*err = lerr;
+		goto fail;
+	}
+	digdir_listing_free(dd->list);
+	dd->list = list;
+	dd->list_at = sent;
+	return 0;
+fail:
+	pthread_mutex_unlock(&dd->list_lock);
+	return r;
+}
+
+/*
+ * The ids listed for description (list_lock held): a new array, earliest
+ * first. *ret_scopes (may be NULL) gets a copy of the first one's scope set.
+ */
+static json_t *find_locked(struct digdir *dd, const char *description, char **ret_scopes,
+			   struct err *err)
+{
+	json_t *ids = digdir_listing_find(dd->list, description);
+	const char *first = json_string_value(json_array_get(ids, 0));
+	struct listed *e = first ? listed_by_id(dd->list, description, first) : NULL;
+
+	if (!ids) {
+		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return NULL;
+	}
+	if (ret_scopes) {
+		*ret_scopes = e ? strdup(dd->list->arena + e->scopes) : NULL;
+		if (e && !*ret_scopes) {
+			json_decref(ids);
+			err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			return NULL;
+		}
+	}
+	return ids;
+}
+
+int digdir_lookup(struct digdir *dd, const char *description, int64_t deadline_ms, json_t **ret_ids,
+		  struct err *err)
+{
+	json_t *ids;
+	int r;
+
+	r = list_fresh(dd, lookup_need(dd, description), false, deadline_ms, err);
+	if (r < 0)
+		return r;
+	ids = find_locked(dd, description, NULL, err);
+	pthread_mutex_unlock(&dd->list_lock);
+	if (!ids)
+		return -ENOMEM;
+	*ret_ids = ids;
+	return 0;
+}
+
+/* What we registered ourselves is what the kept listing shows, until the next listing. */
+static void listing_update_scopes(struct digdir *dd, const char *description, const char *client_id,
+				  const char *key)
+{
+	struct listed *e;
+	uint32_t at;
+
+	pthread_mutex_lock(&dd->list_lock);
+	e = listed_by_id(dd->list, description, client_id);
+	if (e) {
+		at = intern(dd->list, key);
+		if (at != UINT32_MAX)
+			e->scopes = at;
+		else
+			dd->list_at.ms = INT64_MIN; /* no memory: the next lookup lists again */
+	}
+	pthread_mutex_unlock(&dd->list_lock);
+}
+
+int digdir_get_client(struct digdir *dd, const char *client_id, int64_t deadline_ms, json_t **ret,
+		      struct err *err)
+{
+	char *path = client_path(client_id, "");
+	json_t *c = NULL;
+	const char *id;
+	int r;
+
+	if (!path)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = digdir_call(dd, "GET", path, "GET /clients/{id}", NULL, DIGDIR_IDEMPOTENT, deadline_ms,
+			&c, err);
+	free(path);
+	if (r < 0)
+		return r;
+	if (json_unpack(c, "{s:s}", "client_id", &id) < 0 || strcmp(id, client_id) != 0) {
+		json_decref(c);
+		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			       "DigDir GET /clients/{id}: the answer is not client %s", client_id);
+	}
+	*ret = c;
+	return 0;
+}
+
+
+/* ---- which scopes the organisation may consume ----------------------------- */
+
+struct consumable {
+	json_t *set; /* name -> true */
+	const char *orgno;
+};
+
+/* An entry of GET /scopes/access/all: an APPROVED grant to orgno counts. */
+static int add_access(void *ctx, json_t *e, size_t i, struct err *err)
+{
+	struct consumable *c = ctx;
+	const char *consumer, *scope, *state;
+	json_error_t jerr;
+
+	if (json_unpack_ex(e, &jerr, 0, "{s:s, s:s, s:s}", "consumer_orgno", &consumer, "scope",
+			   &scope, "state", &state) < 0)
+		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			       "DigDir GET /scopes/access/all: entry %zu: %s", i, jerr.text);
+	if (!strcmp(consumer, c->orgno) && !strcmp(state, "APPROVED"))
+		json_object_set_new(c->set, scope, json_true());
+	return 0;
+}
+
+/* An entry of GET /scopes/all?accessible_for_all=true: open to everyone. */
+static int add_open(void *ctx, json_t *e, size_t i, struct err *err)
+{
+	struct consumable *c = ctx;
+	const char *name;
+	json_error_t jerr;
+	int afa = 1;
+
+	if (json_unpack_ex(e, &jerr, 0, "{s:s, s?b}", "name", &name, "accessible_for_all", &afa) <
+	    0)
+		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			       "DigDir GET /scopes/all: entry %zu: %s", i, jerr.text);
+	if (afa)
+		json_object_set_new(c->set, name, json_true());
+	return 0;
 }
 
 int digdir_parse_consumable(const json_t *access, const json_t *open, const char *orgno,
 			    json_t **ret, struct err *err)
 {
-	const char *consumer, *scope, *state, *name;
-	json_t *set = NULL, *e;
-	json_error_t jerr;
-	int afa;
+	struct consumable c = { .set = json_object(), .orgno = orgno };
+	json_t *e;
 	size_t i;
-	int r;
+	int r = 0;
 
-	set = json_object();
-	if (!json_is_array(access) || !json_is_array(open) || !set) {
+	if (!json_is_array(access) || !json_is_array(open) || !c.set) {
 		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			    "DigDir scope access lists: answer is not a list");
 		goto out;
 	}
-	for (i = 0; i < json_array_size(access) && (e = json_array_get(access, i)); i++) {
-		if (json_unpack_ex(e, &jerr, 0, "{s:s, s:s, s:s}", "consumer_orgno", &consumer,
-				   "scope", &scope, "state", &state) < 0) {
-			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir GET /scopes/access/all: entry %zu: %s", i, jerr.text);
-			goto out;
-		}
-		if (!strcmp(consumer, orgno) && !strcmp(state, "APPROVED"))
-			json_object_set_new(set, scope, json_true());
-	}
-	for (i = 0; i < json_array_size(open) && (e = json_array_get(open, i)); i++) {
-		afa = 1;
-		if (json_unpack_ex(e, &jerr, 0, "{s:s, s?b}", "name", &name, "accessible_for_all",
-				   &afa) < 0) {
-			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir GET /scopes/all: entry %zu: %s", i, jerr.text);
-			goto out;
-		}
-		if (afa)
-			json_object_set_new(set, name, json_true());
-	}
-	*ret = set;
-	set = NULL;
-	r = 0;
+	json_array_foreach(access, i, e) if ((r = add_access(&c, e, i, err)) < 0) goto out;
+	json_array_foreach(open, i, e) if ((r = add_open(&c, e, i, err)) < 0) goto out;
+	*ret = c.set;
+	c.set = NULL;
 out:
-	json_decref(set);
+	json_decref(c.set);
 	return r;
 }
 
-/* Reads both access lists into a new object of consumable scope names. */
+static void clear_set(void *ctx)
+{
+	json_object_clear(((struct consumable *)ctx)->set);
+}
+
+/* One of the two access lists, read on a thread of its own. */
+struct list_job {
+	struct digdir *dd;
+	const char *path, *endpoint;
+	jsonarray_fn fn;
+	struct consumable c;
+	int64_t deadline_ms;
+	int r;
+	struct err err;
+};
+
+static void *list_job_run(void *arg)
+{
+	struct list_job *j = arg;
+
+	pthread_setname_np(pthread_self(), "mp-list");
+	j->r = digdir_call_list(j->dd, j->path, j->endpoint, 0, j->fn, clear_set, &j->c,
+				j->deadline_ms, &j->err);
+	return NULL;
+}
+
+/*
+ * Reads both access lists into a new object of consumable scope names. They
+ * are independent, so the second is read on a thread beside the first: one
+ * round trip, not two, before a new client is created.
+ */
 static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadline_ms, json_t **ret,
 			    struct err *err)
 {
-	json_t *access = NULL, *open = NULL;
+	struct list_job access = { dd, "/scopes/access/all", "GET /scopes/access/all", add_access,
+				   { json_object(), orgno }, deadline_ms, 0, { 0 } };
+	struct list_job open = { dd, "/scopes/all?accessible_for_all=true", "GET /scopes/all",
+				 add_open, { json_object(), orgno }, deadline_ms, 0, { 0 } };
+	pthread_t t;
+	bool threaded;
 	int r;
 
-	r = digdir_call(dd, "GET", "/scopes/access/all", "GET /scopes/access/all", NULL, true,
-			deadline_ms, &access, err);
-	if (r < 0)
+	if (!access.c.set || !open.c.set) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 		goto out;
-	r = digdir_call(dd, "GET", "/scopes/all?accessible_for_all=true", "GET /scopes/all", NULL,
-			true, deadline_ms, &open, err);
-	if (r < 0)
+	}
+	threaded = pthread_create(&t, NULL, list_job_run, &open) == 0;
+	list_job_run(&access);
+	if (threaded)
+		pthread_join(t, NULL);
+	else
+		list_job_run(&open);
+	r = access.r < 0 ? access.r : open.r;
+	if (r < 0) {
+		if (err)
+			*err = access.r < 0 ? access.err : open.err;
 		goto out;
-	r = digdir_parse_consumable(access, open, orgno, ret, err);
+	}
+	json_object_update(access.c.set, open.c.set);
+	*ret = access.c.set;
+	access.c.set = NULL;
 out:
-	json_decref(access);
-	json_decref(open);
+	json_decref(open.c.set);
+	json_decref(access.c.set);
 	return r;
+}
+
+/* An entry of GET /scopes/all: a public scope, whoever may consume it. */
+static int add_public(void *ctx, json_t *e, size_t i, struct err *err)
+{
+	struct consumable *c = ctx;
+	const char *name = json_string_value(json_object_get(e, "name"));
+
+	if (name)
+		json_object_set_new(c->set, name, json_true());
+	return 0;
+}
+
+/*
+ * Splits the scopes the organisation may not consume into those DigDir lists
+ * as public (they exist: access is missing) and the others (they do not
+ * exist, or are private to their owner). Best effort: on failure both lists
+ * name every scope as unknown.
+ */
+static void explain_missing(struct digdir *dd, const char *const *missing, size_t n,
+			    int64_t deadline_ms, char *exist, size_t elen, char *unknown,
+			    size_t ulen)
+{
+	struct consumable pub = { .set = json_object() };
+	size_t eu = 0, uu = 0;
+	int r = -ENOMEM;
+
+	if (pub.set)
+		r = digdir_call_list(dd, "/scopes/all", "GET /scopes/all", 0, add_public,
+				     clear_set, &pub, deadline_ms, NULL);
+	exist[0] = unknown[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		bool listed = r == 0 && json_object_get(pub.set, missing[i]);
+		char *buf = listed ? exist : unknown;
+		size_t *used = listed ? &eu : &uu, len = listed ? elen : ulen;
+
+		if (*used < len)
+			*used += (size_t)snprintf(buf + *used, len - *used, "%s%s",
+						  *used ? ", " : "", missing[i]);
+	}
+	json_decref(pub.set);
 }
 
 int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size_t nscopes,
 			      int64_t deadline_ms, struct err *err)
 {
-	char missing[400];
+	const char *missing[64];
+	char exist[300], unknown[300];
 	const char *orgno;
 	json_t *fresh = NULL;
 	char *token = NULL;
-	size_t used;
+	size_t nmissing = 0;
 	bool refreshed = false;
 	int r = 0;
 
-	/* The organisation number comes with the admin token. */
+	/* The organisation number is configured, or comes with the admin token. */
 	orgno = mp_org_number(dd->mp);
 	if (!orgno) {
-		r = mp_admin_token(dd->mp, deadline_ms, &token, err);
+		r = mp_admin_token(dd->mp, MP_ADMIN_CLIENTS, deadline_ms, &token, err);
 		keys_free_secret(token);
 		if (r < 0)
 			return r;
 		orgno = mp_org_number(dd->mp);
 		if (!orgno)
 			return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				       "the admin token names no organisation number");
+				       "the admin token names no organisation (no consumer.ID "
+				       "claim): set --org-number");
 	}
 
 	pthread_mutex_lock(&dd->scope_lock);
@@ -723,30 +1250,40 @@ int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size
 			dd->consumable_at_ms = http_now_ms();
 			refreshed = true;
 		}
-		used = 0;
-		missing[0] = '\0';
-		for (size_t i = 0; i < nscopes; i++)
-			if (!json_object_get(dd->consumable, scopes[i]) && used < sizeof(missing))
-				used += (size_t)snprintf(missing + used, sizeof(missing) - used,
-							 "%s%s", used ? ", " : "", scopes[i]);
-		if (!missing[0] || refreshed)
+		nmissing = 0;
+		for (size_t i = 0; i < nscopes && nmissing < 64; i++)
+			if (!json_object_get(dd->consumable, scopes[i]))
+				missing[nmissing++] = scopes[i];
+		if (!nmissing || refreshed)
 			break;
 		dd->consumable_at_ms = 0;
 		json_decref(dd->consumable);
 		dd->consumable = NULL;
 	}
-	if (missing[0])
-		r = err_set(err, ERR_SCOPE_ACCESS, EACCES,
-			    "organisation %s has no access to scope(s) %s: ask each scope's owner "
-			    "to grant %s access (pre-register the consumer), provisioning fails "
-			    "until then",
-			    orgno, missing, orgno);
+	pthread_mutex_unlock(&dd->scope_lock);
+	if (!nmissing)
+		return 0;
+
+	explain_missing(dd, missing, nmissing, deadline_ms, exist, sizeof(exist), unknown,
+			sizeof(unknown));
+	return err_set(err, ERR_SCOPE_ACCESS, EACCES,
+		       "organisation %s may not consume %s%s%s%s%s%s%s: provisioning fails until "
+		       "then",
+		       orgno, exist[0] ? "scope(s) " : "", exist,
+		       exist[0] ? ", which exist: ask each scope's owner to grant organisation " : "",
+		       exist[0] ? orgno : "", exist[0] && unknown[0] ? "; and " : "",
+		       unknown[0] ? unknown : "",
+		       unknown[0] ? ", which DigDir does not list as public scopes: check the "
+				    "names, or ask the owner of a private scope to grant access"
+				  : "");
 out:
 	pthread_mutex_unlock(&dd->scope_lock);
 	return r;
 }
 
-/* The ClientRegistration body of reference 2.4. */
+/* ---- clients --------------------------------------------------------------- */
+
+/* The ClientRegistration body of a new client (field for field as digdirator's). */
 static json_t *registration(struct digdir *dd, const char *description, const char *const *scopes,
 			    size_t nscopes)
 {
@@ -780,23 +1317,28 @@ static json_t *registration(struct digdir *dd, const char *description, const ch
 	return body;
 }
 
+/* POST /clients: *ret_id and *ret_created_ms (when DigDir says) of the new client. */
 static int create_client(struct digdir *dd, const json_t *body, int64_t deadline_ms, char **ret_id,
-			 struct err *err)
+			 int64_t *ret_created_ms, struct err *err)
 {
 	json_error_t jerr;
 	json_t *created = NULL;
-	const char *id;
+	const char *id, *when = NULL;
 	int r;
 
-	r = digdir_call(dd, "POST", "/clients", "POST /clients", body, false, deadline_ms, &created,
+	r = digdir_call(dd, "POST", "/clients", "POST /clients", body, 0, deadline_ms, &created,
 			err);
 	if (r < 0)
 		return r;
-	if (json_unpack_ex(created, &jerr, 0, "{s:s}", "client_id", &id) < 0 || !*id) {
+	if (json_unpack_ex(created, &jerr, 0, "{s:s, s?s}", "client_id", &id, "created", &when) <
+		0 ||
+	    !*id) {
 		json_decref(created);
 		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			       "DigDir POST /clients: answer names no client_id (%s)", jerr.text);
 	}
+	*ret_created_ms = INT64_MAX;
+	digdir_parse_time(when, ret_created_ms);
 	*ret_id = strdup(id);
 	json_decref(created);
 	return *ret_id ? 0 : err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
@@ -810,8 +1352,8 @@ int digdir_delete_client(struct digdir *dd, const char *client_id, int64_t deadl
 
 	if (!path)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	r = digdir_call(dd, "DELETE", path, "DELETE /clients/{id}", NULL, true, deadline_ms, NULL,
-			err);
+	r = digdir_call(dd, "DELETE", path, "DELETE /clients/{id}", NULL, DIGDIR_IDEMPOTENT,
+			deadline_ms, NULL, err);
 	free(path);
 	return r;
 }
@@ -822,100 +1364,233 @@ static bool maybe_created(const struct err *e)
 	return e->kind == ERR_UNAVAILABLE || e->kind == ERR_TIMEOUT || e->kind == ERR_BAD_RESPONSE;
 }
 
+/* The earliest of the listed ids and ours (created at ours_ms), by the rule every node uses. */
+static const char *winner_of(const json_t *ids, const char *ours, int64_t ours_ms,
+			     int64_t first_ms)
+{
+	const char *first = json_string_value(json_array_get(ids, 0));
+
+	if (!ours)
+		return first;
+	if (!first || !strcmp(first, ours))
+		return ours;
+	for (size_t i = 0; i < json_array_size(ids); i++)
+		if (!strcmp(json_string_value(json_array_get(ids, i)), ours))
+			return first; /* listed, and not first */
+	/* Not listed yet: compare with the first by creation time, then id. */
+	if (ours_ms != first_ms)
+		return ours_ms < first_ms ? ours : first;
+	return strcmp(ours, first) < 0 ? ours : first;
+}
+
+/* The creation time the kept listing shows for client_id, INT64_MAX when unknown. */
+static int64_t listed_created(struct digdir *dd, const char *description, const char *client_id)
+{
+	struct listed *e = client_id ? listed_by_id(dd->list, description, client_id) : NULL;
+
+	return e ? e->created_ms : INT64_MAX;
+}
+
 /*
- * Creates the client and settles races: another node may have created one
- * for the same description at the same time. After the create the listing
- * decides (earliest created wins); a loser we made is deleted. *ret_ours
- * says whether the winner is the client this call created.
+ * Creates the client (announced by create_begin) and settles races: another
+ * node may have created one for the same description at the same time. After the create a listing
+ * decides (earliest created wins); a loser we made is deactivated.
+ * *ret_ours says whether the winner is the client this call created.
  */
 static int create_and_settle(struct digdir *dd, const char *description, const json_t *body,
-			     int64_t deadline_ms, json_t **ret_winner, bool *ret_ours,
+			     int64_t deadline_ms, char **ret_winner, bool *ret_ours,
 			     struct err *err)
 {
 	struct err cerr = { 0 };
 	struct stamp need;
-	json_t *list = NULL, *winner = NULL;
-	char *ours = NULL;
-	int64_t settle_until;
+	json_t *ids = NULL;
+	char *ours = NULL, *winner = NULL;
+	int64_t settle_until, ours_ms = INT64_MAX, poll = SETTLE_POLL_MS;
 	int r = 0, rc;
 
 	/* Without a deadline, a timed-out create is waited for this long. */
 	settle_until = deadline_ms > 0 ? deadline_ms : http_now_ms() + SETTLE_MAX_MS;
-	/* A second create only after the listing showed that the first did not happen. */
-	for (int tries = 0; tries < 2 && !winner; tries++) {
-		create_begin(dd);
-		rc = create_client(dd, body, deadline_ms, &ours, &cerr);
-		need = create_end(dd, description);
-		if (rc < 0 && !maybe_created(&cerr)) {
-			if (err)
-				*err = cerr;
-			r = rc;
-			goto out;
-		}
-		/* Never blindly repeat a create that may have reached DigDir: look first. */
-		json_decref(list);
-		list = NULL;
-		r = list_shared(dd, need, true, deadline_ms, &list, err);
-		if (r < 0)
-			goto out;
-		winner = digdir_pick_client(list, description, NULL, NULL);
-		/*
-		 * A create we stopped waiting for may still be running at DigDir:
-		 * an empty listing proves nothing yet. Look again until it shows
-		 * or the deadline passes, and never create a second time.
-		 */
-		while (!winner && rc < 0 && cerr.kind == ERR_TIMEOUT &&
-		       http_now_ms() + SETTLE_POLL_MS < settle_until) {
-			nanosleep(&(struct timespec){ 0, SETTLE_POLL_MS * 1000000L }, NULL);
-			json_decref(list);
-			list = NULL;
-			r = digdir_list_clients(dd, deadline_ms, &list, err);
-			if (r < 0)
-				goto out;
-			winner = digdir_pick_client(list, description, NULL, NULL);
-		}
-		if (winner)
-			break;
-		if (rc < 0 && cerr.kind == ERR_TIMEOUT) {
-			if (err)
-				*err = cerr;
-			r = rc;
-			goto out;
-		}
-		if (rc == 0) {
-			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir created client %s but does not list it", ours);
-			goto out;
-		}
+	rc = create_client(dd, body, deadline_ms, &ours, &ours_ms, &cerr);
+	need = create_end(dd, description);
+	if (rc < 0 && !maybe_created(&cerr)) {
 		if (err)
 			*err = cerr;
 		r = rc;
-	}
-	if (!winner)
 		goto out;
-	*ret_ours = ours && !strcmp(json_string_value(json_object_get(winner, "client_id")), ours);
+	}
+	/*
+	 * Never blindly repeat a create that may have reached DigDir: look. A
+	 * create we stopped waiting for may still be running at DigDir, so an
+	 * empty listing proves nothing yet: look again until it shows or the
+	 * deadline passes, and never create a second time.
+	 */
+	for (;;) {
+		const char *w;
+
+		r = list_fresh(dd, need, true, deadline_ms, err);
+		if (r < 0)
+			goto out;
+		json_decref(ids);
+		ids = find_locked(dd, description, NULL, err);
+		w = ids ? winner_of(ids, ours, ours_ms,
+				    listed_created(dd, description,
+						   json_string_value(json_array_get(ids, 0))))
+			: NULL;
+		winner = w ? strdup(w) : NULL;
+		pthread_mutex_unlock(&dd->list_lock);
+		if (!ids) {
+			r = -ENOMEM;
+			goto out;
+		}
+		/* Only a create we stopped waiting for may still land: others are settled. */
+		if (winner || ours || rc == 0 || cerr.kind != ERR_TIMEOUT ||
+		    http_now_ms() + poll >= settle_until)
+			break;
+		nanosleep(&(struct timespec){ poll / 1000, (poll % 1000) * 1000000L }, NULL);
+		poll = poll * 2 > SETTLE_POLL_MAX_MS ? SETTLE_POLL_MAX_MS : poll * 2;
+		need = (struct stamp){ .ms = http_now_ms(), .seq = need.seq };
+	}
+	if (!winner) {
+		if (err)
+			*err = cerr;
+		r = rc < 0 ? rc : err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	*ret_ours = ours && !strcmp(winner, ours);
 	if (ours && !*ret_ours) {
 		/* Another node won the race; ours goes, so one client stays active. */
+		log_info("client %s for %s lost a create race to %s: deactivating it", ours,
+			 description, winner);
 		r = digdir_delete_client(dd, ours, deadline_ms, err);
 		if (r < 0 && (!err || err->kind != ERR_NOT_FOUND))
 			goto out;
+	} else if (*ret_ours && !json_array_size(ids)) {
+		log_warn("DigDir does not list client %s yet, which it created for %s: using it",
+			 ours, description);
 	}
-	*ret_winner = json_incref(winner);
+	*ret_winner = winner;
+	winner = NULL;
 	r = 0;
 out:
+	free(winner);
 	free(ours);
-	json_decref(list);
+	json_decref(ids);
 	return r;
 }
 
-int digdir_ensure_client(struct digdir *dd, const char *description, const char *const *scopes,
-			 size_t nscopes, const char *pinned_id, int64_t deadline_ms,
-			 char **ret_client_id, bool *ret_created, struct err *err)
+/*
+ * Registers scopes on client_id by GET, modify, PUT, as DigDir's docs advise,
+ * so that what a client made by hand or by another tool carries besides its
+ * scopes (name, lifetimes, ...) survives. current is the GET answer when the
+ * caller has it.
+ */
+static int put_scopes(struct digdir *dd, const char *description, const char *client_id,
+		      const json_t *current, const char *const *scopes, size_t nscopes,
+		      const char *key, int64_t deadline_ms, struct err *err)
 {
-	const char *def[1], *id, *itype;
-	json_t *list = NULL, *client = NULL, *body = NULL, *have;
-	char *path = NULL, *copy = NULL;
-	bool created = false;
+	json_t *got = NULL, *body = NULL, *list = json_array();
+	char *path = client_path(client_id, "");
+	int r;
+
+	if (!path || !list) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	if (!current) {
+		r = digdir_get_client(dd, client_id, deadline_ms, &got, err);
+		if (r < 0)
+			goto out;
+		current = got;
+	}
+	body = json_object();
+	for (size_t i = 0; body && i < sizeof(writable_fields) / sizeof(writable_fields[0]); i++) {
+		json_t *v = json_object_get(current, writable_fields[i]);
+
+		if (v && json_object_set(body, writable_fields[i], v) < 0) {
+			json_decref(body);
+			body = NULL;
+		}
+	}
+	for (size_t i = 0; body && i < nscopes; i++)
+		json_array_append_new(list, json_string(scopes[i]));
+	if (!body || json_object_set(body, "scopes", list) < 0) {
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	r = digdir_call(dd, "PUT", path, "PUT /clients/{id}", body, DIGDIR_IDEMPOTENT, deadline_ms,
+			NULL, err);
+	if (r == 0)
+		listing_update_scopes(dd, description, client_id, key);
+out:
+	json_decref(list);
+	json_decref(body);
+	json_decref(got);
+	free(path);
+	return r;
+}
+
+/*
+ * The pinned client when it still belongs to the app: active, maskinporten,
+ * and described as description. *ret is NULL when it no longer does (the
+ * caller looks the app up again); errors other than "not found" fail.
+ */
+static int pinned_client(struct digdir *dd, const char *description, const char *pinned,
+			 int64_t deadline_ms, json_t **ret, struct err *err)
+{
+	json_t *c = NULL;
+	const char *desc, *itype;
+	int r;
+
+	*ret = NULL;
+	r = digdir_get_client(dd, pinned, deadline_ms, &c, err);
+	if (r < 0) {
+		if (err && err->kind == ERR_NOT_FOUND) {
+			log_info("client %s of %s is gone at DigDir: looking the app up again",
+				 pinned, description);
+			return 0;
+		}
+		return r;
+	}
+	desc = json_string_value(json_object_get(c, "description"));
+	itype = json_string_value(json_object_get(c, "integration_type"));
+	if (json_is_false(json_object_get(c, "active"))) {
+		log_info("client %s of %s is inactive at DigDir: looking the app up again", pinned,
+			 description);
+	} else if (!desc || strcmp(desc, description) != 0) {
+		/* Its description names another app now: it is that app's, never both. */
+		log_warn("client %s is now described as \"%.200s\", not %s: it no longer belongs "
+			 "to this app, looking the app up again",
+			 pinned, desc ? desc : "", description);
+	} else if (itype && strcmp(itype, "maskinporten") != 0) {
+		json_decref(c);
+		return err_set(err, ERR_CONFLICT, EEXIST,
+			       "client %s has integration_type %s, not maskinporten, and DigDir "
+			       "cannot change it",
+			       pinned, itype);
+	} else {
+		*ret = c;
+		return 0;
+	}
+	json_decref(c);
+	return 0;
+}
+
+void digdir_ensure_release(struct digdir_ensure *e)
+{
+	free(e->client_id);
+	free(e->registered);
+	json_decref(e->duplicates);
+	e->client_id = e->registered = NULL;
+	e->duplicates = NULL;
+}
+
+int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t deadline_ms,
+			 struct err *err)
+{
+	const char *const *scopes = e->scopes, *def[1];
+	size_t nscopes = e->nscopes;
+	json_t *client = NULL, *ids = NULL, *body = NULL;
+	char *want = NULL, *have = NULL, *id = NULL;
 	int r;
 
 	/* DigDir rejects clients without scopes: register the default one. */
@@ -927,68 +1602,123 @@ int digdir_ensure_client(struct digdir *dd, const char *description, const char 
 		scopes = def;
 		nscopes = 1;
 	}
-	r = digdir_check_scope_access(dd, scopes, nscopes, deadline_ms, err);
-	if (r < 0)
-		goto out;
-	body = registration(dd, description, scopes, nscopes);
-	if (!body) {
+	want = names_key(scopes, nscopes);
+	if (!want) {
 		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 		goto out;
 	}
 
-	r = list_shared(dd, lookup_need(dd, description), false, deadline_ms, &list, err);
-	if (r < 0)
-		goto out;
-	client = digdir_pick_client(list, description, pinned_id, NULL);
-	/* A pinned client that is gone is looked up by description. */
-	if (!client && pinned_id)
-		client = digdir_pick_client(list, description, NULL, NULL);
-	if (client) {
-		json_incref(client);
-	} else {
-		r = create_and_settle(dd, description, body, deadline_ms, &client, &created, err);
+	/* 1. The client this app had, while it is still the app's. */
+	if (e->pinned_id) {
+		r = pinned_client(dd, e->description, e->pinned_id, deadline_ms, &client, err);
 		if (r < 0)
 			goto out;
 	}
-
-	id = json_string_value(json_object_get(client, "client_id"));
-	itype = json_string_value(json_object_get(client, "integration_type"));
-	if (itype && strcmp(itype, "maskinporten") != 0) {
-		r = err_set(
-		    err, ERR_CONFLICT, EEXIST,
-		    "client %s has integration_type %s, not maskinporten, and DigDir cannot "
-		    "change it",
-		    id, itype);
-		goto out;
-	}
-	have = json_object_get(client, "scopes");
-	if (!digdir_scopes_equal(have, scopes, nscopes)) {
-		path = client_path(id, "");
-		if (!path) {
+	if (client) {
+		id = strdup(e->pinned_id);
+		have = digdir_scopes_key(json_object_get(client, "scopes"));
+		if (!id || !have) {
+			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+				    "DigDir GET /clients/{id}: client %s has no list of scopes",
+				    e->pinned_id);
+			goto out;
+		}
+	} else {
+		/* 2. Else the one every node picks from the listing, or 3. a new one. */
+		r = list_fresh(dd, lookup_need(dd, e->description), false, deadline_ms, err);
+		if (r < 0)
+			goto out;
+		ids = find_locked(dd, e->description, &have, err);
+		pthread_mutex_unlock(&dd->list_lock);
+		if (!ids) {
+			r = -ENOMEM;
+			goto out;
+		}
+		if (json_array_size(ids) > 0) {
+			id = strdup(json_string_value(json_array_get(ids, 0)));
+			if (json_array_size(ids) > 1) {
+				e->duplicates = json_array();
+				for (size_t i = 1; e->duplicates && i < json_array_size(ids); i++)
+					json_array_append(e->duplicates, json_array_get(ids, i));
+			}
+		} else {
+			/* Nothing is registered before the organisation's access is checked. */
+			create_begin(dd);
+			r = digdir_check_scope_access(dd, scopes, nscopes, deadline_ms, err);
+			body = r == 0 ? registration(dd, e->description, scopes, nscopes) : NULL;
+			if (r == 0 && !body)
+				r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+			if (r < 0) {
+				create_cancel(dd);
+				goto out;
+			}
+			r = create_and_settle(dd, e->description, body, deadline_ms, &id,
+					      &e->created, err);
+			if (r < 0)
+				goto out;
+			free(have);
+			/* Ours has the scopes it was created with; another node's, its own. */
+			have = e->created ? strdup(want) : NULL;
+		}
+		if (!id) {
 			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 			goto out;
 		}
-		r = digdir_call(dd, "PUT", path, "PUT /clients/{id}", body, true, deadline_ms, NULL,
-				err);
+	}
+
+	if (!have) {
+		/* Another node created it, after the listing this call read. */
+		r = digdir_get_client(dd, id, deadline_ms, &client, err);
 		if (r < 0)
 			goto out;
+		have = digdir_scopes_key(json_object_get(client, "scopes"));
+		if (!have) {
+			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+				    "DigDir GET /clients/{id}: client %s has no list of scopes", id);
+			goto out;
+		}
 	}
-	copy = strdup(id);
-	if (!copy) {
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-		goto out;
+
+	/* 4. Its scopes: write ours, unless someone else changed them after us. */
+	if (strcmp(have, want) != 0) {
+		if (e->readonly_scopes) {
+			/* Revalidation reports; only a Mount, with its current parameters, writes. */
+			e->scopes_differ = true;
+		} else if (have && e->written && strcmp(have, e->written) != 0) {
+			r = err_set(err, ERR_CONFLICT, EEXIST,
+				    "the scopes of client %s were changed at DigDir to [%.200s] "
+				    "after this provider registered [%.200s]; this Mount asks for "
+				    "[%.200s]. Two SecretProviderClasses (or a change by hand) give "
+				    "this app different scopes: make them agree",
+				    id, have, e->written, want);
+			goto out;
+		} else {
+			r = digdir_check_scope_access(dd, scopes, nscopes, deadline_ms, err);
+			if (r == 0)
+				r = put_scopes(dd, e->description, id, client, scopes, nscopes,
+					       want, deadline_ms, err);
+			if (r < 0)
+				goto out;
+			e->scopes_changed = true;
+			free(have);
+			have = strdup(want);
+		}
 	}
-	*ret_client_id = copy;
-	if (ret_created)
-		*ret_created = created;
+	e->client_id = id;
+	e->registered = have;
+	id = have = NULL;
 	r = 0;
 out:
-	free(path);
+	free(id);
+	free(have);
+	free(want);
 	json_decref(body);
+	json_decref(ids);
 	json_decref(client);
-	json_decref(list);
 	return r;
 }
+
+/* ---- keys ------------------------------------------------------------------ */
 
 int digdir_parse_jwks(json_t *doc, const char *endpoint, json_t **ret, struct err *err)
 {
@@ -1018,7 +1748,8 @@ int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_m
 
 	if (!path)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	r = digdir_call(dd, "GET", path, "GET /clients/{id}/jwks", NULL, true, deadline_ms, &doc,
+	r = digdir_call(dd, "GET", path, "GET /clients/{id}/jwks", NULL, DIGDIR_IDEMPOTENT,
+			deadline_ms, &doc,
 			err);
 	if (r == 0)
 		r = digdir_parse_jwks(doc, "GET /clients/{id}/jwks", ret, err);
@@ -1040,7 +1771,8 @@ int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys
 		goto out;
 	}
 	/* The upload replaces the whole set, so repeating it is harmless. */
-	r = digdir_call(dd, "POST", path, "POST /clients/{id}/jwks", body, true, deadline_ms, &doc,
+	r = digdir_call(dd, "POST", path, "POST /clients/{id}/jwks", body, DIGDIR_IDEMPOTENT,
+			deadline_ms, &doc,
 			err);
 	if (r == 0 && ret)
 		r = digdir_parse_jwks(doc, "POST /clients/{id}/jwks", ret, err);
@@ -1054,12 +1786,13 @@ out:
 int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
 		     int64_t epoch, int64_t epoch_len, unsigned flags,
 		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
-		     json_t **ret_registered, bool *ret_uploaded, struct err *err)
+		     json_t **ret_registered, bool *ret_uploaded, bool *ret_current_new,
+		     struct err *err)
 {
 	struct keys_schedule_input in = { 0 };
 	json_t *current = NULL, *set = NULL, *after = NULL, *final;
 	char kid[KEYS_KID_MAX];
-	bool changed = false;
+	bool changed = false, current_new = false;
 	int r = 0;
 
 	/*
@@ -1082,17 +1815,24 @@ int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys
 					   .epoch = epoch,
 					   .epoch_len = epoch_len,
 					   .current = current,
-					   .drop_foreign = flags & DIGDIR_JWKS_DROP_FOREIGN };
+					   .drop_foreign = flags & DIGDIR_JWKS_DROP_FOREIGN,
+					   .now = (int64_t)time(NULL) };
 	r = keys_schedule(&in, public_jwk, ctx, &set, &changed, err);
 	if (r < 0)
 		goto out;
 	final = current;
+	r = keys_kid(seed, client_id, epoch, kid);
+	if (r < 0) {
+		r = err_set(err, ERR_INVALID, -r, "client id %s too long for a kid", client_id);
+		goto out;
+	}
+	current_new = !keys_set_has_kid(current, kid);
 	if (changed) {
-		r = digdir_put_jwks(dd, client_id, set, deadline_ms, NULL, err);
-		if (r < 0)
-			goto out;
-		/* Read back: the upload counts only once DigDir shows our keys. */
-		r = digdir_get_jwks(dd, client_id, deadline_ms, &after, err);
+		/*
+		 * The upload counts only once DigDir shows our keys: its answer is the
+		 * registered set (as digdirator reads it), so no second request.
+		 */
+		r = digdir_put_jwks(dd, client_id, set, deadline_ms, &after, err);
 		if (r < 0)
 			goto out;
 		final = after;
@@ -1115,6 +1855,8 @@ int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys
 		*ret_registered = json_incref(final);
 	if (ret_uploaded)
 		*ret_uploaded = changed;
+	if (ret_current_new)
+		*ret_current_new = current_new;
 	r = 0;
 out:
 	json_decref(current);

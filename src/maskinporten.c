@@ -17,38 +17,96 @@
 #include <time.h>
 
 #include "keys.h"
+#include "log.h"
 #include "maskinporten.h"
 
 #define WELL_KNOWN_SUFFIX ".well-known/oauth-authorization-server"
 #define GRANT_LIFETIME	  60 /* seconds; Maskinporten allows at most 120 */
 #define TOKEN_MARGIN_S	  60 /* refresh this long before expiry, or 10% of the lifetime */
+#define META_MAX_AGE_MS	  (24 * 3600 * 1000L) /* the metadata is fetched again daily, by default */
+#define META_RETRY_MS	  (60 * 1000L)	      /* and at most this often on demand */
+
+/* A metadata document; every one fetched is kept, so borrowed pointers stay valid. */
+struct meta_doc {
+	struct mp_metadata m;
+	struct meta_doc *older;
+};
+
+/* One cached admin token. SECRET: token. */
+struct admin_token {
+	char *scopes;
+	char *token;
+	int64_t refresh_at_ms;
+	bool refreshing;
+};
 
 struct mp {
 	struct http *http;
 	char *well_known_url;
 	char *admin_client_id;
 	char *admin_kid;
-	char *admin_scopes;
 	EVP_PKEY *admin_key;
 	json_t *x5c; /* NULL when the admin key is identified by kid */
+	bool trust_endpoints;
+	int64_t meta_max_age_ms;
 
-	/* Metadata, fetched once; meta_lock is held across that one fetch. */
+	/* Metadata; meta_lock is held across a fetch. */
 	pthread_mutex_t meta_lock;
-	bool have_meta;
-	struct mp_metadata meta;
+	struct meta_doc *meta; /* the current document, NULL before the first fetch */
+	int64_t meta_at_ms;    /* when it was fetched (or last confirmed) */
+	int64_t meta_retry_ms; /* after a failed refresh, none before this */
+	int64_t stale_ok_ms;   /* mp_metadata_stale() counts again from this */
+	bool meta_stale;
 
-	/* The admin token. SECRET: token. Guarded by lock; cond wakes waiters. */
+	/* The admin tokens, one per enum mp_admin. Guarded by lock; cond wakes waiters. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	bool refreshing;
-	char *token;
-	int64_t refresh_at_ms;
+	struct admin_token tok[2];
 	char orgno[32];
 };
 
 static char *dup_or_null(const char *s)
 {
 	return s && *s ? strdup(s) : NULL;
+}
+
+/* Whether the space-separated list holds word. */
+static bool has_word(const char *list, const char *word)
+{
+	size_t n = strlen(word);
+
+	for (const char *p = list; (p = strstr(p, word)); p += n)
+		if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
+/* The scopes of the two admin tokens: as configured, and the same plus scopes.write. */
+static int admin_scopes(struct mp *mp, const char *configured, struct err *err)
+{
+	const char *base = configured && *configured ? configured : MP_ADMIN_SCOPES_DEFAULT;
+
+	mp->tok[MP_ADMIN_CLIENTS].scopes = strdup(base);
+	if (has_word(base, MP_SCOPES_WRITE))
+		mp->tok[MP_ADMIN_EXPOSE].scopes = strdup(base);
+	else if (asprintf(&mp->tok[MP_ADMIN_EXPOSE].scopes, "%s %s", base, MP_SCOPES_WRITE) < 0)
+		mp->tok[MP_ADMIN_EXPOSE].scopes = NULL;
+	if (!mp->tok[MP_ADMIN_CLIENTS].scopes || !mp->tok[MP_ADMIN_EXPOSE].scopes)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	return 0;
+}
+
+static void meta_free(struct meta_doc *d)
+{
+	while (d) {
+		struct meta_doc *older = d->older;
+
+		free((char *)d->m.issuer);
+		free((char *)d->m.token_endpoint);
+		free((char *)d->m.jwks_uri);
+		free(d);
+		d = older;
+	}
 }
 
 struct mp *mp_new(struct http *http, const struct mp_config *config, struct err *err)
@@ -73,12 +131,23 @@ struct mp *mp_new(struct http *http, const struct mp_config *config, struct err 
 	mp->well_known_url = dup_or_null(config->well_known_url);
 	mp->admin_client_id = dup_or_null(config->admin_client_id);
 	mp->admin_kid = dup_or_null(config->admin_kid);
-	mp->admin_scopes =
-	    strdup(config->admin_scopes && *config->admin_scopes ? config->admin_scopes
-								 : MP_ADMIN_SCOPES_DEFAULT);
-	if (!mp->well_known_url || !mp->admin_scopes) {
+	mp->trust_endpoints = config->trust_endpoints;
+	mp->meta_max_age_ms =
+	    config->metadata_refresh_ms > 0 ? config->metadata_refresh_ms : META_MAX_AGE_MS;
+	if (!mp->well_known_url) {
 		err_set(err, ERR_INVALID, EINVAL, "missing the Maskinporten well-known URL");
 		goto fail;
+	}
+	if (admin_scopes(mp, config->admin_scopes, err) < 0)
+		goto fail;
+	if (config->org_number && *config->org_number) {
+		if (strlen(config->org_number) != 9 ||
+		    strspn(config->org_number, "0123456789") != 9) {
+			err_set(err, ERR_INVALID, EINVAL,
+				"--org-number must be the organisation's nine digits");
+			goto fail;
+		}
+		snprintf(mp->orgno, sizeof(mp->orgno), "%s", config->org_number);
 	}
 	/* The admin key is needed only for admin tokens: app token requests work without. */
 	if (config->admin_key_file && *config->admin_key_file) {
@@ -112,13 +181,13 @@ void mp_free(struct mp *mp)
 	free(mp->well_known_url);
 	free(mp->admin_client_id);
 	free(mp->admin_kid);
-	free(mp->admin_scopes);
 	EVP_PKEY_free(mp->admin_key);
 	json_decref(mp->x5c);
-	free((char *)mp->meta.issuer);
-	free((char *)mp->meta.token_endpoint);
-	free((char *)mp->meta.jwks_uri);
-	keys_free_secret(mp->token);
+	meta_free(mp->meta);
+	for (size_t i = 0; i < 2; i++) {
+		free(mp->tok[i].scopes);
+		keys_free_secret(mp->tok[i].token);
+	}
 	pthread_mutex_destroy(&mp->meta_lock);
 	pthread_mutex_destroy(&mp->lock);
 	pthread_cond_destroy(&mp->cond);
@@ -126,7 +195,7 @@ void mp_free(struct mp *mp)
 }
 
 int mp_parse_metadata(const char *well_known_url, const struct http_response *resp,
-		      struct mp_metadata *ret, struct err *err)
+		      bool trust_endpoints, struct mp_metadata *ret, struct err *err)
 {
 	const char *issuer = NULL, *token_endpoint = NULL, *jwks_uri = NULL;
 	struct mp_metadata meta = { .well_known_url = well_known_url };
@@ -167,6 +236,20 @@ int mp_parse_metadata(const char *well_known_url, const struct http_response *re
 			    issuer, well_known_url);
 		goto out;
 	}
+	/*
+	 * The admin grant goes to token_endpoint, and a grant sent elsewhere can
+	 * be replayed there: both endpoints must be the issuer's own origin,
+	 * unless the operator said otherwise.
+	 */
+	if (!trust_endpoints && (!http_same_origin(token_endpoint, issuer) ||
+				 !http_same_origin(jwks_uri, issuer))) {
+		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+			    "Maskinporten metadata: token_endpoint %.200s and jwks_uri %.200s must "
+			    "be on the issuer's origin (%.200s); set --trust-metadata-endpoints "
+			    "only if that is how your Maskinporten is deployed",
+			    token_endpoint, jwks_uri, issuer);
+		goto out;
+	}
 	meta.issuer = strdup(issuer);
 	meta.token_endpoint = strdup(token_endpoint);
 	meta.jwks_uri = strdup(jwks_uri);
@@ -185,7 +268,8 @@ out:
 	return r;
 }
 
-static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct err *err)
+static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct mp_metadata *ret,
+			  struct err *err)
 {
 	struct http_request req = {
 		.method = "GET",
@@ -200,29 +284,79 @@ static int fetch_metadata(struct mp *mp, int64_t deadline_ms, struct err *err)
 
 	r = http_do(mp->http, &req, &resp, err);
 	if (r == 0)
-		r = mp_parse_metadata(mp->well_known_url, &resp, &mp->meta, err);
-	if (r == 0)
-		mp->have_meta = true;
+		r = mp_parse_metadata(mp->well_known_url, &resp, mp->trust_endpoints, ret, err);
 	http_response_release(&resp);
 	return r;
 }
 
+static bool same_metadata(const struct mp_metadata *a, const struct mp_metadata *b)
+{
+	return !strcmp(a->issuer, b->issuer) && !strcmp(a->token_endpoint, b->token_endpoint) &&
+	       !strcmp(a->jwks_uri, b->jwks_uri);
+}
+
 int mp_metadata(struct mp *mp, int64_t deadline_ms, const struct mp_metadata **ret, struct err *err)
 {
+	struct mp_metadata fresh = { 0 };
+	struct meta_doc *d;
+	int64_t now = http_now_ms();
 	int r = 0;
 
 	pthread_mutex_lock(&mp->meta_lock);
-	if (!mp->have_meta) {
-		free((char *)mp->meta.issuer);
-		free((char *)mp->meta.token_endpoint);
-		free((char *)mp->meta.jwks_uri);
-		memset(&mp->meta, 0, sizeof(mp->meta));
-		r = fetch_metadata(mp, deadline_ms, err);
+	if (mp->meta && ((!mp->meta_stale && now - mp->meta_at_ms < mp->meta_max_age_ms) ||
+			 now < mp->meta_retry_ms))
+		goto out;
+	r = fetch_metadata(mp, deadline_ms, &fresh, err);
+	if (r < 0) {
+		/* A refresh that fails keeps the document we have; the next try waits a minute. */
+		if (mp->meta) {
+			log_warn("refreshing Maskinporten's metadata failed, keeping the one "
+				 "fetched before: %s",
+				 err ? err->msg : "");
+			mp->meta_retry_ms = now + META_RETRY_MS;
+			r = 0;
+		}
+		goto out;
+	}
+	mp->meta_at_ms = now;
+	mp->meta_stale = false;
+	if (mp->meta && same_metadata(&mp->meta->m, &fresh)) {
+		free((char *)fresh.issuer);
+		free((char *)fresh.token_endpoint);
+		free((char *)fresh.jwks_uri);
+		goto out;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		free((char *)fresh.issuer);
+		free((char *)fresh.token_endpoint);
+		free((char *)fresh.jwks_uri);
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		goto out;
+	}
+	if (mp->meta)
+		log_info("Maskinporten's metadata changed: issuer %s, token endpoint %s",
+			 fresh.issuer, fresh.token_endpoint);
+	d->m = fresh;
+	d->older = mp->meta;
+	mp->meta = d;
+out:
+	if (r == 0)
+		*ret = &mp->meta->m;
+	pthread_mutex_unlock(&mp->meta_lock);
+	return r;
+}
+
+void mp_metadata_stale(struct mp *mp)
+{
+	int64_t now = http_now_ms();
+
+	pthread_mutex_lock(&mp->meta_lock);
+	if (now >= mp->stale_ok_ms) {
+		mp->meta_stale = true;
+		mp->stale_ok_ms = now + META_RETRY_MS;
 	}
 	pthread_mutex_unlock(&mp->meta_lock);
-	if (r == 0)
-		*ret = &mp->meta;
-	return r;
 }
 
 /* What a person should do about each of Maskinporten's error codes. */
@@ -323,11 +457,13 @@ int mp_parse_token_answer(const struct http_response *resp, bool admin, json_t *
 		if (err)
 			err->http_status = resp->status;
 		if (doc && json_unpack_ex(doc, &jerr, 0, "{s:s, s?s}", "error", &code,
-					  "error_description", &desc) == 0)
+					  "error_description", &desc) == 0) {
 			r = err_set(err, ERR_UPSTREAM, EPERM,
 				    "Maskinporten refused the grant: %s: %s (%s)", code,
 				    desc ? desc : "no description", hint(code, admin));
-		else
+			if (err)
+				snprintf(err->code, sizeof(err->code), "%s", code);
+		} else
 			r = err_set(err, ERR_UPSTREAM, EPROTO,
 				    "Maskinporten's token endpoint answered HTTP %ld without an "
 				    "error code",
@@ -364,27 +500,16 @@ int mp_token_request(struct http *http, const char *token_endpoint, const char *
 	return token_request(http, token_endpoint, &g, false, deadline_ms, ret_response, err);
 }
 
-int mp_client_token(struct mp *mp, EVP_PKEY *pkey, const char *kid, const char *client_id,
-		    const char *scope, int64_t deadline_ms, json_t **ret_response, struct err *err)
-{
-	const struct mp_metadata *meta;
-	int r;
-
-	r = mp_metadata(mp, deadline_ms, &meta, err);
-	if (r < 0)
-		return r;
-	return mp_token_request(mp->http, meta->token_endpoint, meta->issuer, pkey, kid, client_id,
-				scope, deadline_ms, ret_response, err);
-}
-
 /*
- * The organisation number out of the admin token's claims: client_orgno, else
- * consumer.ID "0192:<orgno>". Not verified: the token came over TLS from the
- * issuer we trust, and it is only used to read scope access lists.
+ * The organisation number out of the admin token's claims: consumer.ID
+ * "0192:<orgno>", which Maskinporten promises is always present
+ * (client_orgno is an old claim it is removing). Not verified: the token
+ * came over TLS from the issuer we trust, and it is only used to read scope
+ * access lists.
  */
 void mp_token_orgno(const char *token, char *ret, size_t len)
 {
-	const char *p1, *p2, *orgno = NULL, *id = NULL;
+	const char *p1, *p2, *id = NULL;
 	unsigned char *raw = NULL;
 	json_t *claims = NULL;
 	size_t rawlen = 0;
@@ -398,18 +523,23 @@ void mp_token_orgno(const char *token, char *ret, size_t len)
 	part = strndup(p1 + 1, (size_t)(p2 - p1 - 1));
 	raw = part ? keys_b64url_decode(part, &rawlen) : NULL;
 	claims = raw ? json_loadb((const char *)raw, rawlen, JSON_REJECT_DUPLICATES, NULL) : NULL;
-	if (claims && json_unpack(claims, "{s:s}", "client_orgno", &orgno) == 0)
-		snprintf(ret, len, "%s", orgno);
-	else if (claims && json_unpack(claims, "{s:{s:s}}", "consumer", "ID", &id) == 0 &&
-		 strncmp(id, "0192:", 5) == 0)
+	if (claims && json_unpack(claims, "{s:{s:s}}", "consumer", "ID", &id) == 0 &&
+	    strncmp(id, "0192:", 5) == 0)
 		snprintf(ret, len, "%s", id + 5);
 	json_decref(claims);
 	free(raw);
 	free(part);
 }
 
-static int fetch_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token,
-			     long *ret_lifetime, struct err *err)
+/* Whether a failed token request says the metadata we hold may be out of date. */
+static bool metadata_suspect(const struct err *err)
+{
+	return err->kind == ERR_UNAVAILABLE || err->kind == ERR_BAD_RESPONSE ||
+	       err->http_status == 404 || err->http_status == 405;
+}
+
+static int fetch_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms,
+			     char **ret_token, long *ret_lifetime, struct err *err)
 {
 	const struct mp_metadata *meta;
 	struct grant_ctx g = { 0 };
@@ -428,9 +558,17 @@ static int fetch_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_toke
 				.x5c = mp->x5c,
 				.iss = mp->admin_client_id,
 				.aud = meta->issuer,
-				.scope = mp->admin_scopes };
+				.scope = mp->tok[which].scopes };
 	r = token_request(mp->http, meta->token_endpoint, &g, true, deadline_ms, &resp, err);
 	if (r < 0) {
+		if (metadata_suspect(err))
+			mp_metadata_stale(mp);
+		if (which == MP_ADMIN_EXPOSE && !strcmp(err->code, "invalid_scope"))
+			return err_set(err, ERR_UPSTREAM, EPERM,
+				       "exposing scopes needs the admin scope %s, and Maskinporten "
+				       "refuses it to admin client %s (invalid_scope): ask DigDir to "
+				       "give that client %s, or remove `exposes`",
+				       MP_SCOPES_WRITE, mp->admin_client_id, MP_SCOPES_WRITE);
 		err_prefix(err, "admin token: ");
 		return r;
 	}
@@ -446,8 +584,10 @@ static int fetch_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_toke
 	return 0;
 }
 
-int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct err *err)
+int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char **ret_token,
+		   struct err *err)
 {
+	struct admin_token *t = &mp->tok[which == MP_ADMIN_EXPOSE ? MP_ADMIN_EXPOSE : 0];
 	char *fresh = NULL, *copy = NULL;
 	struct timespec ts;
 	long lifetime = 0, margin;
@@ -456,15 +596,15 @@ int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct 
 	pthread_mutex_lock(&mp->lock);
 	/* A valid cached token, or wait while another caller refreshes it. */
 	for (;;) {
-		if (mp->token && http_now_ms() < mp->refresh_at_ms) {
-			copy = strdup(mp->token);
+		if (t->token && http_now_ms() < t->refresh_at_ms) {
+			copy = strdup(t->token);
 			pthread_mutex_unlock(&mp->lock);
 			if (!copy)
 				return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 			*ret_token = copy;
 			return 0;
 		}
-		if (!mp->refreshing)
+		if (!t->refreshing)
 			break;
 		if (deadline_ms > 0) {
 			ts.tv_sec = deadline_ms / 1000;
@@ -478,18 +618,18 @@ int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct 
 			pthread_cond_wait(&mp->cond, &mp->lock);
 		}
 	}
-	mp->refreshing = true;
+	t->refreshing = true;
 	pthread_mutex_unlock(&mp->lock);
 
-	r = fetch_admin_token(mp, deadline_ms, &fresh, &lifetime, err);
+	r = fetch_admin_token(mp, which, deadline_ms, &fresh, &lifetime, err);
 
 	pthread_mutex_lock(&mp->lock);
-	mp->refreshing = false;
+	t->refreshing = false;
 	if (r == 0) {
-		keys_free_secret(mp->token);
-		mp->token = fresh;
+		keys_free_secret(t->token);
+		t->token = fresh;
 		margin = lifetime / 10 < TOKEN_MARGIN_S ? lifetime / 10 : TOKEN_MARGIN_S;
-		mp->refresh_at_ms = http_now_ms() + (int64_t)(lifetime - margin) * 1000;
+		t->refresh_at_ms = http_now_ms() + (int64_t)(lifetime - margin) * 1000;
 		if (!mp->orgno[0])
 			mp_token_orgno(fresh, mp->orgno, sizeof(mp->orgno));
 		copy = strdup(fresh);
@@ -506,10 +646,11 @@ int mp_admin_token(struct mp *mp, int64_t deadline_ms, char **ret_token, struct 
 void mp_admin_token_invalidate(struct mp *mp, const char *token)
 {
 	pthread_mutex_lock(&mp->lock);
-	if (mp->token && token && strcmp(mp->token, token) == 0) {
-		keys_free_secret(mp->token);
-		mp->token = NULL;
-	}
+	for (size_t i = 0; i < 2; i++)
+		if (mp->tok[i].token && token && strcmp(mp->tok[i].token, token) == 0) {
+			keys_free_secret(mp->tok[i].token);
+			mp->tok[i].token = NULL;
+		}
 	pthread_mutex_unlock(&mp->lock);
 }
 
@@ -517,7 +658,7 @@ const char *mp_org_number(struct mp *mp)
 {
 	const char *r;
 
-	/* Written once per refresh under the lock, always with the same value. */
+	/* Written once, under the lock, always with the same value. */
 	pthread_mutex_lock(&mp->lock);
 	r = mp->orgno[0] ? mp->orgno : NULL;
 	pthread_mutex_unlock(&mp->lock);

@@ -42,6 +42,7 @@
 struct answer_slot {
 	char *description;
 	char *scopes_key;
+	const struct mp_metadata *meta; /* the metadata the files name; a refresh makes them stale */
 	unsigned mode;
 	char kid[KEYS_KID_MAX];
 	char *client_id;
@@ -52,6 +53,8 @@ struct answer_slot {
 struct provider {
 	struct app *app;
 	struct registry *reg;
+	struct scopes *scopes;
+	struct state *state;
 	struct answer_slot *slots;
 	pthread_mutex_t slot_locks[SLOT_LOCKS];
 	_Atomic(const struct mp_metadata *) meta; /* set once fetched; lives as long as app->mp */
@@ -69,12 +72,14 @@ enum server_code provider_status(enum err_kind kind)
 	case ERR_SCOPE_ACCESS:
 	case ERR_UPSTREAM:
 	case ERR_CONFLICT:
+	case ERR_UNCONFIGURED:
 		return SERVER_FAILED_PRECONDITION;
 	case ERR_NOT_FOUND:
 		return SERVER_NOT_FOUND;
 	case ERR_THROTTLED:
 		return SERVER_RESOURCE_EXHAUSTED;
 	case ERR_TIMEOUT:
+	case ERR_PROPAGATING:
 		return SERVER_DEADLINE_EXCEEDED;
 	/*
 	 * DigDir being down is not UNAVAILABLE: the driver would retry at once,
@@ -96,7 +101,8 @@ static const char *advice(enum err_kind kind)
 		return "; DigDir is rate limiting, the kubelet retries with backoff";
 	case ERR_UNAVAILABLE:
 	case ERR_TIMEOUT:
-		return "; DigDir or Maskinporten did not answer in time, the kubelet retries";
+		return "; the kubelet retries with backoff, and clients this node knows keep "
+		       "being served meanwhile";
 	case ERR_BAD_RESPONSE:
 		return "; DigDir or Maskinporten answered something unusable, see the provider's "
 		       "log";
@@ -246,13 +252,14 @@ static void slot_clear(struct answer_slot *s)
 
 /* Copies the cached answer for req and kid into reply. True when there was one. */
 static bool cached_answer(struct provider *p, const struct mount_request *req, const char *kid,
-			  struct server_reply *reply, char *ret_client_id, size_t idlen)
+			  const struct mp_metadata *meta, struct server_reply *reply,
+			  char *ret_client_id, size_t idlen)
 {
 	struct answer_slot *s = slot_of(p, req->description);
 	bool hit = false;
 
 	pthread_mutex_lock(slot_lock(p, s));
-	if (s->payload && s->mode == req->mode && !strcmp(s->kid, kid) &&
+	if (s->payload && s->mode == req->mode && s->meta == meta && !strcmp(s->kid, kid) &&
 	    !strcmp(s->description, req->description) && !strcmp(s->scopes_key, req->scopes_key)) {
 		reply->payload = malloc(s->len ? s->len : 1);
 		if (reply->payload) {
@@ -269,7 +276,8 @@ static bool cached_answer(struct provider *p, const struct mount_request *req, c
 
 /* Keeps a copy of a warm answer for the next pod of the same app. */
 static void cache_answer(struct provider *p, const struct mount_request *req,
-			 const struct registry_answer *a, const struct server_reply *reply)
+			 const struct registry_answer *a, const struct mp_metadata *meta,
+			 const struct server_reply *reply)
 {
 	struct answer_slot *s = slot_of(p, req->description);
 
@@ -283,6 +291,7 @@ static void cache_answer(struct provider *p, const struct mount_request *req,
 		memcpy(s->payload, reply->payload, reply->len);
 		s->len = reply->len;
 		s->mode = req->mode;
+		s->meta = meta;
 		memcpy(s->kid, a->kid, sizeof(s->kid));
 	} else {
 		slot_clear(s);
@@ -321,7 +330,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 		goto out;
 
 	/* Another pod of the same app had this very answer: copy it. */
-	if (cached_answer(p, &req, kid, reply, client_id, sizeof(client_id))) {
+	if (cached_answer(p, &req, kid, meta, reply, client_id, sizeof(client_id))) {
 		log_mount(&req, client_id, t0, NULL, true, true);
 		handed = 0;
 		goto out;
@@ -332,7 +341,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 		reply_error(reply, &req, &err);
 		log_mount(&req, a.client_id, t0, &err, true, true);
 	} else {
-		cache_answer(p, &req, &a, reply);
+		cache_answer(p, &req, &a, meta, reply);
 		log_mount(&req, a.client_id, t0, NULL, true, true);
 	}
 	handed = 0;
@@ -340,6 +349,35 @@ out:
 	registry_answer_release(&a);
 	mount_request_free(&req);
 	return handed;
+}
+
+/*
+ * Consumer grants DigDir refused: the Mount went on without them, so each is
+ * logged (and counted) where the operator looks, with DigDir's reason.
+ */
+static void log_refused(const struct mount_request *req, const json_t *refused)
+{
+	size_t i;
+	json_t *o;
+
+	json_array_foreach(refused, i, o)
+	{
+		const char *scope = json_string_value(json_object_get(o, "scope"));
+		const char *orgno = json_string_value(json_object_get(o, "orgno"));
+		const char *why = json_string_value(json_object_get(o, "reason"));
+		struct log_field f[] = {
+			{ "namespace", req->namespace_name },
+			{ "app", req->service_account },
+			{ "scope", scope },
+			{ "orgno", orgno },
+		};
+
+		metrics_consumer_refused();
+		log_fields(LOG_LEVEL_WARN, f, sizeof(f) / sizeof(f[0]),
+			   "DigDir refused to grant organisation %s access to exposed scope %s; "
+			   "skipped, the other consumers are granted: %s",
+			   orgno ? orgno : "?", scope ? scope : "?", why ? why : "");
+	}
 }
 
 static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
@@ -350,6 +388,7 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	struct mount_request req = { 0 };
 	const struct mp_metadata *meta = NULL;
 	struct scopes_decl *decl = NULL;
+	json_t *refused = NULL;
 	char *exposed = NULL;
 	struct err err = { 0 };
 	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
@@ -358,8 +397,10 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
 		goto fail;
 	parsed = true;
-	/* A bad declaration fails before anything is provisioned. */
+	/* A bad declaration, or one this provider cannot serve, fails before anything is provisioned. */
 	if (req.exposes && scopes_parse(req.exposes, &decl, &err) < 0)
+		goto fail;
+	if (decl && scopes_check(p->scopes, &err) < 0)
 		goto fail;
 	if (mp_metadata(p->app->mp, until, &meta, &err) < 0) {
 		err_prefix(&err, "fetching Maskinporten's metadata: ");
@@ -370,10 +411,14 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 			    &a, &err) < 0)
 		goto fail;
 	/* Exposed scopes once the client is there; cached per app (scopes.c). */
-	if (decl && scopes_sync(p->app->dd, req.description, decl,
-				p->app->cfg->revalidate_interval_s, until, &exposed, &err) < 0) {
+	if (decl && scopes_sync(p->scopes, req.description, decl, until, &exposed, &refused,
+				&err) < 0) {
 		err_prefix(&err, "exposed scopes: ");
 		goto fail;
+	}
+	if (decl) {
+		log_refused(&req, refused);
+		state_refused(p->state, req.description, refused);
 	}
 	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
@@ -384,9 +429,19 @@ fail:
 	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false, false);
 out:
 	free(exposed);
+	json_decref(refused);
 	scopes_decl_free(decl);
 	registry_answer_release(&a);
 	mount_request_free(&req);
+}
+
+struct state *provider_state_open(const struct config *cfg)
+{
+	char *path = cfg->state_file ? NULL : state_default_path(cfg->socket_path);
+	struct state *st = state_open(cfg->state_file ? cfg->state_file : path, cfg->cluster_name);
+
+	free(path);
+	return st;
 }
 
 struct provider *provider_new(struct app *app, struct err *err)
@@ -396,7 +451,8 @@ struct provider *provider_new(struct app *app, struct err *err)
 		.capacity = cfg->cache_size,
 		.epoch_len = cfg->epoch_length,
 		.revalidate_interval_s = cfg->revalidate_interval_s,
-		.flight_timeout_ms = cfg->mount_timeout_ms,
+		.flight_timeout_ms = cfg->flight_timeout_ms,
+		.flip_window_ms = cfg->scope_flip_window_ms,
 		.time_offset_s = cfg->time_offset_s,
 	};
 	struct provider *p = calloc(1, sizeof(*p));
@@ -406,10 +462,15 @@ struct provider *provider_new(struct app *app, struct err *err)
 		return NULL;
 	}
 	p->app = app;
-	p->reg = registry_new(&rc, app->dd, &app->seed);
+	p->state = provider_state_open(cfg);
+	p->reg = p->state ? registry_new(&rc, app->dd, app->mp, app->http, &app->seed, p->state)
+			  : NULL;
+	p->scopes = scopes_new(app->dd, cfg->scope_prefix, cfg->revalidate_interval_s);
 	p->slots = calloc(ANSWER_SLOTS, sizeof(*p->slots));
-	if (!p->reg || !p->slots) {
+	if (!p->reg || !p->scopes || !p->slots) {
 		registry_free(p->reg);
+		scopes_free(p->scopes);
+		state_close(p->state);
 		free(p->slots);
 		free(p);
 		err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
@@ -431,6 +492,8 @@ void provider_free(struct provider *p)
 	if (!p)
 		return;
 	registry_free(p->reg);
+	scopes_free(p->scopes);
+	state_close(p->state);
 	for (size_t i = 0; i < ANSWER_SLOTS; i++)
 		slot_clear(&p->slots[i]);
 	for (size_t i = 0; i < SLOT_LOCKS; i++)
@@ -460,7 +523,8 @@ int provider_ready(struct provider *p, char *msg, size_t len)
 	r = mp_metadata(p->app->mp, http_now_ms() + 5000, &meta, &err);
 	if (r == 0) {
 		atomic_store(&p->meta, meta);
-		r = mp_admin_token(p->app->mp, http_now_ms() + 5000, &token, &err);
+		r = mp_admin_token(p->app->mp, MP_ADMIN_CLIENTS, http_now_ms() + 5000, &token,
+				   &err);
 	}
 	keys_free_secret(token);
 	if (r < 0)

@@ -2,10 +2,12 @@
  * registry: the per-client cache, one provisioning flight per client, epochs.
  *
  * One mutex guards the table; it is never held across network calls or key
- * derivation. A flight marks its entry in_flight, drops the lock, talks to
- * DigDir, derives keys, then publishes under the lock and wakes the callers
- * that waited for it. Must never log key material; entries wipe their
- * private JWK when they are replaced or evicted.
+ * derivation. A flight marks its entry in_flight, runs on its own thread
+ * without the lock (find or create the client, clean up duplicates, register
+ * the key schedule, derive the current key, and, when anything new was
+ * registered, wait until Maskinporten accepts it), then publishes under the
+ * lock and wakes the Mounts that waited for it. Must never log key material;
+ * entries wipe their private JWK when they are replaced or evicted.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -15,25 +17,34 @@
 #include <time.h>
 
 #include "hash.h"
-#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
-#include "timespec.h"
+
+#define VERIFY_FIRST_WAIT_MS 500  /* between token requests while a key propagates ... */
+#define REPORT_MARGIN_MS     300  /* a flight's error reaches the Mount before it stops waiting */
+#define VERIFY_MAX_WAIT_MS   5000 /* ... doubling up to this */
 
 struct entry {
 	char *description;
 	char *client_id; /* pinned once known */
-	char **scopes;	 /* as registered */
+	char **scopes;	 /* of the answer held */
 	size_t nscopes;
 	char *scopes_key;
-	int64_t epoch;	   /* epoch of jwk_private; -1: none */
+	char *written;	 /* the scope set DigDir held after this node's last flight */
+	char *prev_key;	 /* the set asked for before the last change */
+	int64_t asked_ms; /* the last Mount that asked for scopes_key */
+	bool stale;	  /* revalidation found other scopes at DigDir: the next Mount flies */
+	int64_t epoch;	  /* epoch of jwk_private; -1: none */
 	char *jwk_private; /* SECRET */
 	char kid[KEYS_KID_MAX];
 	int64_t registered_max; /* highest own epoch seen registered at DigDir; -1: none */
 	int64_t validated_ms;	/* last successful flight, http_now_ms() clock */
 	bool in_flight;
-	int waiters;	     /* callers sleeping on this entry: it must not be evicted */
+	bool verifying;	 /* the flight waits for Maskinporten to accept a new key */
+	const char *step; /* what the running flight does now, for a Mount that stops waiting */
+	char *flight_key; /* the scope set the running flight provisions */
+	int waiters;	 /* callers sleeping on this entry: it must not be evicted */
 	unsigned generation; /* bumped by every finished flight */
 	int flight_rc;
 	struct err flight_err;
@@ -44,15 +55,47 @@ struct entry {
 struct registry {
 	struct registry_config cfg;
 	struct digdir *dd;
+	struct mp *mp;
+	struct http *http;
 	const struct keys_seed *seed;
+	struct state *st;
 	pthread_mutex_t lock;
-	pthread_cond_t flight_done;
+	pthread_cond_t flight_done; /* CLOCK_MONOTONIC */
+	pthread_cond_t wake;	    /* CLOCK_MONOTONIC */
 	struct entry **buckets;
 	size_t nbuckets, size;
 	struct entry *lru_head, *lru_tail;
 	pthread_t thread;
 	bool thread_started, stopping;
-	pthread_cond_t wake;
+	int flights; /* flight threads running */
+};
+
+/* One flight's inputs, copied so that it needs nothing of the entry until it publishes. */
+struct flight {
+	struct registry *reg;
+	struct entry *e;
+	char *description;
+	char **scopes;
+	size_t nscopes;
+	char *key;
+	char *pinned;
+	char *written;
+	bool readonly; /* revalidation: never writes scopes */
+	int64_t mount_deadline_ms; /* the Mount that started it, 0: none (revalidation) */
+	int64_t epoch;
+	int64_t known_max;
+	bool same_scopes;
+};
+
+/* What a flight produced, published under the lock. */
+struct flight_result {
+	char *client_id;
+	char *registered; /* DigDir's scope set */
+	char *jwk_private; /* SECRET */
+	char kid[KEYS_KID_MAX];
+	int64_t epoch;
+	int64_t registered_max;
+	bool differs; /* readonly: DigDir holds other scopes than the entry's */
 };
 
 static uint64_t hash(const char *s)
@@ -68,6 +111,19 @@ static int64_t now_s(const struct registry *reg)
 int64_t registry_epoch(const struct registry *reg)
 {
 	return keys_epoch_at(now_s(reg), reg->cfg.epoch_len);
+}
+
+/* Waits on cond (lock held) until woken or until_ms (http_now_ms() clock). False once past it. */
+static bool wait_until(struct registry *reg, pthread_cond_t *cond, int64_t until_ms)
+{
+	struct timespec ts;
+
+	if (until_ms <= http_now_ms())
+		return false;
+	ts.tv_sec = (time_t)(until_ms / 1000);
+	ts.tv_nsec = (long)(until_ms % 1000) * 1000000L;
+	pthread_cond_timedwait(cond, &reg->lock, &ts);
+	return true;
 }
 
 static void lru_unlink(struct registry *reg, struct entry *e)
@@ -103,6 +159,18 @@ static void free_scopes(char **scopes, size_t n)
 	free(scopes);
 }
 
+static char **copy_scopes(char *const *scopes, size_t n)
+{
+	char **c = calloc(n ? n : 1, sizeof(char *));
+
+	for (size_t i = 0; c && i < n; i++)
+		if (!(c[i] = strdup(scopes[i]))) {
+			free_scopes(c, i);
+			return NULL;
+		}
+	return c;
+}
+
 static void wipe_jwk(struct entry *e)
 {
 	keys_free_secret(e->jwk_private);
@@ -119,6 +187,9 @@ static void entry_free(struct entry *e)
 	free(e->client_id);
 	free_scopes(e->scopes, e->nscopes);
 	free(e->scopes_key);
+	free(e->written);
+	free(e->prev_key);
+	free(e->flight_key);
 	free(e);
 }
 
@@ -149,6 +220,7 @@ static void table_remove(struct registry *reg, struct entry *victim)
 static struct entry *insert(struct registry *reg, const char *description)
 {
 	struct entry *e, **bucket;
+	bool pending = false;
 
 	while (reg->size >= (size_t)reg->cfg.capacity) {
 		struct entry *victim = reg->lru_tail;
@@ -170,6 +242,12 @@ static struct entry *insert(struct registry *reg, const char *description)
 	}
 	e->epoch = -1;
 	e->registered_max = -1;
+	/* What the state file remembers is a hint: the first flight checks it at DigDir. */
+	if (state_get(reg->st, description, &e->client_id, &e->written, &pending) == 0 &&
+	    pending) {
+		free(e->client_id);
+		e->client_id = NULL; /* a create may have been cut short: look the app up */
+	}
 	bucket = &reg->buckets[hash(description) & (reg->nbuckets - 1)];
 	e->hnext = *bucket;
 	*bucket = e;
@@ -181,7 +259,7 @@ static struct entry *insert(struct registry *reg, const char *description)
 
 static bool warm(const struct entry *e, const char *scopes_key, int64_t epoch)
 {
-	return e->client_id && e->jwk_private && e->epoch == epoch && e->scopes_key &&
+	return e->client_id && e->jwk_private && e->epoch == epoch && !e->stale && e->scopes_key &&
 	       !strcmp(e->scopes_key, scopes_key);
 }
 
@@ -197,7 +275,6 @@ static int answer_from(const struct entry *e, struct registry_answer *ret)
 		return -ENOMEM;
 	}
 	memcpy(a.kid, e->kid, sizeof(a.kid));
-	a.epoch = e->epoch;
 	*ret = a;
 	return 0;
 }
@@ -237,6 +314,7 @@ int registry_warm_kid(struct registry *reg, const char *description, const char 
 	e = find(reg, description);
 	if (e && warm(e, scopes_key, epoch)) {
 		memcpy(ret_kid, e->kid, KEYS_KID_MAX);
+		e->asked_ms = http_now_ms();
 		lru_unlink(reg, e);
 		lru_push(reg, e);
 		r = 0;
@@ -247,6 +325,8 @@ int registry_warm_kid(struct registry *reg, const char *description, const char 
 		metrics_cache(true);
 	return r;
 }
+
+/* ---- one flight --------------------------------------------------------------- */
 
 /* The highest epoch among our keys in a registered "keys" array, or -1. */
 static int64_t registered_max(const struct registry *reg, const char *client_id, const json_t *keys)
@@ -265,71 +345,247 @@ static int64_t registered_max(const struct registry *reg, const char *client_id,
 	return best;
 }
 
-/* What a flight produced, published under the lock. */
-struct flight_result {
-	char *client_id;
-	char *jwk_private; /* SECRET */
-	char kid[KEYS_KID_MAX];
-	int64_t epoch;
-	int64_t registered_max;
-};
+/* Sleeps ms unless the registry stops meanwhile. False when it stops. */
+static bool pause_ms(struct registry *reg, long ms)
+{
+	int64_t until = http_now_ms() + ms;
+	bool stopping;
+
+	pthread_mutex_lock(&reg->lock);
+	while (!reg->stopping && wait_until(reg, &reg->wake, until))
+		;
+	stopping = reg->stopping;
+	pthread_mutex_unlock(&reg->lock);
+	return !stopping;
+}
+
+static void set_verifying(struct registry *reg, struct entry *e, bool on)
+{
+	pthread_mutex_lock(&reg->lock);
+	e->verifying = on;
+	pthread_mutex_unlock(&reg->lock);
+}
+
+/* Whether a refused token request may be DigDir's change not having reached Maskinporten. */
+static bool propagating(const struct err *err)
+{
+	static const char *const codes[] = { "invalid_grant", "invalid_client", "invalid_scope",
+					     "forbidden" };
+
+	if (err->kind == ERR_UNAVAILABLE || err->kind == ERR_TIMEOUT ||
+	    err->kind == ERR_THROTTLED || err->kind == ERR_BAD_RESPONSE)
+		return true;
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (!strcmp(err->code, codes[i]))
+			return true;
+	return false;
+}
 
 /*
- * The network part of a flight, run without the lock: find or create the
- * client, register the key schedule, derive the current key. pinned may be NULL.
+ * A new client, key or scope set reaches Maskinporten 0-2 minutes after
+ * DigDir took it. Asks Maskinporten for a token with the key until it gives
+ * one, so that no pod gets a key Maskinporten refuses.
  */
-static int fly(struct registry *reg, const char *description, char *const *scopes, size_t nscopes,
-	       const char *pinned, int64_t epoch, int64_t deadline_ms, struct flight_result *ret,
-	       struct err *err)
+static int verify(struct registry *reg, struct entry *e, const char *client_id, EVP_PKEY *pkey,
+		  const char *kid, const char *scope, int64_t deadline_ms, struct err *err)
 {
-	struct keys_derive_ctx d = { .seed = reg->seed, .keep = true, .keep_epoch = epoch };
+	const struct mp_metadata *meta = NULL;
+	int64_t t0 = http_now_ms();
+	long wait = VERIFY_FIRST_WAIT_MS;
+	int tries = 0, r;
+
+	r = mp_metadata(reg->mp, deadline_ms, &meta, err);
+	if (r < 0)
+		return r;
+	set_verifying(reg, e, true);
+	for (;;) {
+		struct err terr = { 0 };
+		json_t *resp = NULL;
+		const char *token;
+
+		tries++;
+		r = mp_token_request(reg->http, meta->token_endpoint, meta->issuer, pkey, kid,
+				     client_id, scope, deadline_ms, &resp, &terr);
+		/* The app's access token is of no use here: wipe it before it is freed. */
+		token = json_string_value(json_object_get(resp, "access_token"));
+		if (token)
+			explicit_bzero((char *)token, strlen(token));
+		json_decref(resp);
+		if (r == 0)
+			break;
+		if (!propagating(&terr)) {
+			if (err)
+				*err = terr;
+			err_prefix(err, "checking the new key of client %s with Maskinporten: ",
+				   client_id);
+			goto out;
+		}
+		if (http_now_ms() + wait >= deadline_ms || !pause_ms(reg, wait)) {
+			r = err_set(err, ERR_PROPAGATING, EAGAIN,
+				    "Maskinporten does not accept the new key of client %s yet "
+				    "(%d tries in %.0f s; DigDir takes up to 2 minutes to pass a new "
+				    "client or key on): %.300s",
+				    client_id, tries, (double)(http_now_ms() - t0) / 1000.0,
+				    terr.msg);
+			goto out;
+		}
+		wait = wait * 2 > VERIFY_MAX_WAIT_MS ? VERIFY_MAX_WAIT_MS : wait * 2;
+	}
+	metrics_key_propagation((double)(http_now_ms() - t0) / 1000.0);
+	log_info("Maskinporten accepts the key of client %s after %.1f s (%d token request(s))",
+		 client_id, (double)(http_now_ms() - t0) / 1000.0, tries);
+	r = 0;
+out:
+	set_verifying(reg, e, false);
+	return r;
+}
+
+/*
+ * Duplicates of the app's client (other active clients with its
+ * description) that hold no key, or only keys of ours, are what a create
+ * race left behind (a node stopped before it deactivated its loser):
+ * deactivate them. Others are left alone and logged. Best effort.
+ */
+static void clean_duplicates(struct registry *reg, const char *description, const json_t *dups,
+			     int64_t deadline_ms)
+{
+	size_t i, j;
+	json_t *id, *k;
+
+	json_array_foreach(dups, i, id)
+	{
+		const char *dup = json_string_value(id);
+		struct err err = { 0 };
+		json_t *keys = NULL;
+		bool ours = true;
+
+		if (digdir_get_jwks(reg->dd, dup, deadline_ms, &keys, &err) < 0) {
+			log_warn("duplicate client %s of %s: reading its keys failed: %s", dup,
+				 description, err.msg);
+			continue;
+		}
+		json_array_foreach(keys, j, k)
+		{
+			const char *kid = json_string_value(json_object_get(k, "kid"));
+
+			ours &= kid && keys_kid_is_own(reg->seed, dup, kid, NULL);
+		}
+		json_decref(keys);
+		if (!ours) {
+			log_warn("client %s has the description %s too, and keys that are not this "
+				 "provider's: left as it is, deactivate it by hand if it is unused",
+				 dup, description);
+			continue;
+		}
+		if (digdir_delete_client(reg->dd, dup, deadline_ms, &err) < 0 &&
+		    err.kind != ERR_NOT_FOUND) {
+			log_warn("deactivating duplicate client %s of %s failed: %s", dup,
+				 description, err.msg);
+			continue;
+		}
+		metrics_client_deactivated("duplicate");
+		log_warn("deactivated client %s: a duplicate of %s left by a create race, with no "
+			 "key in use",
+			 dup, description);
+	}
+}
+
+static void set_step(struct registry *reg, struct entry *e, const char *step)
+{
+	pthread_mutex_lock(&reg->lock);
+	e->step = step;
+	pthread_mutex_unlock(&reg->lock);
+}
+
+/*
+ * The network part of a flight, run without the lock, as a sequence of
+ * steps: the client, its duplicates, its keys, the current key, and
+ * Maskinporten's word that it works. Finding the client is bounded by the
+ * Mount that asked (so its error says what failed); once the client is
+ * known, the rest goes on within the flight's own budget even after that
+ * Mount gave up, so that no client is left half provisioned and the
+ * kubelet's next try is answered at once.
+ */
+static int fly(struct flight *f, int64_t budget_ms, struct flight_result *ret, struct err *err)
+{
+	int64_t deadline_ms = f->mount_deadline_ms && f->mount_deadline_ms < budget_ms
+				  ? f->mount_deadline_ms
+				  : budget_ms;
+	struct registry *reg = f->reg;
+	struct keys_derive_ctx d = { .seed = reg->seed, .keep = true, .keep_epoch = f->epoch };
+	struct digdir_ensure ens = {
+		.description = f->description,
+		.scopes = (const char *const *)f->scopes,
+		.nscopes = f->nscopes,
+		.pinned_id = f->pinned,
+		.written = f->written,
+		.readonly_scopes = f->readonly,
+	};
 	json_t *registered = NULL;
-	char *client_id = NULL;
-	bool uploaded = false, created = false;
+	bool uploaded = false, current_new = false;
 	int r;
 
-	r = digdir_ensure_client(reg->dd, description, (const char *const *)scopes, nscopes, pinned,
-				 deadline_ms, &client_id, &created, err);
+	/* 1. Find or create the client, with the Mount's scopes. */
+	set_step(reg, f->e, "looking up the client at DigDir");
+	r = digdir_ensure_client(reg->dd, &ens, deadline_ms, err);
 	if (r < 0)
 		goto out;
-	d.client_id = client_id;
-	r = digdir_sync_jwks(reg->dd, client_id, reg->seed, epoch, reg->cfg.epoch_len,
-			     created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &d,
-			     deadline_ms, &registered, &uploaded, err);
+	/* 2. What a create race left behind. */
+	if (ens.duplicates) {
+		set_step(reg, f->e, "cleaning up duplicate clients at DigDir");
+		clean_duplicates(reg, f->description, ens.duplicates, budget_ms);
+	}
+	/* 3. Register the key schedule (this epoch's key and the next). */
+	set_step(reg, f->e, "registering the key schedule at DigDir");
+	d.client_id = ens.client_id;
+	r = digdir_sync_jwks(reg->dd, ens.client_id, reg->seed, f->epoch, reg->cfg.epoch_len,
+			     ens.created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &d,
+			     budget_ms, &registered, &uploaded, &current_new, err);
 	for (unsigned i = 0; i < d.derived; i++)
 		metrics_key_derived();
 	if (r < 0)
 		goto out;
 	if (uploaded)
 		metrics_jwks_upload();
+	/* 4. The current key. */
 	if (!d.kept) {
-		d.kept = keys_derive(reg->seed, client_id, epoch);
+		d.kept = keys_derive(reg->seed, ens.client_id, f->epoch);
 		if (!d.kept) {
 			r = err_set(err, ERR_INTERNAL, EIO, "deriving the key of epoch %lld failed",
-				    (long long)epoch);
+				    (long long)f->epoch);
 			goto out;
 		}
 		metrics_key_derived();
 	}
-	r = keys_kid(reg->seed, client_id, epoch, ret->kid);
+	r = keys_kid(reg->seed, ens.client_id, f->epoch, ret->kid);
 	if (r < 0) {
 		err_set(err, ERR_INTERNAL, -r, "the client id is too long for a kid");
 		goto out;
+	}
+	/* 5. Anything new must work at Maskinporten before a pod gets it. */
+	if (ens.created || current_new || ens.scopes_changed) {
+		set_step(reg, f->e, "waiting for Maskinporten to accept the new key");
+		r = verify(reg, f->e, ens.client_id, d.kept, ret->kid, ens.registered, budget_ms,
+			   err);
+		if (r < 0)
+			goto out;
 	}
 	ret->jwk_private = keys_jwk_private(d.kept, ret->kid);
 	if (!ret->jwk_private) {
 		r = err_set(err, ERR_INTERNAL, ENOMEM, "serialising the key failed");
 		goto out;
 	}
-	ret->epoch = epoch;
-	ret->registered_max = registered_max(reg, client_id, registered);
-	ret->client_id = client_id;
-	client_id = NULL;
+	ret->epoch = f->epoch;
+	ret->registered_max = registered_max(reg, ens.client_id, registered);
+	ret->client_id = ens.client_id;
+	ret->registered = ens.registered;
+	ret->differs = ens.scopes_differ;
+	ens.client_id = ens.registered = NULL;
 	r = 0;
 out:
+	digdir_ensure_release(&ens);
 	EVP_PKEY_free(d.kept);
 	json_decref(registered);
-	free(client_id);
 	return r;
 }
 
@@ -337,120 +593,229 @@ out:
  * DigDir failed, but this node saw the current key registered before: derive
  * it locally and keep serving. Returns 0 with the result, or -ENOENT.
  */
-static int fallback(struct registry *reg, const char *client_id, int64_t registered, int64_t epoch,
-		    struct flight_result *ret)
+static int fallback(struct registry *reg, const struct flight *f, struct flight_result *ret)
 {
 	EVP_PKEY *pkey;
 
-	if (!client_id || registered < epoch)
+	if (!f->pinned || !f->same_scopes || f->known_max < f->epoch)
 		return -ENOENT;
-	pkey = keys_derive(reg->seed, client_id, epoch);
+	pkey = keys_derive(reg->seed, f->pinned, f->epoch);
 	if (!pkey)
 		return -EIO;
 	metrics_key_derived();
-	if (keys_kid(reg->seed, client_id, epoch, ret->kid) < 0 ||
+	if (keys_kid(reg->seed, f->pinned, f->epoch, ret->kid) < 0 ||
 	    !(ret->jwk_private = keys_jwk_private(pkey, ret->kid)) ||
-	    !(ret->client_id = strdup(client_id))) {
+	    !(ret->client_id = strdup(f->pinned)) ||
+	    (f->written && !(ret->registered = strdup(f->written)))) {
 		EVP_PKEY_free(pkey);
 		keys_free_secret(ret->jwk_private);
+		free(ret->client_id);
+		*ret = (struct flight_result){ 0 };
 		return -ENOMEM;
 	}
 	EVP_PKEY_free(pkey);
-	ret->epoch = epoch;
-	ret->registered_max = registered;
+	ret->epoch = f->epoch;
+	ret->registered_max = f->known_max;
 	return 0;
 }
 
-static char **copy_scopes(char *const *scopes, size_t n)
+static void flight_free(struct flight *f)
 {
-	char **c = calloc(n ? n : 1, sizeof(char *));
-
-	for (size_t i = 0; c && i < n; i++)
-		if (!(c[i] = strdup(scopes[i]))) {
-			free_scopes(c, i);
-			return NULL;
-		}
-	return c;
+	if (!f)
+		return;
+	free(f->description);
+	free_scopes(f->scopes, f->nscopes);
+	free(f->key);
+	free(f->pinned);
+	free(f->written);
+	free(f);
 }
 
-/*
- * Runs one flight for e (marked in_flight by the caller, lock held on entry
- * and on return). Publishes the result and wakes the waiters.
- */
-static int run_flight(struct registry *reg, struct entry *e, char *const *scopes, size_t nscopes,
-		      const char *scopes_key, int64_t deadline_ms, struct err *err)
+/* A client may be handed to one app only: another entry holding it lets it go. */
+static void release_elsewhere(struct registry *reg, const struct entry *owner)
 {
-	struct flight_result res = { 0 };
-	char *pinned = e->client_id ? strdup(e->client_id) : NULL;
-	char *description = strdup(e->description);
-	bool same_scopes = e->scopes_key && !strcmp(e->scopes_key, scopes_key);
-	int64_t known_max = e->registered_max, epoch = registry_epoch(reg);
-	char **scopes_copy = copy_scopes(scopes, nscopes);
-	char *key_copy = strdup(scopes_key);
-	int r;
-
-	pthread_mutex_unlock(&reg->lock);
-
-	if (!description || !scopes_copy || !key_copy) {
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	} else {
-		r = fly(reg, description, scopes, nscopes, pinned, epoch, deadline_ms, &res, err);
-		if (r < 0 && same_scopes && err->kind != ERR_SCOPE_ACCESS &&
-		    err->kind != ERR_INVALID &&
-		    fallback(reg, pinned, known_max, epoch, &res) == 0) {
-			log_warn(
-			    "DigDir failed for %s (%s); serving the key of epoch %lld, which was "
-			    "registered when last checked",
-			    description, err->msg, (long long)epoch);
-			r = 0;
-		}
+	for (struct entry *o = reg->lru_head; o; o = o->next) {
+		if (o == owner || !o->client_id || strcmp(o->client_id, owner->client_id) != 0)
+			continue;
+		log_warn("client %s now belongs to %s (its description at DigDir): %s forgets it "
+			 "and looks itself up again",
+			 owner->client_id, owner->description, o->description);
+		wipe_jwk(o);
+		free(o->client_id);
+		o->client_id = NULL;
+		o->registered_max = -1;
 	}
+}
 
-	pthread_mutex_lock(&reg->lock);
+/* Publishes a flight's result (lock held) and wakes the callers that wait for it. */
+static void publish(struct registry *reg, struct flight *f, int r, struct flight_result *res,
+		    const struct err *err)
+{
+	struct entry *e = f->e;
+
 	if (r == 0) {
 		wipe_jwk(e);
 		free(e->client_id);
-		e->client_id = res.client_id;
-		e->jwk_private = res.jwk_private;
-		e->epoch = res.epoch;
-		memcpy(e->kid, res.kid, sizeof(e->kid));
-		if (res.registered_max > e->registered_max)
-			e->registered_max = res.registered_max;
-		free_scopes(e->scopes, e->nscopes);
-		free(e->scopes_key);
-		e->scopes = scopes_copy;
-		e->nscopes = nscopes;
-		e->scopes_key = key_copy;
-		scopes_copy = NULL;
-		key_copy = NULL;
+		e->client_id = res->client_id;
+		e->jwk_private = res->jwk_private;
+		e->epoch = res->epoch;
+		memcpy(e->kid, res->kid, sizeof(e->kid));
+		if (res->registered_max > e->registered_max)
+			e->registered_max = res->registered_max;
+		/* What this node registered: a revalidation, which writes nothing, keeps it. */
+		if (res->registered && !f->readonly) {
+			free(e->written);
+			e->written = res->registered;
+			res->registered = NULL;
+		}
+		res->client_id = res->jwk_private = NULL;
+		if (f->readonly) {
+			/* Revalidation: other scopes at DigDir make the next Mount fly. */
+			e->stale = res->differs;
+		} else {
+			if (e->scopes_key && strcmp(e->scopes_key, f->key) != 0) {
+				free(e->prev_key);
+				e->prev_key = e->scopes_key;
+				e->scopes_key = NULL;
+			}
+			free_scopes(e->scopes, e->nscopes);
+			free(e->scopes_key);
+			e->scopes = f->scopes;
+			e->nscopes = f->nscopes;
+			e->scopes_key = f->key;
+			f->scopes = NULL;
+			f->nscopes = 0;
+			f->key = NULL;
+			e->stale = false;
+			e->asked_ms = http_now_ms();
+		}
 		e->validated_ms = http_now_ms();
+		release_elsewhere(reg, e);
 	}
+
 	e->in_flight = false;
+	e->verifying = false;
+	e->step = NULL;
 	e->generation++;
 	e->flight_rc = r;
 	if (r < 0 && err)
 		e->flight_err = *err;
 	pthread_cond_broadcast(&reg->flight_done);
-
-	free_scopes(scopes_copy, nscopes);
-	free(key_copy);
-	free(pinned);
-	free(description);
-	return r;
 }
 
-/* Waits for the flight on e to finish; lock held. -ETIMEDOUT past the deadline. */
-static int wait_flight(struct registry *reg, struct entry *e, int64_t deadline_ms)
+/* Runs the flight without the lock, then publishes it under the lock. */
+static void run(struct flight *f)
 {
-	while (e->in_flight) {
-		int64_t left = deadline_ms - http_now_ms();
-		struct timespec ts;
+	struct registry *reg = f->reg;
+	struct flight_result res = { 0 };
+	struct err err = { 0 };
+	int r;
 
-		if (left <= 0)
-			return -ETIMEDOUT;
-		ts = timespec_in_ms(CLOCK_REALTIME, left);
-		pthread_cond_timedwait(&reg->flight_done, &reg->lock, &ts);
+	/* A flight that may create a client says so first, in case this process dies mid-create. */
+	if (!f->pinned && !f->readonly)
+		state_pending(reg->st, f->description);
+	r = fly(f, http_now_ms() + reg->cfg.flight_timeout_ms, &res, &err);
+	if (r < 0 && err.kind != ERR_SCOPE_ACCESS && err.kind != ERR_INVALID &&
+	    err.kind != ERR_CONFLICT && err.kind != ERR_PROPAGATING) {
+		struct flight_result fb = { 0 };
+
+		if (fallback(reg, f, &fb) == 0) {
+			log_warn("DigDir failed for %s (%s); serving the key of epoch %lld, which "
+				 "was registered when last checked",
+				 f->description, err.msg, (long long)f->epoch);
+			keys_free_secret(res.jwk_private);
+			free(res.client_id);
+			free(res.registered);
+			res = fb;
+			r = 0;
+		}
 	}
+	if (r < 0 && f->readonly)
+		log_warn("revalidating %s failed: %s", f->description, err.msg);
+
+	/* What the state file keeps of a success: copied under the lock, written after it. */
+	char *id = r == 0 && res.client_id ? strdup(res.client_id) : NULL;
+	char *written = r == 0 && res.registered && !f->readonly ? strdup(res.registered) : NULL;
+
+	pthread_mutex_lock(&reg->lock);
+	publish(reg, f, r, &res, &err);
+	pthread_mutex_unlock(&reg->lock);
+	if (id)
+		state_settled(reg->st, f->description, id, written);
+	free(id);
+	free(written);
+	keys_free_secret(res.jwk_private);
+	free(res.client_id);
+	free(res.registered);
+}
+
+static void *flight_main(void *arg)
+{
+	struct flight *f = arg;
+	struct registry *reg = f->reg;
+
+	pthread_setname_np(pthread_self(), "mp-flight");
+	run(f);
+	flight_free(f);
+	pthread_mutex_lock(&reg->lock);
+	reg->flights--;
+	pthread_cond_broadcast(&reg->flight_done);
+	pthread_mutex_unlock(&reg->lock);
+	return NULL;
+}
+
+/*
+ * Starts a flight for e (lock held): on its own thread, or with detach false
+ * (or when no thread can be made) in this one, dropping the lock meanwhile.
+ * Returns 0 or -ENOMEM.
+ */
+static int start_flight(struct registry *reg, struct entry *e, char *const *scopes, size_t nscopes,
+			const char *key, bool readonly, int64_t mount_deadline_ms, bool detach)
+{
+	struct flight *f = calloc(1, sizeof(*f));
+	pthread_attr_t attr;
+	pthread_t t;
+
+	if (!f)
+		return -ENOMEM;
+	*f = (struct flight){
+		.reg = reg,
+		.e = e,
+		.description = strdup(e->description),
+		.scopes = copy_scopes(scopes, nscopes),
+		.nscopes = nscopes,
+		.key = strdup(key),
+		.pinned = e->client_id ? strdup(e->client_id) : NULL,
+		.written = e->written ? strdup(e->written) : NULL,
+		.readonly = readonly,
+		.mount_deadline_ms = mount_deadline_ms,
+		.epoch = registry_epoch(reg),
+		.known_max = e->registered_max,
+		.same_scopes = e->scopes_key && !strcmp(e->scopes_key, key),
+	};
+	free(e->flight_key);
+	e->flight_key = strdup(key);
+	if (!f->description || !f->scopes || !f->key || !e->flight_key ||
+	    (e->client_id && !f->pinned) || (e->written && !f->written)) {
+		flight_free(f);
+		return -ENOMEM;
+	}
+	e->in_flight = true;
+	if (detach && pthread_attr_init(&attr) == 0) {
+		int rc;
+
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		rc = pthread_create(&t, &attr, flight_main, f);
+		pthread_attr_destroy(&attr);
+		if (rc == 0) {
+			reg->flights++;
+			return 0;
+		}
+	}
+	pthread_mutex_unlock(&reg->lock);
+	run(f);
+	flight_free(f);
+	pthread_mutex_lock(&reg->lock);
 	return 0;
 }
 
@@ -458,7 +823,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 		    size_t nscopes, const char *scopes_key, int64_t deadline_ms,
 		    struct registry_answer *ret, struct err *err)
 {
-	int64_t epoch = registry_epoch(reg);
+	int64_t epoch = registry_epoch(reg), window = reg->cfg.flip_window_ms;
 	struct entry *e;
 	bool cached = false;
 	int r;
@@ -477,44 +842,108 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 	cached = warm(e, scopes_key, epoch);
 	metrics_cache(cached);
 
-	if (e->in_flight) {
-		unsigned gen = e->generation;
+	for (;;) {
+		unsigned gen;
+		bool ours;
 
-		/* Share the running flight: its result is ours when it asked for our scopes. */
-		e->waiters++;
-		r = wait_flight(reg, e, deadline_ms);
-		e->waiters--;
-		if (r < 0) {
-			r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-				    "timed out waiting for the provisioning of %s", description);
-			goto out;
-		}
 		if (warm(e, scopes_key, epoch)) {
+			e->asked_ms = http_now_ms();
 			r = answer_from(e, ret);
 			goto out;
 		}
-		if (e->generation != gen && e->flight_rc < 0 && e->scopes_key &&
-		    !strcmp(e->scopes_key, scopes_key)) {
+		if (!e->in_flight) {
+			/* Back to the set before the last change while the new one is in use: a flip. */
+			if (e->scopes_key && e->prev_key && !strcmp(scopes_key, e->prev_key) &&
+			    strcmp(scopes_key, e->scopes_key) != 0 &&
+			    http_now_ms() - e->asked_ms < window) {
+				r = err_set(
+				    err, ERR_CONFLICT, EEXIST,
+				    "this app's pods ask for two sets of scopes: [%.200s], and "
+				    "[%.200s] %lld s ago. Two SecretProviderClasses (or two "
+				    "volumes) give the app different scopes, which would flip its "
+				    "client at DigDir at every Mount: make them agree. (A set "
+				    "changed back on purpose is taken %lld s after the last Mount "
+				    "asking for the other.)",
+				    scopes_key, e->scopes_key,
+				    (long long)((http_now_ms() - e->asked_ms) / 1000),
+				    (long long)(window / 1000));
+				goto out;
+			}
+			if (start_flight(reg, e, scopes, nscopes, scopes_key, false,
+					 deadline_ms - REPORT_MARGIN_MS, true) < 0) {
+				r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+				goto out;
+			}
+			continue;
+		}
+		/* A flight runs: ours when it provisions our scopes, else wait for it to end. */
+		gen = e->generation;
+		ours = e->flight_key && !strcmp(e->flight_key, scopes_key);
+		e->waiters++;
+		while (e->generation == gen && wait_until(reg, &reg->flight_done, deadline_ms))
+			;
+		e->waiters--;
+		if (e->generation == gen) {
+			if (ours && e->verifying)
+				r = err_set(err, ERR_PROPAGATING, EAGAIN,
+					    "the new key of client %s is not accepted by Maskinporten "
+					    "yet (DigDir takes up to 2 minutes to pass it on); "
+					    "provisioning goes on, and the kubelet's next try is "
+					    "answered as soon as it works",
+					    e->client_id ? e->client_id : "(new)");
+			else
+				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+					    "provisioning %s did not finish in this Mount's time (it "
+					    "is %s); it goes on, and the kubelet's next try gets its "
+					    "result",
+					    description, e->step ? e->step : "starting");
+			goto out;
+		}
+		if (ours && e->flight_rc < 0) {
 			if (err)
 				*err = e->flight_err;
 			r = e->flight_rc;
 			goto out;
 		}
 	}
-	if (warm(e, scopes_key, epoch)) {
-		r = answer_from(e, ret);
-		goto out;
-	}
-
-	e->in_flight = true;
-	r = run_flight(reg, e, scopes, nscopes, scopes_key, deadline_ms, err);
-	if (r == 0)
-		r = answer_from(e, ret);
 out:
 	pthread_mutex_unlock(&reg->lock);
 	if (r == 0)
 		ret->cached = cached;
 	return r;
+}
+
+/*
+ * After a restart: the apps whose create may have been cut short (pending in
+ * the state file) are looked up, and duplicates the cut left are cleaned up,
+ * whether or not a pod of the app mounts again.
+ */
+static void settle_pending(struct registry *reg)
+{
+	json_t *apps = state_pending_apps(reg->st), *d;
+	size_t i;
+
+	json_array_foreach(apps, i, d)
+	{
+		const char *description = json_string_value(d);
+		int64_t deadline = http_now_ms() + reg->cfg.flight_timeout_ms;
+		struct err err = { 0 };
+		json_t *ids = NULL, *dups;
+
+		if (digdir_lookup(reg->dd, description, deadline, &ids, &err) < 0) {
+			log_warn("settling %s after a restart failed: %s", description, err.msg);
+			continue;
+		}
+		dups = json_array();
+		for (size_t j = 1; dups && j < json_array_size(ids); j++)
+			json_array_append(dups, json_array_get(ids, j));
+		if (json_array_size(dups))
+			clean_duplicates(reg, description, dups, deadline);
+		state_settled(reg->st, description, json_string_value(json_array_get(ids, 0)), NULL);
+		json_decref(dups);
+		json_decref(ids);
+	}
+	json_decref(apps);
 }
 
 /* Background: revalidate stale entries and roll entries into a new epoch. */
@@ -523,6 +952,8 @@ static void *revalidate_loop(void *arg)
 	struct registry *reg = arg;
 	long tick_s = reg->cfg.revalidate_interval_s / 4;
 
+	settle_pending(reg);
+
 	if (tick_s < 1)
 		tick_s = 1;
 	if (tick_s > 30)
@@ -530,7 +961,6 @@ static void *revalidate_loop(void *arg)
 
 	pthread_mutex_lock(&reg->lock);
 	while (!reg->stopping) {
-		struct timespec ts;
 		int64_t epoch = registry_epoch(reg), now = http_now_ms();
 		struct entry *e;
 
@@ -544,18 +974,14 @@ static void *revalidate_loop(void *arg)
 				break;
 		}
 		if (e) {
-			struct err err = { 0 };
 			size_t n = e->nscopes;
 			char **scopes = copy_scopes(e->scopes, n);
 			char *key = strdup(e->scopes_key);
 
 			if (scopes && key) {
-				e->in_flight = true;
-				if (run_flight(reg, e, scopes, n, key,
-					       http_now_ms() + reg->cfg.flight_timeout_ms,
-					       &err) < 0)
-					log_warn("revalidating %s failed: %s", e->description,
-						 err.msg);
+				e->waiters++;
+				start_flight(reg, e, scopes, n, key, true, 0, false);
+				e->waiters--;
 				/* Failed or not, wait a whole interval before the next try. */
 				e->validated_ms = http_now_ms();
 			}
@@ -563,25 +989,30 @@ static void *revalidate_loop(void *arg)
 			free(key);
 			continue;
 		}
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += tick_s;
-		pthread_cond_timedwait(&reg->wake, &reg->lock, &ts);
+		wait_until(reg, &reg->wake, http_now_ms() + tick_s * 1000);
 	}
 	pthread_mutex_unlock(&reg->lock);
 	return NULL;
 }
 
 struct registry *registry_new(const struct registry_config *config, struct digdir *dd,
-			      const struct keys_seed *seed)
+			      struct mp *mp, struct http *http, const struct keys_seed *seed,
+			      struct state *st)
 {
 	struct registry *reg = calloc(1, sizeof(*reg));
+	pthread_condattr_t ca;
 	size_t n = 16;
 
 	if (!reg)
 		return NULL;
 	reg->cfg = *config;
+	if (reg->cfg.flip_window_ms <= 0)
+		reg->cfg.flip_window_ms = REGISTRY_FLIP_WINDOW_MS;
 	reg->dd = dd;
+	reg->mp = mp;
+	reg->http = http;
 	reg->seed = seed;
+	reg->st = st;
 	while (n < (size_t)config->capacity * 2)
 		n <<= 1;
 	reg->nbuckets = n;
@@ -591,8 +1022,12 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 		return NULL;
 	}
 	pthread_mutex_init(&reg->lock, NULL);
-	pthread_cond_init(&reg->flight_done, NULL);
-	pthread_cond_init(&reg->wake, NULL);
+	/* Waits are bounded by deadlines on the monotonic clock, which no clock change moves. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&reg->flight_done, &ca);
+	pthread_cond_init(&reg->wake, &ca);
+	pthread_condattr_destroy(&ca);
 	return reg;
 }
 
@@ -606,29 +1041,25 @@ int registry_start(struct registry *reg)
 	return 0;
 }
 
-size_t registry_size(struct registry *reg)
-{
-	size_t n;
-
-	pthread_mutex_lock(&reg->lock);
-	n = reg->size;
-	pthread_mutex_unlock(&reg->lock);
-	return n;
-}
-
 void registry_free(struct registry *reg)
 {
 	struct entry *e, *next;
 
 	if (!reg)
 		return;
-	if (reg->thread_started) {
-		pthread_mutex_lock(&reg->lock);
-		reg->stopping = true;
-		pthread_cond_broadcast(&reg->wake);
-		pthread_mutex_unlock(&reg->lock);
+	pthread_mutex_lock(&reg->lock);
+	reg->stopping = true;
+	pthread_cond_broadcast(&reg->wake);
+	pthread_mutex_unlock(&reg->lock);
+	if (reg->thread_started)
 		pthread_join(reg->thread, NULL);
+	/* Flights see stopping at their next pause; their entries must outlive them. */
+	pthread_mutex_lock(&reg->lock);
+	while (reg->flights > 0) {
+		pthread_cond_broadcast(&reg->wake);
+		wait_until(reg, &reg->flight_done, http_now_ms() + 1000);
 	}
+	pthread_mutex_unlock(&reg->lock);
 	for (e = reg->lru_head; e; e = next) {
 		next = e->next;
 		entry_free(e);

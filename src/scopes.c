@@ -242,13 +242,20 @@ static int parse_entry(const json_t *o, size_t i, struct scopes_entry *e, struct
 		return bad(err, i, name, "enabled", "is required (true or false)");
 	e->enabled = json_is_true(v);
 
-	e->at_max_age = SCOPES_AT_MAX_AGE_MIN;
+	/*
+	 * DigDir's rule, not NAIS's 30-680: seconds, 0 for no cap of its own
+	 * (felleslosninger/docs oidc_protocol_scope.md); left out, it is not sent
+	 * and DigDir's default stands.
+	 */
+	e->at_max_age = -1;
 	v = json_object_get(o, "atMaxAge");
 	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) < SCOPES_AT_MAX_AGE_MIN ||
+		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
 		    json_integer_value(v) > SCOPES_AT_MAX_AGE_MAX)
-			return bad(err, i, name, "atMaxAge", "must be an integer from %d to %d",
-				   SCOPES_AT_MAX_AGE_MIN, SCOPES_AT_MAX_AGE_MAX);
+			return bad(err, i, name, "atMaxAge",
+				   "must be a whole number of seconds from 0 (no limit of the "
+				   "scope's own) to %ld",
+				   (long)SCOPES_AT_MAX_AGE_MAX);
 		e->at_max_age = (long)json_integer_value(v);
 	}
 
@@ -384,6 +391,19 @@ int scopes_parse(const char *text, struct scopes_decl **ret, struct err *err)
 			goto out;
 		}
 	}
+	{
+		size_t total = 0;
+
+		for (j = 0; j < d->n; j++)
+			total += d->entries[j].nconsumers;
+		if (total > SCOPES_MAX_CONSUMERS) {
+			r = err_set(err, ERR_INVALID, EINVAL,
+				    "parameter \"exposes\" names %zu consumers in all, more than %d: "
+				    "each is a call to DigDir",
+				    total, SCOPES_MAX_CONSUMERS);
+			goto out;
+		}
+	}
 	canon = json_dumps(norm, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!canon) {
 		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
@@ -425,9 +445,18 @@ json_t *scopes_registration(const struct scopes_entry *e, const char *app_descri
 	if (asprintf(&desc, "%s - %s", e->product, app_description) < 0)
 		return NULL;
 	/* Field order as digdirator serialises it. */
-	o = json_pack("{s:b, s:b, s:O, s:I, s:s, s:s}", "accessible_for_all", e->accessible_for_all,
-		      "active", e->enabled, "allowed_integration_types", e->integrations,
-		      "at_max_age", (json_int_t)e->at_max_age, "description", desc, "name", "");
+	o = json_pack("{s:b, s:b, s:O}", "accessible_for_all", e->accessible_for_all, "active",
+		      e->enabled, "allowed_integration_types", e->integrations);
+	if (o && e->at_max_age >= 0 &&
+	    json_object_set_new(o, "at_max_age", json_integer((json_int_t)e->at_max_age)) < 0) {
+		json_decref(o);
+		o = NULL;
+	}
+	if (o && (json_object_set_new(o, "description", json_string(desc)) < 0 ||
+		  json_object_set_new(o, "name", json_string("")) < 0)) {
+		json_decref(o);
+		o = NULL;
+	}
 	free(desc);
 	if (!o)
 		return NULL;
@@ -468,25 +497,40 @@ bool scopes_differs(const json_t *have, const json_t *want)
 
 /* ---- DigDir calls ------------------------------------------------------- */
 
+/* Every call about exposed scopes needs the admin token with idporten:scopes.write. */
+#define EXPOSE (DIGDIR_EXPOSE | DIGDIR_IDEMPOTENT)
+
 /* "<base><escaped scope>", e.g. "/scopes?scope=test%3Aa%3Ab". */
 static char *scope_path(const char *base, const char *full_name)
 {
 	return digdir_path(base, full_name, "");
 }
 
+static int collect(void *ctx, json_t *scope, size_t index, struct err *err)
+{
+	return json_array_append(ctx, scope) < 0
+		   ? err_set(err, ERR_INTERNAL, ENOMEM, "out of memory")
+		   : 0;
+}
+
+static void collect_reset(void *ctx)
+{
+	json_array_clear(ctx);
+}
+
+/* GET /scopes?inactive=true: the organisation's own scopes, inactive ones too. */
 static int list_all(struct digdir *dd, int64_t deadline_ms, json_t **ret, struct err *err)
 {
-	json_t *list = NULL;
+	json_t *list = json_array();
 	int r;
 
-	r = digdir_call(dd, "GET", "/scopes?inactive=true", "GET /scopes", NULL, true, deadline_ms,
-			&list, err);
-	if (r < 0)
-		return r;
-	if (!json_is_array(list)) {
+	if (!list)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = digdir_call_list(dd, "/scopes?inactive=true", "GET /scopes", DIGDIR_EXPOSE, collect,
+			     collect_reset, list, deadline_ms, err);
+	if (r < 0) {
 		json_decref(list);
-		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			       "DigDir GET /scopes: answer is not a list of scopes");
+		return r;
 	}
 	*ret = list;
 	return 0;
@@ -526,7 +570,8 @@ int scopes_get_access(struct digdir *dd, const char *full_name, int64_t deadline
 
 	if (!path)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	r = digdir_call(dd, "GET", path, "GET /scopes/access", NULL, true, deadline_ms, &acl, err);
+	r = digdir_call(dd, "GET", path, "GET /scopes/access", NULL, EXPOSE, deadline_ms, &acl,
+			err);
 	free(path);
 	if (r < 0)
 		return r;
@@ -551,7 +596,7 @@ int scopes_deactivate(struct digdir *dd, const char *full_name, int64_t deadline
 
 	if (!path)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	r = digdir_call(dd, "DELETE", path, "DELETE /scopes", NULL, true, deadline_ms, NULL, err);
+	r = digdir_call(dd, "DELETE", path, "DELETE /scopes", NULL, EXPOSE, deadline_ms, NULL, err);
 	free(path);
 	return r;
 }
@@ -564,7 +609,7 @@ static int altinn_issuer(struct digdir *dd, int64_t deadline_ms, char **ret, str
 	size_t i;
 	int r;
 
-	r = digdir_call(dd, "GET", "/delegationsources", "GET /delegationsources", NULL, true,
+	r = digdir_call(dd, "GET", "/delegationsources", "GET /delegationsources", NULL, EXPOSE,
 			deadline_ms, &list, err);
 	if (r < 0)
 		return r;
@@ -582,6 +627,36 @@ static int altinn_issuer(struct digdir *dd, int64_t deadline_ms, char **ret, str
 	}
 	json_decref(list);
 	return r;
+}
+
+/* ---- one reconciliation ---------------------------------------------------- */
+
+/* What one sync of a declaration works with and gathers. */
+struct sync {
+	struct digdir *dd;
+	const char *app;
+	const char *prefix;
+	int64_t deadline_ms;
+	json_t *list;	  /* the organisation's scopes */
+	char *issuer;	  /* of the altinn delegation source, once needed */
+	int writes;	  /* DigDir writes so far, at most SCOPES_MAX_WRITES */
+	json_t *names;	  /* full names of the enabled scopes */
+	json_t *refused;  /* consumer grants DigDir refused: [{scope, orgno, reason}] */
+	bool raced;	  /* a create failed in a way another node's create explains */
+};
+
+/* One more write to DigDir, within the bound of one Mount. */
+static int write_call(struct sync *x, const char *method, const char *path, const char *endpoint,
+		      const json_t *body, unsigned flags, json_t **ret, struct err *err)
+{
+	if (x->writes >= SCOPES_MAX_WRITES)
+		return err_set(err, ERR_THROTTLED, EAGAIN,
+			       "parameter \"exposes\" needs more than %d changes at DigDir; %d "
+			       "were made by this Mount, the rest follow at the kubelet's next "
+			       "try",
+			       SCOPES_MAX_WRITES, x->writes);
+	x->writes++;
+	return digdir_call(x->dd, method, path, endpoint, body, flags, x->deadline_ms, ret, err);
 }
 
 static const char *state_of(const json_t *acl, const char *orgno)
@@ -608,38 +683,60 @@ static bool wanted(const struct scopes_entry *e, const char *orgno)
 	return false;
 }
 
-/* Grants and revokes so that exactly the declared consumers have access (reference 4.4). */
-static int sync_acl(struct digdir *dd, const char *full, const struct scopes_entry *e,
-		    int64_t deadline_ms, struct err *err)
+/*
+ * PUT or DELETE /scopes/access/{orgno}. A grant DigDir answers with 400 (an
+ * organisation number it does not know, as digdirator reads it) is skipped
+ * and remembered, so one bad consumer never fails the app.
+ */
+static int access_call(struct sync *x, const char *method, const char *full, const char *esc,
+		       const char *orgno, struct err *err)
+{
+	char *path = NULL;
+	int r;
+
+	if (asprintf(&path, "/scopes/access/%s?scope=%s", orgno, esc) < 0)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = write_call(x, method, path,
+		       !strcmp(method, "PUT") ? "PUT /scopes/access/{orgno}"
+					      : "DELETE /scopes/access/{orgno}",
+		       NULL, EXPOSE, NULL, err);
+	free(path);
+	if (r < 0 && !strcmp(method, "PUT") && err && err->http_status == 400) {
+		json_t *o = json_pack("{s:s, s:s, s:s}", "scope", full, "orgno", orgno, "reason",
+				      err->msg);
+
+		if (!o || json_array_append_new(x->refused, o) < 0)
+			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return 0;
+	}
+	if (r < 0)
+		err_prefix(err, "%s organisation %s's access: ",
+			   !strcmp(method, "PUT") ? "granting" : "revoking", orgno);
+	return r;
+}
+
+/* Grants and revokes so that exactly the declared consumers have access. */
+static int sync_acl(struct sync *x, const char *full, const struct scopes_entry *e,
+		    struct err *err)
 {
 	json_t *acl = NULL, *a;
-	char *esc = http_escape(full), *path = NULL;
+	char *esc = http_escape(full);
 	const char *state, *orgno;
 	size_t i;
 	int r;
 
 	if (!esc)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-	r = scopes_get_access(dd, full, deadline_ms, &acl, err);
+	r = scopes_get_access(x->dd, full, x->deadline_ms, &acl, err);
 	if (r < 0)
 		goto out;
 	for (i = 0; i < e->nconsumers; i++) {
 		state = state_of(acl, e->consumers[i]);
 		if (state && !strcmp(state, "APPROVED"))
 			continue;
-		if (asprintf(&path, "/scopes/access/%s?scope=%s", e->consumers[i], esc) < 0) {
-			path = NULL;
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		r = access_call(x, "PUT", full, esc, e->consumers[i], err);
+		if (r < 0)
 			goto out;
-		}
-		r = digdir_call(dd, "PUT", path, "PUT /scopes/access/{orgno}", NULL, true,
-				deadline_ms, NULL, err);
-		free(path);
-		path = NULL;
-		if (r < 0) {
-			err_prefix(err, "granting organisation %s access: ", e->consumers[i]);
-			goto out;
-		}
 	}
 	json_array_foreach(acl, i, a)
 	{
@@ -647,39 +744,15 @@ static int sync_acl(struct digdir *dd, const char *full, const struct scopes_ent
 		state = json_string_value(json_object_get(a, "state"));
 		if (!orgno || wanted(e, orgno) || (state && !strcmp(state, "DENIED")))
 			continue;
-		if (asprintf(&path, "/scopes/access/%s?scope=%s", orgno, esc) < 0) {
-			path = NULL;
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		r = access_call(x, "DELETE", full, esc, orgno, err);
+		if (r < 0)
 			goto out;
-		}
-		r = digdir_call(dd, "DELETE", path, "DELETE /scopes/access/{orgno}", NULL, true,
-				deadline_ms, NULL, err);
-		free(path);
-		path = NULL;
-		if (r < 0) {
-			err_prefix(err, "revoking organisation %s's access: ", orgno);
-			goto out;
-		}
 	}
 	r = 0;
 out:
 	json_decref(acl);
 	free(esc);
 	return r;
-}
-
-static json_t *find_subscope(const json_t *list, const char *subscope)
-{
-	json_t *s;
-	size_t i;
-
-	json_array_foreach(list, i, s)
-	{
-		const char *sub = json_string_value(json_object_get(s, "subscope"));
-		if (sub && !strcmp(sub, subscope))
-			return s;
-	}
-	return NULL;
 }
 
 /* DigDir's full name of a registered scope: "name", else prefix:subscope. */
@@ -697,145 +770,168 @@ static char *full_name(const json_t *s)
 	return out;
 }
 
-/*
- * One reconciliation (reference 4.3). Checks ownership of every declared
- * scope before the first write. *ret_raced says a create failed in a way
- * another node's create explains (worth one more round).
- */
-static int reconcile(struct digdir *dd, const char *app, const struct scopes_decl *decl,
-		     int64_t deadline_ms, json_t *names, bool *ret_raced, struct err *err)
+/* The organisation's scope <prefix>:<subscope>, or NULL. */
+static json_t *find_scope(const json_t *list, const char *prefix, const char *subscope)
 {
-	json_t *list = NULL, *have, *want = NULL, *created = NULL, *s;
-	const char *prefix = NULL, *owner;
-	char *issuer = NULL, *full = NULL, *path = NULL;
+	size_t plen = strlen(prefix);
+	json_t *s;
 	size_t i;
-	int r;
 
-	*ret_raced = false;
-	r = list_all(dd, deadline_ms, &list, err);
-	if (r < 0)
-		goto out;
-	/* New scopes get the organisation's prefix as DigDir shows it on its scopes. */
 	json_array_foreach(list, i, s)
 	{
-		prefix = json_string_value(json_object_get(s, "prefix"));
-		if (prefix && *prefix)
-			break;
-		prefix = NULL;
-	}
-	for (i = 0; i < decl->n; i++) {
-		const struct scopes_entry *e = &decl->entries[i];
+		char *full = full_name(s);
+		bool match = full && !strncmp(full, prefix, plen) && full[plen] == ':' &&
+			     !strcmp(full + plen + 1, subscope);
 
-		if (e->altinn && !issuer) {
-			r = altinn_issuer(dd, deadline_ms, &issuer, err);
-			if (r < 0)
-				goto out;
-		}
-		have = find_subscope(list, e->subscope);
-		if (have && !scopes_owned_by(have, app)) {
-			owner = json_string_value(json_object_get(have, "description"));
-			r = err_set(err, ERR_CONFLICT, EPERM,
-				    "exposed scope \"%s\" (exposes[%zu]) already exists at DigDir "
-				    "and belongs to \"%s\", not to \"%s - %s\": it is not taken "
-				    "over; choose another name or product, or have its owner "
-				    "remove it",
-				    e->subscope, i, owner && *owner ? owner : "(no description)",
-				    e->product, app);
-			goto out;
-		}
-	}
-
-	for (i = 0; i < decl->n; i++) {
-		const struct scopes_entry *e = &decl->entries[i];
-		const char *own_prefix;
-
-		have = find_subscope(list, e->subscope);
-		own_prefix = have ? json_string_value(json_object_get(have, "prefix")) : prefix;
-		json_decref(want);
-		want = scopes_registration(e, app, own_prefix, e->altinn ? issuer : NULL);
-		if (!want) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
 		free(full);
-		full = NULL;
-		if (!have) {
-			/* A disabled scope that does not exist needs nothing. */
-			if (!e->enabled)
-				continue;
-			json_decref(created);
-			created = NULL;
-			r = digdir_call(dd, "POST", "/scopes", "POST /scopes", want, false,
-					deadline_ms, &created, err);
-			if (r < 0) {
-				*ret_raced =
-				    err && (err->http_status == 400 || err->http_status == 409);
-				err_prefix(err, "creating exposed scope %s: ", e->subscope);
-				goto out;
-			}
-			full = full_name(created);
-		} else {
-			full = full_name(have);
-			if (!full) {
-				r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-					    "DigDir GET /scopes: scope %s has no name",
-					    e->subscope);
-				goto out;
-			}
-			if (!e->enabled) {
-				/* Deactivate once; an inactive scope stays as it is. */
-				if (!json_is_false(json_object_get(have, "active"))) {
-					r = scopes_deactivate(dd, full, deadline_ms, err);
-					if (r < 0) {
-						err_prefix(err,
-							   "deactivating exposed scope %s: ", full);
-						goto out;
-					}
-				}
-				continue;
-			}
-			if (scopes_differs(have, want)) {
-				free(path);
-				path = scope_path("/scopes?scope=", full);
-				if (!path) {
-					r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-					goto out;
-				}
-				r = digdir_call(dd, "PUT", path, "PUT /scopes", want, true,
-						deadline_ms, NULL, err);
-				if (r < 0) {
-					err_prefix(err, "%s exposed scope %s: ",
-						   json_is_false(json_object_get(have, "active"))
-						       ? "reactivating"
-						       : "updating",
-						   full);
-					goto out;
-				}
-			}
-		}
-		if (!full) {
-			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir POST /scopes: the answer names no scope");
-			goto out;
-		}
-		r = sync_acl(dd, full, e, deadline_ms, err);
-		if (r < 0) {
-			err_prefix(err, "exposed scope %s: ", full);
-			goto out;
-		}
-		if (json_array_append_new(names, json_string(full)) < 0) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
+		if (match)
+			return s;
 	}
-	r = 0;
-out:
-	free(path);
-	free(full);
-	free(issuer);
+	return NULL;
+}
+
+/* Checks every declared scope before the first write: none may be another app's. */
+static int check_owners(struct sync *x, const struct scopes_decl *decl, struct err *err)
+{
+	for (size_t i = 0; i < decl->n; i++) {
+		const struct scopes_entry *e = &decl->entries[i];
+		const json_t *have = find_scope(x->list, x->prefix, e->subscope);
+		const char *owner;
+
+		if (!have || scopes_owned_by(have, x->app))
+			continue;
+		owner = json_string_value(json_object_get(have, "description"));
+		return err_set(err, ERR_CONFLICT, EPERM,
+			       "exposed scope \"%s:%s\" (exposes[%zu]) already exists at DigDir "
+			       "and belongs to \"%s\", not to \"%s - %s\": it is not taken over; "
+			       "choose another name or product, or have its owner remove it",
+			       x->prefix, e->subscope, i,
+			       owner && *owner ? owner : "(no description)", e->product, x->app);
+	}
+	return 0;
+}
+
+/* A scope that does not exist yet: POST /scopes. *ret_full is its name. */
+static int create_scope(struct sync *x, const struct scopes_entry *e, const json_t *want,
+			char **ret_full, struct err *err)
+{
+	json_t *created = NULL;
+	int r;
+
+	r = write_call(x, "POST", "/scopes", "POST /scopes", want, DIGDIR_EXPOSE, &created, err);
+	if (r < 0) {
+		x->raced = err && (err->http_status == 400 || err->http_status == 409);
+		err_prefix(err, "creating exposed scope %s:%s: ", x->prefix, e->subscope);
+		return r;
+	}
+	*ret_full = full_name(created);
+	if (!*ret_full && asprintf(ret_full, "%s:%s", x->prefix, e->subscope) < 0)
+		*ret_full = NULL;
 	json_decref(created);
+	return *ret_full ? 0 : err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+}
+
+/* A declared scope that exists: PUT what differs (reactivating it when needed). */
+static int update_scope(struct sync *x, const json_t *have, const json_t *want, const char *full,
+			struct err *err)
+{
+	char *path;
+	int r;
+
+	if (!scopes_differs(have, want))
+		return 0;
+	path = scope_path("/scopes?scope=", full);
+	if (!path)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = write_call(x, "PUT", path, "PUT /scopes", want, EXPOSE, NULL, err);
+	free(path);
+	if (r < 0)
+		err_prefix(err, "%s exposed scope %s: ",
+			   json_is_false(json_object_get(have, "active")) ? "reactivating"
+									: "updating",
+			   full);
+	return r;
+}
+
+/* A scope declared disabled: deactivate it once; an inactive one stays as it is. */
+static int disable_scope(struct sync *x, const json_t *have, const char *full, struct err *err)
+{
+	char *path;
+	int r;
+
+	if (json_is_false(json_object_get(have, "active")))
+		return 0;
+	path = scope_path("/scopes?scope=", full);
+	if (!path)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	r = write_call(x, "DELETE", path, "DELETE /scopes", NULL, EXPOSE, NULL, err);
+	free(path);
+	if (r < 0)
+		err_prefix(err, "deactivating exposed scope %s: ", full);
+	return r;
+}
+
+/* One declared scope: created, updated or deactivated, then its consumers. */
+static int sync_entry(struct sync *x, size_t i, const struct scopes_entry *e, struct err *err)
+{
+	const json_t *have = find_scope(x->list, x->prefix, e->subscope);
+	json_t *want = NULL;
+	char *full = NULL;
+	int r;
+
+	if (!have && !e->enabled)
+		return 0; /* a disabled scope that does not exist needs nothing */
+	if (e->altinn && !x->issuer) {
+		r = altinn_issuer(x->dd, x->deadline_ms, &x->issuer, err);
+		if (r < 0)
+			return r;
+	}
+	want = scopes_registration(e, x->app, x->prefix, e->altinn ? x->issuer : NULL);
+	if (!want)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	if (!have) {
+		r = create_scope(x, e, want, &full, err);
+	} else {
+		full = full_name(have);
+		if (!full)
+			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
+				    "DigDir GET /scopes: scope %s has no name", e->subscope);
+		else if (!e->enabled)
+			r = disable_scope(x, have, full, err);
+		else
+			r = update_scope(x, have, want, full, err);
+	}
+	if (r < 0 || !e->enabled)
+		goto out;
+	r = sync_acl(x, full, e, err);
+	if (r < 0) {
+		err_prefix(err, "exposed scope %s: ", full);
+		goto out;
+	}
+	if (json_array_append_new(x->names, json_string(full)) < 0)
+		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+out:
+	free(full);
 	json_decref(want);
-	json_decref(list);
+	return r;
+}
+
+/* Lists the organisation's scopes, checks ownership, then syncs each declared scope. */
+static int reconcile(struct sync *x, const struct scopes_decl *decl, struct err *err)
+{
+	int r;
+
+	x->raced = false;
+	json_decref(x->list);
+	x->list = NULL;
+	json_array_clear(x->names);
+	json_array_clear(x->refused);
+	r = list_all(x->dd, x->deadline_ms, &x->list, err);
+	if (r < 0)
+		return r;
+	r = check_owners(x, decl, err);
+	for (size_t i = 0; r == 0 && i < decl->n; i++)
+		r = sync_entry(x, i, &decl->entries[i], err);
 	return r;
 }
 
@@ -868,18 +964,22 @@ struct cached {
 	char *description;
 	char hash[65];
 	char *names;	   /* NULL until a sync succeeded */
+	json_t *refused;   /* grants DigDir refused at that sync */
 	int64_t synced_ms; /* http_now_ms() of the last successful sync */
 	int64_t used_ms;
 	bool busy; /* a sync runs: others wait for it */
 	unsigned waiters;
 };
 
-static struct {
+struct scopes {
+	struct digdir *dd;
+	char *prefix; /* NULL: exposing scopes is not configured */
+	long revalidate_s;
 	pthread_mutex_t lock;
-	pthread_cond_t done;
+	pthread_cond_t done; /* CLOCK_MONOTONIC */
 	struct cached **v;
 	size_t n, cap;
-} cache = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0 };
+};
 
 static void cached_free(struct cached *c)
 {
@@ -887,36 +987,71 @@ static void cached_free(struct cached *c)
 		return;
 	free(c->description);
 	free(c->names);
+	json_decref(c->refused);
 	free(c);
 }
 
-/* With cache.lock held: the app's entry, made (evicting the least recently used) when missing. */
-static struct cached *cache_get(const char *description, int64_t now)
+struct scopes *scopes_new(struct digdir *dd, const char *prefix, long revalidate_s)
+{
+	struct scopes *sc = calloc(1, sizeof(*sc));
+	pthread_condattr_t ca;
+
+	if (!sc)
+		return NULL;
+	sc->dd = dd;
+	sc->revalidate_s = revalidate_s;
+	if (prefix && *prefix && !(sc->prefix = strdup(prefix))) {
+		free(sc);
+		return NULL;
+	}
+	pthread_mutex_init(&sc->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sc->done, &ca);
+	pthread_condattr_destroy(&ca);
+	return sc;
+}
+
+void scopes_free(struct scopes *sc)
+{
+	if (!sc)
+		return;
+	for (size_t i = 0; i < sc->n; i++)
+		cached_free(sc->v[i]);
+	free(sc->v);
+	free(sc->prefix);
+	pthread_cond_destroy(&sc->done);
+	pthread_mutex_destroy(&sc->lock);
+	free(sc);
+}
+
+/* With sc->lock held: the app's entry, made (evicting the least recently used) when missing. */
+static struct cached *cache_get(struct scopes *sc, const char *description, int64_t now)
 {
 	struct cached *c;
 	size_t i, victim = SIZE_MAX;
 
-	for (i = 0; i < cache.n; i++)
-		if (!strcmp(cache.v[i]->description, description))
-			return cache.v[i];
-	if (cache.n == CACHE_MAX) {
-		for (i = 0; i < cache.n; i++)
-			if (!cache.v[i]->busy && !cache.v[i]->waiters &&
-			    (victim == SIZE_MAX || cache.v[i]->used_ms < cache.v[victim]->used_ms))
+	for (i = 0; i < sc->n; i++)
+		if (!strcmp(sc->v[i]->description, description))
+			return sc->v[i];
+	if (sc->n == CACHE_MAX) {
+		for (i = 0; i < sc->n; i++)
+			if (!sc->v[i]->busy && !sc->v[i]->waiters &&
+			    (victim == SIZE_MAX || sc->v[i]->used_ms < sc->v[victim]->used_ms))
 				victim = i;
 		if (victim == SIZE_MAX)
 			return NULL;
-		cached_free(cache.v[victim]);
-		cache.v[victim] = cache.v[--cache.n];
+		cached_free(sc->v[victim]);
+		sc->v[victim] = sc->v[--sc->n];
 	}
-	if (cache.n == cache.cap) {
-		size_t cap = cache.cap ? cache.cap * 2 : 16;
-		struct cached **v = realloc(cache.v, cap * sizeof(*v));
+	if (sc->n == sc->cap) {
+		size_t cap = sc->cap ? sc->cap * 2 : 16;
+		struct cached **v = realloc(sc->v, cap * sizeof(*v));
 
 		if (!v)
 			return NULL;
-		cache.v = v;
-		cache.cap = cap;
+		sc->v = v;
+		sc->cap = cap;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c || !(c->description = strdup(description))) {
@@ -924,7 +1059,7 @@ static struct cached *cache_get(const char *description, int64_t now)
 		return NULL;
 	}
 	c->used_ms = now;
-	cache.v[cache.n++] = c;
+	sc->v[sc->n++] = c;
 	return c;
 }
 
@@ -934,33 +1069,60 @@ static bool transient(enum err_kind kind)
 	       kind == ERR_BAD_RESPONSE;
 }
 
-/* Waits on cache.done until deadline_ms (http_now_ms() clock). 0 or -ETIMEDOUT. */
-static int wait_done(int64_t deadline_ms)
+/* Waits on sc->done until deadline_ms (http_now_ms() clock). 0 or -ETIMEDOUT. */
+static int wait_done(struct scopes *sc, int64_t deadline_ms)
 {
-	int64_t left = deadline_ms - http_now_ms();
 	struct timespec ts;
 
-	if (left <= 0)
+	if (deadline_ms <= http_now_ms())
 		return -ETIMEDOUT;
-	ts = timespec_in_ms(CLOCK_REALTIME, left);
-	return pthread_cond_timedwait(&cache.done, &cache.lock, &ts) == ETIMEDOUT ? -ETIMEDOUT : 0;
+	ts.tv_sec = (time_t)(deadline_ms / 1000);
+	ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000L;
+	return pthread_cond_timedwait(&sc->done, &sc->lock, &ts) == ETIMEDOUT ? -ETIMEDOUT : 0;
 }
 
-int scopes_sync(struct digdir *dd, const char *app_description, const struct scopes_decl *decl,
-		long revalidate_s, int64_t deadline_ms, char **ret_names, struct err *err)
+/* The cached result into the caller's hands (lock held). */
+static int cached_result(const struct cached *c, char **ret_names, json_t **ret_refused,
+			 struct err *err)
 {
+	char *out = strdup(c->names);
+
+	if (!out)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	*ret_names = out;
+	if (ret_refused)
+		*ret_refused = json_array_size(c->refused) ? json_incref(c->refused) : NULL;
+	return 0;
+}
+
+int scopes_check(const struct scopes *sc, struct err *err)
+{
+	if (!sc->prefix)
+		return err_set(err, ERR_UNCONFIGURED, EINVAL,
+			       "parameter \"exposes\" needs the organisation's scope prefix at "
+			       "DigDir, which this provider was not given: set --scope-prefix "
+			       "(MPCSI_SCOPE_PREFIX)");
+	return 0;
+}
+
+int scopes_sync(struct scopes *sc, const char *app_description, const struct scopes_decl *decl,
+		int64_t deadline_ms, char **ret_names, json_t **ret_refused, struct err *err)
+{
+	struct sync x = { .dd = sc->dd, .app = app_description, .prefix = sc->prefix,
+			  .deadline_ms = deadline_ms };
 	struct err serr = { 0 };
 	struct cached *c;
-	json_t *names = NULL;
-	char *out = NULL;
-	bool raced = false;
 	int64_t now = http_now_ms();
 	int r;
 
-	pthread_mutex_lock(&cache.lock);
-	c = cache_get(app_description, now);
+	r = scopes_check(sc, err);
+	if (r < 0)
+		return r;
+
+	pthread_mutex_lock(&sc->lock);
+	c = cache_get(sc, app_description, now);
 	if (!c) {
-		pthread_mutex_unlock(&cache.lock);
+		pthread_mutex_unlock(&sc->lock);
 		return err_set(err, ERR_INTERNAL, ENOMEM,
 			       "out of memory (or every cached app is being synced)");
 	}
@@ -968,9 +1130,9 @@ int scopes_sync(struct digdir *dd, const char *app_description, const struct sco
 	/* One sync per app at a time: concurrent Mounts take its result. */
 	c->waiters++;
 	while (c->busy) {
-		if (wait_done(deadline_ms) < 0) {
+		if (wait_done(sc, deadline_ms) < 0) {
 			c->waiters--;
-			pthread_mutex_unlock(&cache.lock);
+			pthread_mutex_unlock(&sc->lock);
 			return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
 				       "timed out waiting for another Mount's sync of the "
 				       "exposed scopes");
@@ -978,60 +1140,55 @@ int scopes_sync(struct digdir *dd, const char *app_description, const struct sco
 	}
 	c->waiters--;
 	if (c->names && !strcmp(c->hash, decl->hash) &&
-	    http_now_ms() - c->synced_ms < (int64_t)revalidate_s * 1000) {
-		out = strdup(c->names);
-		pthread_mutex_unlock(&cache.lock);
-		if (!out)
-			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-		*ret_names = out;
-		return 0;
+	    http_now_ms() - c->synced_ms < (int64_t)sc->revalidate_s * 1000) {
+		r = cached_result(c, ret_names, ret_refused, err);
+		pthread_mutex_unlock(&sc->lock);
+		return r;
 	}
 	c->busy = true;
-	pthread_mutex_unlock(&cache.lock);
+	pthread_mutex_unlock(&sc->lock);
 
-	/* Two rounds at most: a create another node won is seen on the second listing. */
-	for (int round = 0; round < 2; round++) {
-		json_decref(names);
-		names = json_array();
-		if (!names) {
-			r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
-			break;
+	x.names = json_array();
+	x.refused = json_array();
+	if (!x.names || !x.refused) {
+		r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
+	} else {
+		/* Two rounds at most: a create another node won is seen on the second listing. */
+		for (int round = 0; round < 2; round++) {
+			r = reconcile(&x, decl, &serr);
+			if (r == 0 || !x.raced)
+				break;
 		}
-		r = reconcile(dd, app_description, decl, deadline_ms, names, &raced, &serr);
-		if (r == 0 || !raced)
-			break;
-	}
-	if (r == 0) {
-		out = join(names);
-		if (!out)
-			r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
 	}
 
-	pthread_mutex_lock(&cache.lock);
+	pthread_mutex_lock(&sc->lock);
 	if (r == 0) {
-		char *keep = strdup(out);
+		char *keep = join(x.names);
 
 		if (keep) {
 			free(c->names);
 			c->names = keep;
+			json_decref(c->refused);
+			c->refused = json_incref(x.refused);
 			memcpy(c->hash, decl->hash, sizeof(c->hash));
 			c->synced_ms = http_now_ms();
+			r = cached_result(c, ret_names, ret_refused, &serr);
+		} else {
+			r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
 		}
 	} else if (transient(serr.kind) && c->names && !strcmp(c->hash, decl->hash)) {
 		/* DigDir is down: what was synced last for this declaration still holds. */
-		out = strdup(c->names);
-		r = out ? 0 : err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
+		r = cached_result(c, ret_names, ret_refused, &serr);
 	}
 	c->busy = false;
-	pthread_cond_broadcast(&cache.done);
-	pthread_mutex_unlock(&cache.lock);
+	pthread_cond_broadcast(&sc->done);
+	pthread_mutex_unlock(&sc->lock);
 
-	json_decref(names);
-	if (r < 0) {
-		if (err)
-			*err = serr;
-		return r;
-	}
-	*ret_names = out;
-	return 0;
+	json_decref(x.list);
+	json_decref(x.names);
+	json_decref(x.refused);
+	free(x.issuer);
+	if (r < 0 && err)
+		*err = serr;
+	return r;
 }

@@ -1,36 +1,67 @@
 /*
- * fuzz_digdir_clients: a GET /clients answer. The list is validated as
- * digdir_list_clients does, then the client-picking rule (created times,
- * pinned ids) and the scope comparison run over it.
+ * fuzz_digdir_clients: a GET /clients answer as it streams in. The input is
+ * fed to the listing parser twice, once whole and once in chunks whose sizes
+ * the input's first byte picks; both must agree on the outcome and on what
+ * the listing keeps. Then the lookup rule (earliest created, smallest id)
+ * runs over it, and every id it returns must be one the listing holds.
  */
 #include <jansson.h>
 
 #include "digdir.h"
 #include "fuzz.h"
+#include "jsonarray.h"
+
+static struct digdir_listing *feed(const uint8_t *data, size_t size, size_t chunk, int *ret_rc)
+{
+	struct digdir_listing *l = digdir_listing_new();
+	struct err err = { 0 };
+	struct jsonarray ja;
+	int r = 0;
+
+	if (!l)
+		abort();
+	jsonarray_init(&ja, "fuzz", 4096, digdir_listing_add, l);
+	for (size_t at = 0; r == 0 && at < size; at += chunk)
+		r = jsonarray_feed(&ja, (const char *)data + at, size - at < chunk ? size - at : chunk,
+				   &err);
+	if (r == 0)
+		r = jsonarray_finish(&ja, &err);
+	fuzz_check_err(r, &err);
+	jsonarray_release(&ja);
+	*ret_rc = r;
+	return l;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const char *const want[] = { "nav:test/api", "skatteetaten:testapi" };
-	struct err err = { 0 };
-	json_t *list, *c;
-	size_t matches = 0;
-	int r;
+	static const char *const descriptions[] = { "dev:team-a:payments", "", "c:ns:app" };
+	struct digdir_listing *whole, *chunked;
+	int rw, rc;
 
-	list = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
-	if (!list)
+	if (size < 1)
 		return 0;
-	r = digdir_check_client_list(list, &err);
-	fuzz_check_err(r, &err);
-	if (r == 0) {
-		c = digdir_pick_client(list, "dev:team-a:payments", NULL, &matches);
-		if (c) {
-			digdir_scopes_equal(json_object_get(c, "scopes"), want, 2);
-			digdir_pick_client(list, "dev:team-a:payments",
-					   json_string_value(json_object_get(c, "client_id")),
-					   NULL);
+	whole = feed(data + 1, size - 1, size, &rw);
+	chunked = feed(data + 1, size - 1, 1 + data[0] % 13, &rc);
+	if ((rw == 0) != (rc == 0) ||
+	    (rw == 0 && digdir_listing_count(whole) != digdir_listing_count(chunked)))
+		abort();
+	for (size_t i = 0; rw == 0 && i < sizeof(descriptions) / sizeof(descriptions[0]); i++) {
+		json_t *a = digdir_listing_find(whole, descriptions[i]);
+		json_t *b = digdir_listing_find(chunked, descriptions[i]);
+		json_t *id;
+		size_t j;
+
+		if (!json_equal(a, b))
+			abort();
+		json_array_foreach(a, j, id)
+		{
+			if (!digdir_listing_scopes(whole, json_string_value(id)))
+				abort();
 		}
-		digdir_pick_client(list, "", "16f3f614-1ed5-4c3c-9b1d-5a4d8b2f0c11", NULL);
+		json_decref(a);
+		json_decref(b);
 	}
-	json_decref(list);
+	digdir_listing_free(whole);
+	digdir_listing_free(chunked);
 	return 0;
 }

@@ -12,7 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int r;
 
 	resp = fuzz_response(200, "application/json; charset=utf-8", data, size);
-	r = mp_parse_metadata(url, &resp, &meta, &err);
+	r = mp_parse_metadata(url, &resp, false, &meta, &err);
 	fuzz_check_err(r, &err);
 	if (r == 0) {
 		if (!meta.issuer[0] || !meta.token_endpoint[0] || !meta.jwks_uri[0])

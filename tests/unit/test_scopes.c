@@ -73,7 +73,7 @@ static void test_defaults_and_subscope(void **state)
 	assert_int_equal(d->n, 2);
 	assert_string_equal(e->subscope, "prod/a/b");
 	assert_false(e->enabled);
-	assert_int_equal(e->at_max_age, 30);
+	assert_int_equal(e->at_max_age, -1); /* not sent: DigDir's default stands */
 	assert_false(e->accessible_for_all);
 	assert_false(e->private_visibility);
 	assert_int_equal(json_array_size(e->integrations), 1);
@@ -91,7 +91,7 @@ static void test_hash_is_of_meaning(void **state)
 	struct scopes_decl *a =
 	    parse_ok("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true}]");
 	struct scopes_decl *b =
-	    parse_ok("[ {\"enabled\": true, \"product\": \"p\", \"name\": \"rr\", \"atMaxAge\": 30,"
+	    parse_ok("[ {\"enabled\": true, \"product\": \"p\", \"name\": \"rr\","
 		     " \"visibility\": \"public\", \"separator\": \":\", \"consumers\": []} ]");
 	struct scopes_decl *c = parse_ok(
 	    "[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"atMaxAge\": 31}]");
@@ -105,8 +105,14 @@ static void test_hash_is_of_meaning(void **state)
 
 static void test_field_errors(void **state)
 {
-	parse_bad("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"atMaxAge\": 700}]",
+	/* DigDir's rule: whole seconds from 0 (no cap) up; NAIS's 30-680 does not apply. */
+	parse_bad("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"atMaxAge\": -1}]",
 		  "exposes[0] (name \"rr\"): field \"atMaxAge\"");
+	parse_bad("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"atMaxAge\": 1.5}]",
+		  "field \"atMaxAge\"");
+	parse_bad("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"atMaxAge\": "
+		  "2147483648}]",
+		  "field \"atMaxAge\"");
 	parse_bad("[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"delegationSource\":"
 		  " \"altinn\", \"separator\": \":\"}]",
 		  "field \"separator\"");
@@ -150,10 +156,17 @@ static void test_registration_body(void **state)
 	free(text);
 	json_decref(body);
 
-	/* Unknown prefix: left out for DigDir to assign. */
-	body = scopes_registration(&d->entries[0], "c:ns:app", NULL, NULL);
-	assert_null(json_object_get(body, "prefix"));
+	/* No delegation source: none sent. */
+	body = scopes_registration(&d->entries[0], "c:ns:app", "nav", NULL);
+	assert_string_equal(json_string_value(json_object_get(body, "prefix")), "nav");
 	assert_null(json_object_get(body, "delegation_source"));
+	json_decref(body);
+	scopes_decl_free(d);
+
+	/* No atMaxAge declared: none sent, DigDir's own default stands. */
+	d = parse_ok("[{\"name\": \"xy\", \"product\": \"p\", \"enabled\": true}]");
+	body = scopes_registration(&d->entries[0], "c:ns:app", "nav", NULL);
+	assert_null(json_object_get(body, "at_max_age"));
 	json_decref(body);
 	scopes_decl_free(d);
 }
