@@ -73,7 +73,7 @@ def main():
                 "--admin-client-id", info["admin_client_id"],
                 "--admin-key-file", info["admin_key_file"],
                 "--admin-cert-file", info["admin_cert_file"], "--ca-file", info["ca_file"],
-                "--seed-file", seed]
+                "--seed-file", seed, "--scope-prefix", "test"]
 
     step(2, "Starting the provider: serve on unix:%s" % sock)
     log_path = os.path.join(opts.dir, "provider.log")

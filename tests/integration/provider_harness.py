@@ -29,6 +29,8 @@ import provider_pb2  # noqa: E402
 MOUNT = "/v1alpha1.CSIDriverProvider/Mount"
 VERSION = "/v1alpha1.CSIDriverProvider/Version"
 SEED = bytes(range(64))
+# The scope prefix the emulator assigns to its organisation unless a test says otherwise.
+SCOPE_PREFIX = "test"
 # `make valgrind` runs serve under a wrapper ("valgrind --log-file=... "); slower, so waits stretch.
 WRAPPER = shlex.split(os.environ.get("MCP_WRAPPER", ""))
 SLOW = 10.0 if WRAPPER else 1.0
@@ -65,7 +67,7 @@ def upstream_args(emu, seed_file, cluster="dev"):
     return ["--cluster-name", cluster, "--digdir-url", i["digdir_url"], "--well-known-url",
             i["well_known_url"], "--admin-client-id", i["admin_client_id"], "--admin-key-file",
             i["admin_key_file"], "--admin-cert-file", i["admin_cert_file"], "--ca-file",
-            i["ca_file"], "--seed-file", seed_file]
+            i["ca_file"], "--seed-file", seed_file, "--scope-prefix", SCOPE_PREFIX]
 
 
 def attributes(namespace, service_account, pod_name=None, pod_uid=None, params=None, spc="mp"):

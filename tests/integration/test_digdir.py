@@ -66,8 +66,8 @@ def test_new_client_cost_and_rerun_writes_nothing(emulator, seed_file):
     # One listing to find, one after the create to settle a race with another node.
     assert c.get("GET /api/v1/clients", 0) == 2
     assert c.get("POST /api/v1/clients/{id}/jwks", 0) == 1
-    # Only the confirming read after the upload: a client just made has no keys to read.
-    assert c.get("GET /api/v1/clients/{id}/jwks", 0) == 1
+    # No read at all: a client just made has no keys, and the upload's answer lists them.
+    assert c.get("GET /api/v1/clients/{id}/jwks", 0) == 0
     assert c.get("PUT /api/v1/clients/{id}", 0) == 0
 
     reg = emulator.client(cid)
@@ -200,14 +200,15 @@ def test_malformed_listing_is_a_clear_error(emulator, seed_file):
     p = ensure(emulator, seed_file)
     emulator.clear_faults()
     assert p.returncode == 1
-    assert "malformed JSON" in p.stderr and "GET /clients" in p.stderr, p.stderr
+    # The listing is read as it streams in: garbage is refused at its first byte.
+    assert "GET /clients" in p.stderr and "not a list" in p.stderr, p.stderr
     assert emulator.counts().get("POST /api/v1/clients", 0) == 0
 
 
 def test_admin_token_refreshed_when_it_expires(emulator, seed_file):
-    # A 3 s token is refreshed before it runs out: the slow JWKS read outlives it.
+    # A 3 s token is refreshed before it runs out: the slow JWKS upload outlives it.
     emulator.settings(admin_token_lifetime=3)
-    emulator.fault(method="GET", path=r"/jwks$", delay=3, count=1)
+    emulator.fault(method="POST", path=r"/jwks$", delay=3, count=1)
     p = ensure(emulator, seed_file)
     assert p.returncode == 0, p.stderr
     # Under valgrind the rest of the run outlives further 3 s tokens too.

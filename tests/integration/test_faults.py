@@ -59,8 +59,8 @@ FAULTS = {
     "jwks upload 500": ([dict(method="POST", path="/jwks$", status=500)], "fail", "500"),
     "jwks upload done, answer truncated": (
         [dict(method="POST", path="/jwks$", truncate=True)], "fail", "jwks"),
-    "jwks read malformed": ([dict(method="GET", path="/jwks$", malformed=True)], "fail",
-                            "jwks"),
+    "jwks upload answer malformed": ([dict(method="POST", path="/jwks$", malformed=True)],
+                                     "fail", "jwks"),
     "token 500": ([dict(path=TOKEN, status=500)], "fail", "500"),
     "token 503": ([dict(path=TOKEN, status=503)], "fail", "503"),
     "token 429 Retry-After 1": ([dict(path=TOKEN, status=429, retry_after=1)], "fail", "429"),
