@@ -429,6 +429,7 @@ class Service:
             self.access = {}
             self.faults = []
             self.counts = {}
+            self.bytes = {}
             self.log = []
             self.used_jti = {}
             self._seed()
@@ -442,13 +443,21 @@ class Service:
         self.seed_scope({"name": "ks:fiks", "owner_orgno": ks, "accessible_for_all": True})
         self.seed_scope({"name": "folkeregister:deling/offentligutenhjemmel", "owner_orgno": skatt})
 
+    def count_bytes(self, key, n):
+        """Body bytes sent per route, for the benchmarks' cost figures (GET /_emulator/bytes)."""
+        with self.lock:
+            self.bytes[key] = self.bytes.get(key, 0) + n
+
     def count(self, key):
         with self.lock:
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def record(self, method, path, status):
+    def record(self, method, path, status, start=None):
+        """One request in the log: when it arrived (start) and when it was answered (time)."""
+        now = time.time()
         with self.lock:
-            self.log.append({"method": method, "path": path, "status": status, "time": time.time()})
+            self.log.append({"method": method, "path": path, "status": status, "time": now,
+                             "start": now if start is None else start})
             if len(self.log) > 10000:
                 del self.log[:1000]
 
@@ -1551,6 +1560,8 @@ class Service:
                 return Reply(200, {"ok": True})
             if sub == "/faults" and method == "GET":
                 return Reply(200, [{k: v for k, v in f.items() if k != "path_re"} for f in self.faults])
+            if sub == "/bytes" and method == "GET":
+                return Reply(200, dict(self.bytes))
             if sub == "/counts" and method == "GET":
                 return Reply(200, dict(self.counts))
             if sub == "/log" and method == "GET":
@@ -1642,6 +1653,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self):
         svc = self.server.svc
+        start = time.time()
         method = self.command
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query, keep_blank_values=True)
@@ -1660,7 +1672,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if fault and fault["delay"] > 0:
             time.sleep(fault["delay"])
         if fault and fault["drop"]:
-            svc.record(method, self.path, 0)
+            svc.record(method, self.path, 0, start)
             self.abort()
             return
         if fault and fault["status"] is not None:
@@ -1677,7 +1689,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if fault["retry_after"] is not None:
                 reply.headers["Retry-After"] = str(fault["retry_after"])
             truncate = fault["truncate"]
-        svc.record(method, self.path, reply.status)
+        svc.record(method, self.path, reply.status, start)
+        svc.count_bytes(svc.route_template(method, path), len(reply.body))
         self.send(reply, truncate=truncate)
 
     def send(self, reply, truncate=False):

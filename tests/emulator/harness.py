@@ -200,6 +200,10 @@ class Emulator:
     def counts(self):
         return self.control("GET", "/counts")
 
+    def bytes_sent(self):
+        """Body bytes the emulator sent, per route ("GET /api/v1/clients": n)."""
+        return self.control("GET", "/bytes")
+
     def log(self):
         return self.control("GET", "/log")
 

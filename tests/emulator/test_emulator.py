@@ -406,10 +406,11 @@ def test_digdir_needs_bearer_token(emulator, app, keys):
 
 
 def test_digdir_expired_token(emulator):
-    emulator.settings(admin_token_lifetime=1)
+    # Tokens count whole seconds: a 2 s token lives at least 1 s, so its first use is in time.
+    emulator.settings(admin_token_lifetime=2)
     token = emulator.token(emulator.admin_grant()).json()["access_token"]
     assert emulator.digdir("GET", "/clients", token=token).status == 200
-    time.sleep(1.1)
+    time.sleep(2.1)
     dd_error(emulator.digdir("GET", "/clients", token=token), 401)
 
 
@@ -1111,13 +1112,24 @@ def test_counts_are_templated(emulator, app, keys):
     assert "token:admin" not in counts and counts["control:admin-token"] == 5
 
 
+def test_bytes_are_counted_per_route(emulator, app):
+    """The benchmarks' cost figures: body bytes sent per templated route."""
+    r = emulator.digdir("GET", "/clients")
+    r2 = emulator.digdir("GET", "/clients/" + app)
+    sent = emulator.bytes_sent()
+    assert sent["GET /api/v1/clients"] == len(r.body)
+    assert sent["GET /api/v1/clients/{id}"] == len(r2.body)
+    emulator.reset()
+    assert emulator.bytes_sent() == {}
+
+
 def test_log_has_no_bodies(emulator, app, keys):
     emulator.token(client_grant(emulator, keys[0], app, "nav:test/api"))
     emulator.request("GET", "/api/v1/clients")
     log = emulator.log()
     assert [(e["method"], e["path"], e["status"]) for e in log] == [("POST", "/token", 200),
                                                                     ("GET", "/api/v1/clients", 401)]
-    assert all(set(e) == {"method", "path", "status", "time"} for e in log)
+    assert all(set(e) == {"method", "path", "status", "time", "start"} for e in log)
 
 
 def test_reset(emulator, app, keys):
