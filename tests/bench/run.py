@@ -221,7 +221,8 @@ def bench_cold(emu, tmp, t, q):
     t.add("cold.new.client_listings", d.get(LISTINGS, 0), None, "<= 2 (lookup + confirm)",
           d.get(LISTINGS, 0) <= 2)
     t.add("cold.new.creates", d.get(CREATES, 0), None, "1", d.get(CREATES, 0) == 1)
-    t.add("cold.new.jwks_reads", d.get(JWKS_READS, 0), None, "<= 1", d.get(JWKS_READS, 0) <= 1)
+    t.add("cold.new.jwks_reads", d.get(JWKS_READS, 0), None, "0 (the upload answers with the set)",
+          d.get(JWKS_READS, 0) == 0)
     t.add("cold.new.jwks_uploads", d.get(JWKS_UPLOADS, 0), None, "1", d.get(JWKS_UPLOADS, 0) == 1)
 
     p = new_provider(emu, tmp, "cold-restart", seed_file=seed)
@@ -367,7 +368,156 @@ def bench_load(emu, tmp, t, q):
         p.stop()
 
 
-# -- 6. key derivation ------------------------------------------------------------
+# -- 6. scale: an organisation of 10,000 clients, nodes that restart ----------------
+
+
+def digdir_bytes(b):
+    return sum(v for k, v in b.items() if " /api/" in k)
+
+
+def debug_ms(p, endpoint):
+    """The times of the provider's requests to endpoint, from its debug lines."""
+    out = []
+    for line in p.logs().splitlines():
+        if ("digdir %s: HTTP" % endpoint) in line:
+            m = line.split(" after ", 1)
+            if len(m) == 2:
+                out.append(float(m[1].split(" ms", 1)[0]))
+    return out
+
+
+def restart_cost(emu, tmp, t, q, nodes, label, args):
+    """Restarts every node; DigDir requests and bytes per restart, and the time from a
+    restart to the first republish of a known app served."""
+    reqs, sent, first = [], [], []
+    for name, seed, apps in nodes:
+        b0, c0 = emu.bytes_sent(), emu.counts()
+        t0 = time.monotonic()
+        p = new_provider(emu, tmp, name, args=args, seed_file=seed)
+        try:
+            r = client(p, "mount", requests=1, apps=1, pods=1, prefix=apps)
+            first.append(time.monotonic() - t0)
+            client(p, "mount", threads=4, requests=q["node_apps"], apps=q["node_apps"], pods=1,
+                   prefix=apps)
+            if r["errors"]:
+                raise RuntimeError("republish after a restart failed")
+        finally:
+            p.stop()
+        reqs.append(digdir_requests(delta(emu.counts(), c0)))
+        sent.append(digdir_bytes(delta(emu.bytes_sent(), b0)))
+    return statistics.median(reqs), statistics.median(sent), statistics.median(first)
+
+
+def bench_scale(emu, tmp, t, q):
+    emu.reset()
+    org = q["org_clients"]
+    emu.bulk_clients(org, description="prod:team-{i}:app")
+
+    # One lookup of a new app against the whole organisation, on a fresh provider.
+    p = new_provider(emu, tmp, "scale-lookup", args=["--log-level", "debug"])
+    try:
+        time.sleep(0.3)
+        idle = p.mem_mib("VmHWM")
+        b0 = emu.bytes_sent()
+        r = client(p, "mount", requests=1, prefix="scale-new")
+        hwm = p.mem_mib("VmHWM")
+        listing_ms = debug_ms(p, "GET /clients")
+        b = delta(emu.bytes_sent(), b0)
+    finally:
+        p.stop()
+    label = "scale.lookup_%d" % org
+    t.add(label + ".wall", r["median_us"] / 1000, None, "", r["errors"] == 0, "ms")
+    t.add(label + ".listing_bytes", b.get(LISTINGS, 0), None, "", None, "B")
+    t.add(label + ".listing_ms", min(listing_ms) if listing_ms else None, None, "", None, "ms")
+    t.add(label + ".hwm", hwm, idle, "<= idle + 8 MiB", hwm <= idle + 8, "MiB")
+    t.note("%s: %d listing(s) of %d bytes each, parsed as they streamed; the provider's peak RSS "
+           "rose %.1f MiB over its idle peak" % (label, len(listing_ms),
+                                                  b.get(LISTINGS, 0) // max(len(listing_ms), 1),
+                                                  hwm - idle))
+
+    # A burst of new apps in that organisation shares its listings.
+    apps = q["burst_apps"]
+    p = new_provider(emu, tmp, "scale-burst")
+    try:
+        c0 = emu.counts()
+        r = client(p, "mount", threads=apps, requests=apps, apps=apps, pods=1,
+                   prefix="scale-burst")
+        d = delta(emu.counts(), c0)
+    finally:
+        p.stop()
+    t.add("scale.burst_%d_new.listings" % apps, d.get(LISTINGS, 0), None, "<= 2",
+          d.get(LISTINGS, 0) <= 2 and r["errors"] == 0)
+
+    # Nodes restart: the state file against a listing (the state file off, as before it).
+    nodes = []
+    for n in range(q["nodes"]):
+        name = "node%d" % n
+        p = new_provider(emu, tmp, name)
+        try:
+            client(p, "mount", threads=4, requests=q["node_apps"], apps=q["node_apps"], pods=1,
+                   prefix=name + "-app")
+        finally:
+            p.stop()
+        nodes.append((name, p.seed_file, name + "-app"))
+    base = restart_cost(emu, tmp, t, q, [(n + "-nostate", s, a) for n, s, a in nodes], "",
+                        ["--state-file", ""])
+    now = restart_cost(emu, tmp, t, q, nodes, "", [])
+    per_app = now[0] / q["node_apps"]
+    t.add("scale.restart.digdir_requests", now[0], base[0], "<= 2 per known app",
+          per_app <= 2, "/node")
+    t.add("scale.restart.digdir_bytes", now[1], base[1], "", None, "B/node")
+    t.add("scale.restart.first_republish", now[2] * 1000, base[2] * 1000, "", None, "ms")
+    t.note("restart of a node with %d known apps in an organisation of %d clients: %d requests "
+           "and %d bytes with the state file, %d requests and %d bytes without" %
+           (q["node_apps"], org, now[0], now[1], base[0], base[1]))
+    # On paper: 1,000 nodes of 30 apps each restart once (a DaemonSet rollout).
+    with_state = (now[0] / q["node_apps"] * 30 * 1000, now[1] / q["node_apps"] * 30 * 1000)
+    listing = (base[0] / q["node_apps"] * 30 * 1000, base[1] * 1000)
+    t.note("on paper, a rollout over 1,000 nodes x 30 apps: %.0f requests and %.0f MB to DigDir "
+           "with the state file (%.1f requests and %.0f bytes per app), against about %.0f "
+           "requests and %.0f MB when every node lists the organisation once" %
+           (with_state[0], with_state[1] / 1e6, per_app, now[1] / q["node_apps"], listing[0],
+            listing[1] / 1e6))
+
+    # A cold new client with 100 ms added to every request at the emulator, and the
+    # longest chain of its requests each sent after the one before was answered: the round
+    # trips it makes one after another (requests sent side by side count once).
+    emu.reset()
+    p = new_provider(emu, tmp, "scale-rtt")
+    try:
+        client(p, "version", threads=1, seconds=0.2)
+        emu.fault(path="^/", delay=q["rtt_s"])
+        c0, t0 = emu.counts(), time.time()
+        r = client(p, "mount", requests=1, prefix="scale-rtt")
+        counts = delta(emu.counts(), c0)
+        log_ = [e for e in emu.log() if e["start"] >= t0 and not e["path"].startswith("/_")]
+    finally:
+        emu.clear_faults()
+        p.stop()
+    rounds = chain_length(log_)
+    requests = len(log_)
+    rtt_ms = q["rtt_s"] * 1000
+    t.add("scale.cold_new.wall@%dms" % rtt_ms, r["median_us"] / 1000, None, "", r["errors"] == 0,
+          "ms")
+    t.add("scale.cold_new.round_trips", rounds, requests, "<= 8 (8 needed)", rounds <= 8)
+    t.note("cold new client, %d ms added per request: %d requests, %d of them one after "
+           "another: %s" % (rtt_ms, requests, rounds,
+                            " -> ".join("%s %s" % (e["method"], e["path"].split("?")[0])
+                                        for e in sorted(log_, key=lambda e: e["start"]))))
+
+
+def chain_length(requests):
+    """The longest chain of requests in which each was sent after the one before it was
+    answered (a longest path in an interval order, by dynamic programming)."""
+    reqs = sorted(requests, key=lambda e: e["time"])
+    best = []
+    for i, e in enumerate(reqs):
+        before = [best[j] for j in range(i) if reqs[j]["time"] <= e["start"]]
+        best.append(1 + max(before, default=0))
+    return max(best, default=0)
+
+
+# -- 7. key derivation ------------------------------------------------------------
 
 
 def bench_keys(t):
@@ -388,19 +538,22 @@ def bench_keys(t):
 
 
 QUICK = dict(rounds=1, seconds=0.3, burst_apps=4, burst_pods=5, rot_clients=20, rot_pods=4,
-             rot_period_s=2, mem_clients=40, mem_pods=5)
+             rot_period_s=2, mem_clients=40, mem_pods=5, org_clients=1000, nodes=2, node_apps=3,
+             rtt_s=0.05)
 FULL = dict(rounds=3, seconds=1.5, burst_apps=20, burst_pods=10, rot_clients=500, rot_pods=4,
-            rot_period_s=120, mem_clients=1000, mem_pods=10)
+            rot_period_s=120, mem_clients=1000, mem_pods=10, org_clients=10000, nodes=4,
+            node_apps=30, rtt_s=0.1)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small counts: checks the harness")
     ap.add_argument("--json", help="also write the rows to this file")
-    ap.add_argument("--only", help="comma-separated sections: warm,cold,burst,load,keys")
+    ap.add_argument("--only", help="comma-separated sections: warm,cold,burst,load,scale,keys")
     a = ap.parse_args()
     q = QUICK if a.quick else FULL
-    only = set(a.only.split(",")) if a.only else {"warm", "cold", "burst", "load", "keys"}
+    only = set(a.only.split(",")) if a.only else {"warm", "cold", "burst", "load", "scale",
+                                                   "keys"}
     for path in (CLIENT, KEYS, ph.BIN):
         if not os.access(path, os.X_OK):
             sys.exit("bench: %s is missing: run `make bench`" % path)
@@ -411,7 +564,7 @@ def main():
     start = time.monotonic()
     try:
         for name, fn in (("warm", bench_warm), ("cold", bench_cold), ("burst", bench_burst),
-                         ("load", bench_load)):
+                         ("load", bench_load), ("scale", bench_scale)):
             if name in only:
                 log("section %s" % name)
                 s = time.monotonic()
