@@ -76,20 +76,16 @@ def socket_path(container):
 
 
 def flags_from_binary():
-    """{env var: flag} from the first subcommand whose --help prints the table."""
-    if not os.access(BIN, os.X_OK):
-        return {}
-    for sub in ("serve", "keys", "mount", "token", "client"):
-        try:
-            p = subprocess.run(cli(sub, "--help"), capture_output=True, text=True,
-                               timeout=10 * SLOW, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        found = dict((env, flag) for flag, env in
-                     re.findall(r"--([a-z0-9-]+)\s+(MPCSI_[A-Z0-9_]+)", p.stdout))
-        if found:
-            return found
-    return {}
+    """{env var: flag} from `serve --help`'s table. A binary that is missing or
+    prints no table fails the tests that use it: nothing here falls back."""
+    assert os.access(BIN, os.X_OK), f"no binary at {BIN}: run make"
+    p = subprocess.run(cli("serve", "--help"), capture_output=True, text=True,
+                       timeout=10 * SLOW, check=False)
+    assert p.returncode == 0, p.stderr
+    found = dict((env, flag) for flag, env in
+                 re.findall(r"--([a-z0-9-]+)\s+(MPCSI_[A-Z0-9_]+)", p.stdout))
+    assert found, "serve --help printed no flag table:\n" + p.stdout
+    return found
 
 
 def flags_from_source():
@@ -107,11 +103,9 @@ def known_env():
     from_bin = flags_from_binary()
     from_src = flags_from_source()
     assert from_src, "no flags parsed from src/config.c"
-    if from_bin:
-        # The binary's table and the source must tell the same story.
-        assert from_bin == from_src
-        return from_bin
-    return from_src
+    # The binary's table and the source must tell the same story.
+    assert from_bin == from_src
+    return from_bin
 
 
 def quantity(q):
@@ -353,21 +347,59 @@ def test_example_pod_mounts_read_only(objects):
             assert m["readOnly"] is True
 
 
+def example_spcs(objects):
+    spcs = [o for (kind, _), o in objects.items() if kind == "SecretProviderClass"]
+    assert spcs, "no SecretProviderClass example"
+    return spcs
+
+
 def test_example_parameters_are_the_providers(objects):
+    """The parameters are among the keys src/mount.c accepts (its known_keys
+    table: a renamed table fails here, it does not skip)."""
     with open(os.path.join(ROOT, "src", "mount.c"), encoding="utf-8") as f:
-        m = re.search(r"param_keys\[\]\s*=\s*\{([^}]*)\}", f.read())
-    if not m:
-        pytest.skip("src/mount.c has no param_keys table to compare with")
-    allowed = set(re.findall(r'"([^"]+)"', m.group(1)))
-    for (kind, _), spc in objects.items():
-        if kind != "SecretProviderClass":
-            continue
+        m = re.search(r"known_keys\[K_COUNT\]\s*=\s*\{(.*?)\n\};", f.read(), re.S)
+    assert m, "src/mount.c: no known_keys table; update this test to its new name"
+    allowed = set(re.findall(r'KEY\("([^"]+)"\)', m.group(1)))
+    assert {"scopes", "filePermission", "exposes"} <= allowed
+    for spc in example_spcs(objects):
         params = spc["spec"]["parameters"]
         assert set(params) <= allowed
         assert re.fullmatch(r"0[0-7]{3}", params["filePermission"])
         for obj in spc["spec"].get("secretObjects", []):
             for d in obj["data"]:
                 assert d["objectName"].startswith("MASKINPORTEN_")
+
+
+@pytest.fixture
+def provider_proc(emulator, tmp_path):
+    """A running serve: one that cannot start fails the test (RuntimeError)."""
+    p = Provider(emulator, tmp_path).start()
+    yield p
+    p.stop()
+
+
+def test_example_mounts_through_the_binary(objects, emulator, provider_proc):
+    """Each example SecretProviderClass, its scopes granted to the organisation,
+    mounts through the real binary: every file named in secretObjects is in the
+    answer, with the example's file mode. A misspelt parameter is refused."""
+    for spc in example_spcs(objects):
+        params = spc["spec"]["parameters"]
+        scopes = params["scopes"].replace(",", " ").split()
+        for scope in scopes:
+            emulator.seed_scope(scope, "999999999", accessible_for_all=True)
+        resp = provider_proc.mount_raw(attributes("my-team", "my-app", params=params,
+                                                  spc=spc["metadata"]["name"]))
+        files = files_of(resp)
+        assert files["MASKINPORTEN_SCOPES"].split() == scopes
+        for obj in spc["spec"].get("secretObjects", []):
+            for d in obj["data"]:
+                assert d["objectName"] in files
+        assert set(modes_of(resp).values()) == {int(params["filePermission"], 8)}
+
+        misspelt = dict(params, filePermissions=params["filePermission"])
+        with pytest.raises(Exception) as e:
+            provider_proc.mount_raw(attributes("my-team", "my-app", params=misspelt))
+        assert "filePermissions" in str(e.value)
 
 
 # ---- kustomization -----------------------------------------------------------
