@@ -41,6 +41,7 @@ OLD_BYTES = 299 * 1000 * 1000  # the Debian 12 slim image this one replaced
 SCOPE = "skatteetaten:testapi"
 DEPLOY = os.path.join(ROOT, "deploy")
 CA_IN_IMAGE = "/etc/emulator/ca.pem"
+PROXY_NAME = "proxy.image-test.invalid"
 NOT_ALLOWED = ("bin/sh", "bin/bash", "bin/dash", "usr/bin/sh", "usr/bin/bash", "bin/busybox",
                "usr/bin/env", "usr/bin/apt", "usr/bin/apt-get", "usr/bin/dpkg", "var/lib/dpkg",
                "etc/apt", "usr/bin/perl", "usr/bin/python3")
@@ -314,8 +315,8 @@ def test_the_daemonset_runs_from_the_image(rootfs, emulator, tmp_path, via):
     """The init container's arguments prepare the socket directory and the
     credentials as root with only its two capabilities; the provider's
     arguments then serve as 65532 from the read-only root, answer a Mount over
-    HTTPS to the emulator (with its CA file; through a CONNECT proxy too), and
-    answer /healthz and /readyz."""
+    HTTPS to the emulator (with its CA file; through a CONNECT proxy too,
+    found by name), and answer /healthz and /readyz."""
     ds = manifest("daemonset.yaml")
     pod = ds["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
@@ -356,12 +357,17 @@ def test_the_daemonset_runs_from_the_image(rootfs, emulator, tmp_path, via):
                 "MPCSI_ADMIN_CLIENT_ID": info["admin_client_id"],
                 "MPCSI_CA_FILE": CA_IN_IMAGE, "MPCSI_METRICS_ADDR": "127.0.0.1:0",
                 "MPCSI_LOG_LEVEL": "debug"})
+    binds = [(info["ca_file"], CA_IN_IMAGE, True)]
     proxy = None
     if via == "https-proxy":
+        # Named, not numbered: glibc in the image resolves it through
+        # /etc/hosts, which the kubelet mounts as this test does.
         proxy = ConnectProxy()
-        env["MPCSI_HTTPS_PROXY"] = "http://127.0.0.1:%d" % proxy.port
-    cmd = container_command(rootfs, pod, provider, volumes, env,
-                            extra_binds=[(info["ca_file"], CA_IN_IMAGE, True)])
+        env["MPCSI_HTTPS_PROXY"] = "http://%s:%d" % (PROXY_NAME, proxy.port)
+        hosts = tmp_path / "hosts"
+        hosts.write_text("127.0.0.1\tlocalhost\n127.0.0.1\t%s\n" % PROXY_NAME)
+        binds.append((str(hosts), "/etc/hosts", True))
+    cmd = container_command(rootfs, pod, provider, volumes, env, extra_binds=binds)
     log_path = tmp_path / "provider.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log)
