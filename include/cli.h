@@ -11,5 +11,6 @@ int cmd_mount(int argc, char **argv);
 int cmd_token(int argc, char **argv);
 int cmd_client(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);
 
 #endif

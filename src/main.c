@@ -23,6 +23,7 @@ static const char usage[] =
     "  token            read a mounted directory and fetch an access token\n"
     "  client list|show|ensure|delete|adopt   administer clients at DigDir\n"
     "  keys derive      print the public JWK of (seed, client, epoch)\n"
+    "  prepare          the init container's root steps: socket directory, credentials\n"
     "  version          print the version\n"
     "\n"
     "Run 'maskinporten-csi-provider COMMAND --help' for a command's flags.\n";
@@ -57,6 +58,8 @@ int main(int argc, char **argv)
 		r = cmd_client(argc - 1, argv + 1);
 	else if (!strcmp(cmd, "keys"))
 		r = cmd_keys(argc - 1, argv + 1);
+	else if (!strcmp(cmd, "prepare"))
+		r = cmd_prepare(argc - 1, argv + 1);
 	else {
 		fprintf(stderr, "maskinporten-csi-provider: unknown command '%s'\n\n%s", cmd,
 			usage);
