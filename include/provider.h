@@ -32,8 +32,8 @@ int provider_start(struct provider *p);
 int provider_ready(struct provider *p, char *msg, size_t len);
 
 /*
- * The state file of cfg (--state-file, else beside the socket; "" keeps it
- * in memory only). NULL on allocation failure. Shared with `client show`.
+ * The state file of cfg (--state-file, else beside the socket; "": none,
+ * nothing is remembered). NULL on allocation failure. Shared with `client show`.
  */
 struct state *provider_state_open(const struct config *cfg);
 

@@ -28,8 +28,8 @@ struct state;
 
 /*
  * Loads path (or starts empty when it is missing or unusable, logging why)
- * for this cluster. NULL path: a memory that is never written. NULL only on
- * allocation failure. Thread-safe.
+ * for this cluster. NULL or "" path: no memory at all (nothing is kept). NULL
+ * only on allocation failure. Thread-safe.
  */
 struct state *state_open(const char *path, const char *cluster);
 

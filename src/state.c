@@ -285,8 +285,10 @@ static int update(struct state *st, const char *description, json_t *fields)
 	json_t *e, *before;
 	int r = 0;
 
-	if (!st || !fields)
-		return fields ? 0 : -ENOMEM;
+	if (!st || !st->path || !fields) {
+		json_decref(fields);
+		return st && st->path && !fields ? -ENOMEM : 0;
+	}
 	pthread_mutex_lock(&st->lock);
 	e = entry(st, description);
 	before = e ? json_deep_copy(e) : NULL;
