@@ -418,6 +418,7 @@ struct provider *provider_new(struct app *app, struct err *err)
 	for (size_t i = 0; i < SLOT_LOCKS; i++)
 		pthread_mutex_init(&p->slot_locks[i], NULL);
 	metrics_epoch(registry_epoch(p->reg));
+	writer_test_crash_after(cfg->test_crash_in_write);
 	return p;
 }
 
