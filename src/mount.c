@@ -515,29 +515,48 @@ static int add_file(struct mount_file *files, size_t *n, const char *name, const
 }
 
 /*
- * The dotenv file: KEY='value' lines that sh can source; values never hold a
- * quote. Built with memcpy: this runs on every warm Mount, and stdio's
+ * The dotenv file: KEY='value' lines that sh sources to exactly the values.
+ * Inside single quotes sh takes every byte as it stands except the quote
+ * itself, so each ' in a value is written '\'' (close, an escaped quote,
+ * reopen). Values come from Maskinporten's metadata and DigDir, and a quote
+ * in them must never run a command in the pods that source the file. Values
+ * without a quote (every real one) read the same to other dotenv parsers.
+ * Built with memcpy: this runs on every warm Mount, and stdio's
  * open_memstream and fprintf cost more than the rest of the answer.
  */
 static char *env_file(const struct mount_file *files, size_t n)
 {
+	static const char quote_escaped[] = "'\\''";
+	const size_t qlen = sizeof(quote_escaped) - 1;
 	size_t total = 1, at = 0;
 	char *buf;
 
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		total += strlen(files[i].name) + files[i].len + sizeof("=''\n") - 1;
+		for (size_t j = 0; j < files[i].len; j++)
+			if (files[i].contents[j] == '\'')
+				total += qlen - 1;
+	}
 	buf = malloc(total);
 	if (!buf)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		size_t nlen = strlen(files[i].name);
+		const char *v = files[i].contents, *end = v + files[i].len, *q;
 
 		memcpy(buf + at, files[i].name, nlen);
 		at += nlen;
 		memcpy(buf + at, "='", 2);
 		at += 2;
-		memcpy(buf + at, files[i].contents, files[i].len);
-		at += files[i].len;
+		while ((q = memchr(v, '\'', (size_t)(end - v)))) {
+			memcpy(buf + at, v, (size_t)(q - v));
+			at += (size_t)(q - v);
+			memcpy(buf + at, quote_escaped, qlen);
+			at += qlen;
+			v = q + 1;
+		}
+		memcpy(buf + at, v, (size_t)(end - v));
+		at += (size_t)(end - v);
 		memcpy(buf + at, "'\n", 2);
 		at += 2;
 	}

@@ -266,6 +266,39 @@ static void test_mode_rule(void **state)
 		       "parameter \"filePermission\": mode 0777 is refused", ERR_INVALID);
 }
 
+/* The env file: each ' of a value written '\'' so that sh reads the value back. */
+static void test_env_file_quotes(void **state)
+{
+	struct mount_content c = {
+		.client_id = "c0ffee",
+		.jwk_private = "{}",
+		.kid = "k1",
+		.well_known_url = "https://mp.example/.well-known/oauth-authorization-server",
+		.issuer = "https://mp.example/",
+		.jwks_uri = "https://mp.example/jwk?a='$(touch /tmp/x)'",
+		.token_endpoint = "https://mp.example/token'\n'`id`",
+	};
+	struct mount_request req = { 0 };
+	struct mount_file files[MOUNT_MAX_FILES];
+	struct err err = { 0 };
+	const char *env = NULL;
+	size_t n = 0;
+
+	assert_int_equal(parse("{" POD_ATTRS "}", "null", "420", &req, &err), 0);
+	assert_int_equal(mount_build_files(&req, &c, files, &n), 0);
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(files[i].name, "maskinporten.env"))
+			env = files[i].contents;
+	assert_non_null(env);
+	assert_non_null(strstr(
+	    env, "MASKINPORTEN_JWKS_URI='https://mp.example/jwk?a='\\''$(touch /tmp/x)'\\'''\n"));
+	assert_non_null(strstr(
+	    env, "MASKINPORTEN_TOKEN_ENDPOINT='https://mp.example/token'\\''\n'\\''`id`'\n"));
+	assert_non_null(strstr(env, "MASKINPORTEN_CLIENT_ID='c0ffee'\n"));
+	mount_files_free(files, n);
+	mount_request_free(&req);
+}
+
 static const struct mount_content content = {
 	.client_id = "c0ffee00-0000-4000-8000-000000000001",
 	.jwk_private = "{\"use\":\"sig\",\"kty\":\"RSA\",\"kid\":\"k1\",\"d\":\"secret\"}",
@@ -377,6 +410,7 @@ int main(void)
 		cmocka_unit_test(test_modes),
 		cmocka_unit_test(test_kubernetes_names),
 		cmocka_unit_test(test_mode_rule),
+		cmocka_unit_test(test_env_file_quotes),
 		cmocka_unit_test(test_response_files),
 		cmocka_unit_test(test_versions_follow_content),
 	};
