@@ -300,14 +300,23 @@ static char *dup_value(const char *v)
 	return v && *v ? strdup(v) : NULL;
 }
 
+/* Copies at most size - 1 bytes of v, ending on a character, into dst; "" when v is NULL. */
+static void copy_who(char *dst, size_t size, const char *v)
+{
+	size_t n = v ? utf8_fit(v, size - 1) : 0;
+
+	memcpy(dst, v ? v : "", n);
+	dst[n] = '\0';
+}
+
 int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mount_request *ret,
-		struct err *err)
+		struct mount_who *who, struct err *err)
 {
 	struct mount_request req = { 0 };
 	V1alpha1__MountRequest *msg = NULL;
 	struct attrs attrs = { 0 };
 	const char *value[K_COUNT] = { 0 };
-	const char *scopes, *perm, *why = NULL;
+	const char *scopes, *perm, *why = NULL, *unknown = NULL;
 	size_t alen, at = 0;
 	int r;
 
@@ -337,20 +346,20 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	}
 	/* One pass sorts the members; attrs_parse has refused duplicate keys. */
 	for (size_t i = 0; i < attrs.n; i++) {
-		const char *key = attrs.members[i].key;
-		enum known_key k = known_key(key);
+		enum known_key k = known_key(attrs.members[i].key);
 
-		if (k != K_COUNT) {
+		if (k != K_COUNT)
 			value[k] = attrs.members[i].value;
-		} else {
-			r = err_set(
-			    err, ERR_INVALID, EINVAL,
-			    "unknown parameter \"%.100s\": the maskinporten provider takes "
+		else if (!unknown)
+			unknown = attrs.members[i].key;
+	}
+	if (unknown) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "unknown parameter \"%.*s\": the maskinporten provider takes "
 			    "scopes, filePermission and exposes (a misspelt parameter would "
 			    "give a client without its scopes)",
-			    key);
-			goto out;
-		}
+			    (int)utf8_fit(unknown, 100), unknown);
+		goto out;
 	}
 	r = check_secrets(msg->secrets, err);
 	if (r < 0)
@@ -452,6 +461,12 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	memset(&req, 0, sizeof(req));
 	r = 0;
 out:
+	/* A refused request is still logged with whatever identity it carries. */
+	if (r < 0 && who) {
+		copy_who(who->namespace_name, sizeof(who->namespace_name), value[K_NAMESPACE]);
+		copy_who(who->pod_name, sizeof(who->pod_name), value[K_POD_NAME]);
+		copy_who(who->service_account, sizeof(who->service_account), value[K_SA]);
+	}
 	mount_request_free(&req);
 	attrs_release(&attrs);
 	if (msg)

@@ -43,7 +43,7 @@ static int parse(const char *attributes, const char *secrets, const char *permis
 {
 	size_t len;
 	uint8_t *buf = pack(attributes, secrets, permission, &len);
-	int r = mount_parse(buf, len, "dev-gcp", req, err);
+	int r = mount_parse(buf, len, "dev-gcp", req, NULL, err);
 
 	free(buf);
 	return r;
