@@ -15,7 +15,7 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant
-from provider_harness import (MOUNT, SLOW, Provider, attributes, files_of,
+from provider_harness import (MOUNT, SLOW, WRAPPER, Provider, attributes, files_of,
                               provider_pb2, write_seed)
 
 SCOPE = "skatteetaten:testapi"
@@ -160,6 +160,12 @@ def pod_target(kubelet, uid):
     return t
 
 
+# Every step natively and under ASan. Under valgrind each step costs a provider start and a
+# key derivation that run 50x slower: there every 6th step is killed, for the memory
+# checks; the native and ASan runs are the ones that walk every step.
+STRIDE = 6 if WRAPPER else 1
+
+
 def test_kill_at_every_step_of_a_provider_mode_write(emulator, tmp_path):
     """serve --test-crash-in-write N kills itself (SIGKILL) right after the Nth change
     its write makes to the target: each N in turn, until a write completes, so every
@@ -179,7 +185,7 @@ def test_kill_at_every_step_of_a_provider_mode_write(emulator, tmp_path):
         for over in (False, True):
             seen = {"nothing": 0, "old": 0, "new": 0}
             target = pod_target(kubelet, "uid-over") if over else None
-            for n in range(1, 200):
+            for n in range(1, 200, STRIDE):
                 if over:
                     w.mount(NS, "app", scopes=SCOPE, target_path=str(target), permission="420")
                     assert check_volume(str(target), client_id) == 0o644
@@ -209,8 +215,9 @@ def test_kill_at_every_step_of_a_provider_mode_write(emulator, tmp_path):
             else:
                 pytest.fail("the write never completed: %s" % seen)
             # Both sides of the switch were hit: the first write's empty (or older) state
-            # and the new set.
-            assert seen["old" if over else "nothing"] >= 1 and seen["new"] >= 2, seen
+            # and the new set (killed just after the switch, and complete).
+            assert seen["old" if over else "nothing"] >= 1, seen
+            assert seen["new"] >= (2 if STRIDE == 1 else 1), seen
             print("kill -9 at each of %d steps (%s):" % (n, "over a set" if over else "first"),
                   seen)
         files = {n: (target / n).read_text() for n in EXPECTED}
