@@ -66,8 +66,9 @@ struct config {
 	int workers;
 	long worker_idle_ms; /* a worker beyond the first leaves after this long idle */
 	long max_message_bytes;
-	bool check_only;       /* serve --check */
-	int64_t time_offset_s; /* tests only: shifts this process's clock (epochs, skew) */
+	bool check_only;	  /* serve --check */
+	int64_t time_offset_s;	  /* tests only: shifts this process's clock (epochs, skew) */
+	long test_crash_in_write; /* tests only: writer_test_crash_after() */
 
 	/* Logging. */
 	enum log_level log_level;

@@ -36,7 +36,10 @@ struct err {
 	char msg[640];
 };
 
-/* Fills e (when non-NULL) with kind and a formatted message. Returns -errno_code. */
+/*
+ * Fills e (when non-NULL) with kind and a formatted message, made valid UTF-8
+ * (utf8_clean) after it is cut to fit. Returns -errno_code.
+ */
 int err_set(struct err *e, enum err_kind kind, int errno_code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -35,13 +35,27 @@ struct mount_request {
 };
 
 /*
+ * Who a refused request says it is for, as far as its attributes tell, for
+ * the log line: the kubelet's pod.namespace, pod.name and serviceAccount.name,
+ * copied as they stand (not validated: the refusal may be about them), cut
+ * on a character to fit, "" when absent. Never holds the pod's tokens.
+ */
+struct mount_who {
+	char namespace_name[64];
+	char pod_name[254];
+	char service_account[254];
+};
+
+/*
  * Parses and validates the packed MountRequest. Unknown parameters, malformed
  * JSON, missing pod attributes, the `default` service account and bad values
  * fail with ERR_INVALID or ERR_PERMISSION and a message naming the problem.
+ * On such a failure, who (when non-NULL) gets the identity the attributes
+ * carry; on success it is left alone (*ret holds the identity).
  * Never copies `secrets` or service account tokens anywhere.
  */
 int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mount_request *ret,
-		struct err *err);
+		struct mount_who *who, struct err *err);
 
 void mount_request_free(struct mount_request *req);
 

@@ -1,7 +1,7 @@
 /*
  * writer: writes a volume's files atomically in the kubelet's layout: a new
- * "..<timestamp>.<random>" directory, then the "..data" symlink swapped with
- * rename(2), then one "name -> ..data/name" symlink per top-level file.
+ * "..<timestamp>.<random>" directory, one "name -> ..data/name" symlink per
+ * top-level file, then the "..data" symlink swapped with rename(2).
  * Readers see the old set or the new set, never a mix. Every path is opened
  * relative to a directory fd with O_NOFOLLOW; nothing escapes the target.
  */
@@ -29,10 +29,21 @@ int writer_path_valid(const char *path);
  * Writes files into target_dir (which must exist and be a real directory,
  * not a symlink). When root is non-NULL, target_dir must resolve to a path
  * under root (the kubelet directory), checked on the opened fd. Skips all I/O
- * when the current ..data already holds exactly these files. Returns 0 or a
+ * when the current ..data already holds exactly these files. Writes to one
+ * target wait for each other (flock on the directory). Returns 0 or a
  * negative errno with err filled; on failure the previous contents remain.
+ * A write killed at any point leaves ..data naming a complete set with all
+ * its links, or no ..data and only links that resolve nowhere (first write).
  */
 int writer_write(const char *root, const char *target_dir, const struct writer_file *files,
 		 size_t nfiles, struct err *err);
+
+/*
+ * Tests only: after the nth change any write makes to a target, counted over
+ * the life of the process (a directory, a file created, a file complete, a
+ * link, a rename, a removal), the process kills itself with SIGKILL, as a
+ * crash would. 0 (the default) never. serve --test-crash-in-write sets it.
+ */
+void writer_test_crash_after(long n);
 
 #endif

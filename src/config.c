@@ -95,6 +95,8 @@ static const struct opt opts[] = {
 	{ "max-message", T_LONG, F(max_message_bytes), "largest gRPC request, bytes (1 MiB)" },
 	{ "check", T_BOOL, F(check_only), "serve: validate configuration and exit" },
 	{ "time-offset", T_OFFSET, F(time_offset_s), "tests only: shift the clock by seconds" },
+	{ "test-crash-in-write", T_LONG, F(test_crash_in_write),
+	  "tests only: kill -9 itself at the Nth change of a provider-mode write" },
 	{ "log-level", T_LOGLEVEL, F(log_level), "error, warn, info or debug" },
 	{ "log-format", T_LOGFORMAT, F(log_format), "json or text" },
 	{ "namespace", T_STR, F(namespace_name), "mount: the pod's namespace" },

@@ -1,12 +1,16 @@
 /*
  * err: fills the error record that travels to the one place that reports it.
  * Must never copy secrets into a message: callers pass only names and ids.
+ * Messages are always valid UTF-8: they become gRPC status details, which a
+ * client decodes as UTF-8, and a cut to fit the buffer never splits a
+ * character.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 int err_set(struct err *e, enum err_kind kind, int errno_code, const char *fmt, ...)
 {
@@ -17,6 +21,7 @@ int err_set(struct err *e, enum err_kind kind, int errno_code, const char *fmt, 
 		va_start(ap, fmt);
 		vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
 		va_end(ap);
+		utf8_clean(e->msg);
 	}
 	return errno_code > 0 ? -errno_code : (errno_code < 0 ? errno_code : -EIO);
 }
@@ -32,7 +37,7 @@ void err_prefix(struct err *e, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(prefix, sizeof(prefix), fmt, ap);
 	va_end(ap);
-	plen = strlen(prefix);
+	plen = utf8_clean(prefix);
 	mlen = strnlen(e->msg, sizeof(e->msg) - 1);
 	/* Keep the prefix whole; the old message loses its tail if it must. */
 	if (plen + mlen > sizeof(e->msg) - 1)
@@ -40,6 +45,7 @@ void err_prefix(struct err *e, const char *fmt, ...)
 	memmove(e->msg + plen, e->msg, mlen);
 	memcpy(e->msg, prefix, plen);
 	e->msg[plen + mlen] = '\0';
+	utf8_clean(e->msg);
 }
 
 const char *err_kind_name(enum err_kind kind)

@@ -2,15 +2,36 @@
  * log: one line per event on stderr, JSON by default. Messages and field
  * values are escaped; nothing here knows or filters secrets, so callers must
  * never pass them.
+ *
+ * Every record is whole, whatever it is given: a message or value too long
+ * for its share of the line is cut between two characters and marked "...",
+ * and the record is always closed, so that no reader sees two records on one
+ * line or one record on two. JSON lines are valid JSON (bytes that are not
+ * UTF-8 become U+FFFD); text lines escape control characters, so a newline
+ * in a parameter key never starts a line of its own.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
+#include "utf8.h"
+
+/*
+ * One record is at most LINE_CAP bytes, well under the 16 KiB at which
+ * container runtimes split a line. The message gets at most MSG_CAP of it
+ * and each field value FIELD_CAP, so the fields after a long message are
+ * still there.
+ */
+#define LINE_CAP  8192
+#define MSG_CAP	  3072
+#define FIELD_CAP 512
+#define KEY_CAP	  64
+#define CUT_MARK  "..."
 
 enum log_level log_current_level = LOG_LEVEL_INFO;
 static enum log_format log_format = LOG_FORMAT_JSON;
@@ -44,44 +65,132 @@ int log_parse_format(const char *s, enum log_format *ret_format)
 	return 0;
 }
 
-/* Appends s to buf as JSON string contents. Returns the new length. */
-static size_t put_escaped(char *buf, size_t len, size_t cap, const char *s)
-{
-	for (; *s && len + 7 < cap; s++) {
-		unsigned char c = (unsigned char)*s;
+/* The record being built: buf[0..len), never more than cap bytes. */
+struct line {
+	char buf[LINE_CAP];
+	size_t len;
+};
 
-		if (c == '"' || c == '\\') {
-			buf[len++] = '\\';
-			buf[len++] = (char)c;
-		} else if (c < 0x20) {
-			len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", c);
-		} else {
-			buf[len++] = (char)c;
-		}
-	}
-	return len;
-}
-
-static size_t put_raw(char *buf, size_t len, size_t cap, const char *s)
+/* Appends s whole when it fits; reports whether it did (the caller reserved room). */
+static bool put_raw(struct line *l, const char *s)
 {
 	size_t n = strlen(s);
 
-	if (len + 1 >= cap)
-		return len;
-	if (len + n >= cap)
-		n = cap - len - 1;
-	memcpy(buf + len, s, n);
-	return len + n;
+	if (l->len + n > sizeof(l->buf))
+		return false;
+	memcpy(l->buf + l->len, s, n);
+	l->len += n;
+	return true;
+}
+
+/*
+ * How one character of s looks escaped, into rep (at most 8 bytes). quote:
+ * the text format is inside a quoted value, so '"' is escaped there too.
+ * Returns the bytes of s it consumed.
+ */
+static size_t escape_one(const char *s, size_t left, bool json, bool quote, char rep[8],
+			 size_t *ret_n)
+{
+	unsigned char c = (unsigned char)s[0];
+	size_t k;
+
+	if (c == '\\' || (c == '"' && (json || quote))) {
+		rep[0] = '\\';
+		rep[1] = (char)c;
+		*ret_n = 2;
+		return 1;
+	}
+	if (c == '\n' || c == '\r' || c == '\t') {
+		rep[0] = '\\';
+		rep[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+		*ret_n = 2;
+		return 1;
+	}
+	if (c < 0x20 || c == 0x7f) {
+		*ret_n = (size_t)snprintf(rep, 8, json ? "\\u%04x" : "\\x%02x", c);
+		return 1;
+	}
+	if (c < 0x80) {
+		rep[0] = (char)c;
+		*ret_n = 1;
+		return 1;
+	}
+	k = utf8_seq_len(s, left);
+	if (k == 0) {
+		/* Not UTF-8: JSON gets the replacement character, text the byte's value. */
+		*ret_n = (size_t)snprintf(rep, 8, json ? "\\ufffd" : "\\x%02x", c);
+		return 1;
+	}
+	/* C1 controls (U+0080..U+009F) drive some terminals: text shows them escaped. */
+	if (!json && k == 2 && c == 0xC2 && (unsigned char)s[1] < 0xA0) {
+		*ret_n = (size_t)snprintf(rep, 8, "\\u%04x", (unsigned char)s[1]);
+		return 2;
+	}
+	memcpy(rep, s, k);
+	*ret_n = k;
+	return k;
+}
+
+/*
+ * Appends s escaped, in at most budget bytes of the line (the caller has
+ * made sure they are free): whole when it fits, else cut after the last
+ * character that leaves room for CUT_MARK, and marked.
+ */
+static void put_escaped(struct line *l, const char *s, size_t budget, bool json, bool quote)
+{
+	const size_t mark = sizeof(CUT_MARK) - 1;
+	size_t left = strlen(s), end = l->len + budget;
+	size_t mark_limit = budget >= mark ? end - mark : l->len, cut = l->len;
+
+	while (left > 0) {
+		char rep[8];
+		size_t n, used = escape_one(s, left, json, quote, rep, &n);
+
+		if (l->len + n > end) {
+			l->len = cut;
+			if (l->len + mark <= end)
+				put_raw(l, CUT_MARK);
+			return;
+		}
+		memcpy(l->buf + l->len, rep, n);
+		l->len += n;
+		if (l->len <= mark_limit)
+			cut = l->len;
+		s += used;
+		left -= used;
+	}
+}
+
+/* Free bytes of the line for one piece: at most cap, keeping reserve for what must follow. */
+static size_t room_for(const struct line *l, size_t cap, size_t reserve)
+{
+	size_t room = sizeof(l->buf) - l->len;
+
+	room = room > reserve ? room - reserve : 0;
+	return cap < room ? cap : room;
+}
+
+/* Whether a text-format value must be quoted to read as one key=value pair. */
+static bool text_needs_quotes(const char *v)
+{
+	return !*v || strpbrk(v, " \"=") != NULL;
 }
 
 void log_emit(enum log_level level, const struct log_field *fields, size_t nfields, const char *fmt,
 	      ...)
 {
 	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-	char msg[2048], line[4096], ts[64];
+	/* Bytes every piece leaves free behind it: a closing quote and "}\n". */
+	const size_t tail = 4;
+	bool json = log_format == LOG_FORMAT_JSON;
+	/*
+	 * One byte more than the message may take: a longer message is cut by
+	 * put_escaped, which never reaches the character vsnprintf may have split.
+	 */
+	char msg[MSG_CAP + 2], ts[64];
+	struct line l = { .len = 0 };
 	struct timespec now;
 	struct tm tm;
-	size_t len = 0;
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -94,42 +203,46 @@ void log_emit(enum log_level level, const struct log_field *fields, size_t nfiel
 		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
 		 (int)(now.tv_nsec / 1000000));
 
-	if (log_format == LOG_FORMAT_JSON) {
-		len = put_raw(line, len, sizeof(line), "{\"time\":\"");
-		len = put_raw(line, len, sizeof(line), ts);
-		len = put_raw(line, len, sizeof(line), "\",\"level\":\"");
-		len = put_raw(line, len, sizeof(line), level_names[level]);
-		len = put_raw(line, len, sizeof(line), "\",\"msg\":\"");
-		len = put_escaped(line, len, sizeof(line), msg);
-		len = put_raw(line, len, sizeof(line), "\"");
-		for (size_t i = 0; i < nfields; i++) {
-			if (!fields[i].value)
-				continue;
-			len = put_raw(line, len, sizeof(line), ",\"");
-			len = put_escaped(line, len, sizeof(line), fields[i].key);
-			len = put_raw(line, len, sizeof(line), "\":\"");
-			len = put_escaped(line, len, sizeof(line), fields[i].value);
-			len = put_raw(line, len, sizeof(line), "\"");
-		}
-		len = put_raw(line, len, sizeof(line), "}\n");
+	if (json) {
+		put_raw(&l, "{\"time\":\"");
+		put_raw(&l, ts);
+		put_raw(&l, "\",\"level\":\"");
+		put_raw(&l, level_names[level]);
+		put_raw(&l, "\",\"msg\":\"");
 	} else {
-		len =
-		    (size_t)snprintf(line, sizeof(line), "%s %-5s %s", ts, level_names[level], msg);
-		if (len >= sizeof(line))
-			len = sizeof(line) - 1;
-		for (size_t i = 0; i < nfields && len + 4 < sizeof(line); i++) {
-			if (!fields[i].value)
-				continue;
-			len += (size_t)snprintf(line + len, sizeof(line) - len, " %s=%s",
-						fields[i].key, fields[i].value);
-			if (len >= sizeof(line))
-				len = sizeof(line) - 2;
-		}
-		line[len++] = '\n';
+		put_raw(&l, ts);
+		put_raw(&l, " ");
+		put_raw(&l, level_names[level]);
+		put_raw(&l, level == LOG_LEVEL_WARN || level == LOG_LEVEL_INFO ? "  " : " ");
 	}
+	put_escaped(&l, msg, room_for(&l, MSG_CAP, tail), json, false);
+	if (json)
+		put_raw(&l, "\"");
+
+	for (size_t i = 0; i < nfields; i++) {
+		const char *v = fields[i].value;
+		bool quote;
+
+		if (!v)
+			continue;
+		/* A field goes in only with room for its key, a little of its value and the tail.
+		 */
+		if (sizeof(l.buf) - l.len < KEY_CAP + 32 + tail)
+			break;
+		put_raw(&l, json ? ",\"" : " ");
+		put_escaped(&l, fields[i].key, KEY_CAP, json, false);
+		put_raw(&l, json ? "\":\"" : "=");
+		quote = !json && text_needs_quotes(v);
+		if (quote)
+			put_raw(&l, "\"");
+		put_escaped(&l, v, room_for(&l, FIELD_CAP, tail), json, quote);
+		if (json || quote)
+			put_raw(&l, "\"");
+	}
+	put_raw(&l, json ? "}\n" : "\n");
 
 	pthread_mutex_lock(&lock);
-	fwrite(line, 1, len, stderr);
+	fwrite(l.buf, 1, l.len, stderr);
 	fflush(stderr);
 	pthread_mutex_unlock(&lock);
 }

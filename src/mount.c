@@ -19,6 +19,7 @@
 #include "attrs.h"
 #include "keys.h"
 #include "mount.h"
+#include "utf8.h"
 #include "provider.pb-c.h"
 
 #define ATTR_NAMESPACE "csi.storage.k8s.io/pod.namespace"
@@ -77,18 +78,51 @@ static enum known_key known_key(const char *key)
 	return K_COUNT;
 }
 
-/* A DNS-1123 label (namespace) or subdomain (service account). */
-static bool dns_name_valid(const char *s, size_t max, bool dots)
+/*
+ * Kubernetes' IsDNS1123Label on n bytes: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at
+ * most 63 bytes. Namespace names are labels.
+ */
+static bool dns_label_valid(const char *s, size_t n)
+{
+	if (n == 0 || n > 63)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		bool alnum = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9');
+
+		if (!alnum && (s[i] != '-' || i == 0 || i == n - 1))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Kubernetes' IsDNS1123Subdomain, which ServiceAccount names must pass: at
+ * most 253 bytes, labels as above joined by single dots. Kubernetes holds
+ * the labels of a subdomain to the pattern only, not to 63 bytes each.
+ */
+static bool dns_subdomain_valid(const char *s)
 {
 	size_t n = strlen(s);
 
-	if (n == 0 || n > max || !isalnum((unsigned char)s[0]) || !isalnum((unsigned char)s[n - 1]))
+	if (n == 0 || n > 253)
 		return false;
-	for (; *s; s++)
-		if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' ||
-		      (dots && *s == '.')))
+	for (const char *label = s;;) {
+		size_t len = strcspn(label, ".");
+
+		/* An empty label: a leading, trailing or doubled dot. */
+		if (len == 0)
 			return false;
-	return true;
+		for (size_t i = 0; i < len; i++) {
+			bool alnum = (label[i] >= 'a' && label[i] <= 'z') ||
+				     (label[i] >= '0' && label[i] <= '9');
+
+			if (!alnum && (label[i] != '-' || i == 0 || i == len - 1))
+				return false;
+		}
+		if (label[len] == '\0')
+			return true;
+		label += len + 1;
+	}
 }
 
 /* Bytes of one scope character at s: ASCII [a-z0-9._-], or æ ø å in UTF-8; 0 otherwise. */
@@ -212,6 +246,17 @@ static int parse_octal_mode(const char *s, unsigned *ret)
 	return 0;
 }
 
+/*
+ * The modes the files may have, all of them alike, one holding a private key:
+ * the owner can read (0400), no one but the owner can write (no 0022), and
+ * nothing executes (no 0111). So 0400, 0440, 0444, 0600, 0640 and 0644
+ * pass; 0000, 0200, 0660, 0666, 0755 and 0777 do not.
+ */
+static bool mode_allowed(unsigned mode)
+{
+	return (mode & 0400) && !(mode & 0133);
+}
+
 /* The driver's `permission`: JSON of a Go os.FileMode, the decimal text "420". */
 static int parse_permission(const char *s, unsigned *ret)
 {
@@ -255,14 +300,23 @@ static char *dup_value(const char *v)
 	return v && *v ? strdup(v) : NULL;
 }
 
+/* Copies at most size - 1 bytes of v, ending on a character, into dst; "" when v is NULL. */
+static void copy_who(char *dst, size_t size, const char *v)
+{
+	size_t n = v ? utf8_fit(v, size - 1) : 0;
+
+	memcpy(dst, v ? v : "", n);
+	dst[n] = '\0';
+}
+
 int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mount_request *ret,
-		struct err *err)
+		struct mount_who *who, struct err *err)
 {
 	struct mount_request req = { 0 };
 	V1alpha1__MountRequest *msg = NULL;
 	struct attrs attrs = { 0 };
 	const char *value[K_COUNT] = { 0 };
-	const char *scopes, *perm, *why = NULL;
+	const char *scopes, *perm, *why = NULL, *unknown = NULL;
 	size_t alen, at = 0;
 	int r;
 
@@ -292,20 +346,20 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	}
 	/* One pass sorts the members; attrs_parse has refused duplicate keys. */
 	for (size_t i = 0; i < attrs.n; i++) {
-		const char *key = attrs.members[i].key;
-		enum known_key k = known_key(key);
+		enum known_key k = known_key(attrs.members[i].key);
 
-		if (k != K_COUNT) {
+		if (k != K_COUNT)
 			value[k] = attrs.members[i].value;
-		} else {
-			r = err_set(
-			    err, ERR_INVALID, EINVAL,
-			    "unknown parameter \"%.100s\": the maskinporten provider takes "
+		else if (!unknown)
+			unknown = attrs.members[i].key;
+	}
+	if (unknown) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "unknown parameter \"%.*s\": the maskinporten provider takes "
 			    "scopes, filePermission and exposes (a misspelt parameter would "
 			    "give a client without its scopes)",
-			    key);
-			goto out;
-		}
+			    (int)utf8_fit(unknown, 100), unknown);
+		goto out;
 	}
 	r = check_secrets(msg->secrets, err);
 	if (r < 0)
@@ -322,10 +376,17 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 			    req.namespace_name ? ATTR_SA : ATTR_NAMESPACE);
 		goto out;
 	}
-	if (!dns_name_valid(req.namespace_name, 63, false) ||
-	    !dns_name_valid(req.service_account, 253, true)) {
+	if (!dns_label_valid(req.namespace_name, strlen(req.namespace_name))) {
 		r = err_set(err, ERR_INVALID, EINVAL,
-			    "the pod's namespace or service account name is not a Kubernetes name");
+			    "the pod's namespace is not a Kubernetes name: a namespace is a "
+			    "DNS-1123 label (lowercase letters, digits and '-', at most 63)");
+		goto out;
+	}
+	if (!dns_subdomain_valid(req.service_account)) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "the pod's service account is not a Kubernetes name: a "
+			    "ServiceAccount name is a DNS-1123 subdomain (labels of lowercase "
+			    "letters, digits and '-' joined by single dots, at most 253)");
 		goto out;
 	}
 	if (!strcmp(req.service_account, "default")) {
@@ -354,14 +415,23 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	if (perm) {
 		if (parse_octal_mode(perm, &req.mode) < 0) {
 			r = err_set(err, ERR_INVALID, EINVAL,
-				    "parameter \"filePermission\": \"%.16s\" is not an octal mode "
+				    "parameter \"filePermission\": \"%.*s\" is not an octal mode "
 				    "such as \"0640\"",
-				    perm);
+				    (int)utf8_fit(perm, 16), perm);
 			goto out;
 		}
 	} else if (parse_permission(msg->permission, &req.mode) < 0) {
 		r = err_set(err, ERR_INVALID, EINVAL,
 			    "field \"permission\" is not a decimal file mode such as \"420\"");
+		goto out;
+	}
+	if (!mode_allowed(req.mode)) {
+		r = err_set(err, ERR_INVALID, EINVAL,
+			    "%s: mode %04o is refused for files that hold a private key: the "
+			    "owner must be able to read them, no one else may write them and none "
+			    "is executable (0644, 0640, 0600, 0444, 0440 and 0400 are allowed)",
+			    perm ? "parameter \"filePermission\"" : "field \"permission\"",
+			    req.mode);
 		goto out;
 	}
 
@@ -391,6 +461,12 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	memset(&req, 0, sizeof(req));
 	r = 0;
 out:
+	/* A refused request is still logged with whatever identity it carries. */
+	if (r < 0 && who) {
+		copy_who(who->namespace_name, sizeof(who->namespace_name), value[K_NAMESPACE]);
+		copy_who(who->pod_name, sizeof(who->pod_name), value[K_POD_NAME]);
+		copy_who(who->service_account, sizeof(who->service_account), value[K_SA]);
+	}
 	mount_request_free(&req);
 	attrs_release(&attrs);
 	if (msg)
@@ -454,29 +530,48 @@ static int add_file(struct mount_file *files, size_t *n, const char *name, const
 }
 
 /*
- * The dotenv file: KEY='value' lines that sh can source; values never hold a
- * quote. Built with memcpy: this runs on every warm Mount, and stdio's
+ * The dotenv file: KEY='value' lines that sh sources to exactly the values.
+ * Inside single quotes sh takes every byte as it stands except the quote
+ * itself, so each ' in a value is written '\'' (close, an escaped quote,
+ * reopen). Values come from Maskinporten's metadata and DigDir, and a quote
+ * in them must never run a command in the pods that source the file. Values
+ * without a quote (every real one) read the same to other dotenv parsers.
+ * Built with memcpy: this runs on every warm Mount, and stdio's
  * open_memstream and fprintf cost more than the rest of the answer.
  */
 static char *env_file(const struct mount_file *files, size_t n)
 {
+	static const char quote_escaped[] = "'\\''";
+	const size_t qlen = sizeof(quote_escaped) - 1;
 	size_t total = 1, at = 0;
 	char *buf;
 
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		total += strlen(files[i].name) + files[i].len + sizeof("=''\n") - 1;
+		for (size_t j = 0; j < files[i].len; j++)
+			if (files[i].contents[j] == '\'')
+				total += qlen - 1;
+	}
 	buf = malloc(total);
 	if (!buf)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		size_t nlen = strlen(files[i].name);
+		const char *v = files[i].contents, *end = v + files[i].len, *q;
 
 		memcpy(buf + at, files[i].name, nlen);
 		at += nlen;
 		memcpy(buf + at, "='", 2);
 		at += 2;
-		memcpy(buf + at, files[i].contents, files[i].len);
-		at += files[i].len;
+		while ((q = memchr(v, '\'', (size_t)(end - v)))) {
+			memcpy(buf + at, v, (size_t)(q - v));
+			at += (size_t)(q - v);
+			memcpy(buf + at, quote_escaped, qlen);
+			at += qlen;
+			v = q + 1;
+		}
+		memcpy(buf + at, v, (size_t)(end - v));
+		at += (size_t)(end - v);
 		memcpy(buf + at, "'\n", 2);
 		at += 2;
 	}

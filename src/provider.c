@@ -24,6 +24,7 @@
 #include "provider.h"
 #include "registry.h"
 #include "scopes.h"
+#include "utf8.h"
 #include "writer.h"
 
 /* Time kept back from the caller's deadline, so our error arrives before theirs. */
@@ -130,6 +131,14 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
 	if (n > 0 && (size_t)n < sizeof(reply->message))
 		snprintf(reply->message + n, sizeof(reply->message) - (size_t)n, "%s",
 			 advice(err->kind));
+	/* gRPC clients read the details as UTF-8: a cut to fit must not split a character. */
+	utf8_clean(reply->message);
+}
+
+/* s, or NULL when it is empty: an attribute the request did not carry. */
+static const char *nonempty(const char *s)
+{
+	return s[0] ? s : NULL;
 }
 
 /*
@@ -138,22 +147,33 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
  * republishing of every pod every few minutes, at debug (they are counted in
  * the metrics). hit: the client and its key were known, nothing was asked of
  * DigDir (a worker answers such Mounts too: files written by the provider,
- * exposed scopes).
+ * exposed scopes). A request refused before it was parsed has no req: who
+ * then names the pod as far as its attributes do.
  */
-static void log_mount(const struct mount_request *req, const char *client_id, int64_t t0,
-		      const struct err *err, bool fast, bool hit)
+static void log_mount(const struct mount_request *req, const struct mount_who *who,
+		      const char *client_id, int64_t t0, const struct err *err, bool fast, bool hit)
 {
 	enum log_level level = err ? LOG_LEVEL_WARN : fast ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
 	double seconds = (double)(http_now_ms() - t0) / 1000.0;
+	const char *ns = NULL, *pod = NULL, *app = NULL;
 	char ms[32];
 
 	metrics_mount(err ? "error" : "ok", err ? err_kind_name(err->kind) : "none", seconds);
 	if (log_current_level < level)
 		return;
+	if (req) {
+		ns = req->namespace_name;
+		pod = req->pod_name;
+		app = req->service_account;
+	} else if (who) {
+		ns = nonempty(who->namespace_name);
+		pod = nonempty(who->pod_name);
+		app = nonempty(who->service_account);
+	}
 	struct log_field f[] = {
-		{ "namespace", req ? req->namespace_name : NULL },
-		{ "pod", req ? req->pod_name : NULL },
-		{ "app", req ? req->service_account : NULL },
+		{ "namespace", ns },
+		{ "pod", pod },
+		{ "app", app },
 		{ "client_id", client_id },
 		{ "duration_ms", ms },
 		{ "result", err ? "error" : "ok" },
@@ -314,14 +334,15 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	const struct mp_metadata *meta = atomic_load(&p->meta);
 	struct registry_answer a = { 0 };
 	struct mount_request req = { 0 };
+	struct mount_who who;
 	struct err err = { 0 };
 	char kid[KEYS_KID_MAX], client_id[128];
 	int64_t t0 = http_now_ms();
 	int handed = 1;
 
-	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0) {
+	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0) {
 		reply_error(reply, NULL, &err);
-		log_mount(NULL, NULL, t0, &err, false, false);
+		log_mount(NULL, &who, NULL, t0, &err, false, false);
 		return 0;
 	}
 	/* Writing files, exposed scopes and cold clients are a worker's job. */
@@ -331,7 +352,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 
 	/* Another pod of the same app had this very answer: copy it. */
 	if (cached_answer(p, &req, kid, meta, reply, client_id, sizeof(client_id))) {
-		log_mount(&req, client_id, t0, NULL, true, true);
+		log_mount(&req, NULL, client_id, t0, NULL, true, true);
 		handed = 0;
 		goto out;
 	}
@@ -339,10 +360,10 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 		goto out;
 	if (answer(p, &req, &a, meta, NULL, reply, &err) < 0) {
 		reply_error(reply, &req, &err);
-		log_mount(&req, a.client_id, t0, &err, true, true);
+		log_mount(&req, NULL, a.client_id, t0, &err, true, true);
 	} else {
 		cache_answer(p, &req, &a, meta, reply);
-		log_mount(&req, a.client_id, t0, NULL, true, true);
+		log_mount(&req, NULL, a.client_id, t0, NULL, true, true);
 	}
 	handed = 0;
 out:
@@ -386,6 +407,7 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	struct provider *p = ctx;
 	struct registry_answer a = { 0 };
 	struct mount_request req = { 0 };
+	struct mount_who who;
 	const struct mp_metadata *meta = NULL;
 	struct scopes_decl *decl = NULL;
 	json_t *refused = NULL;
@@ -394,7 +416,7 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
 	bool parsed = false;
 
-	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &err) < 0)
+	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0)
 		goto fail;
 	parsed = true;
 	/* A bad declaration, or one this provider cannot serve, fails before anything is provisioned. */
@@ -422,11 +444,11 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	}
 	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
-	log_mount(&req, a.client_id, t0, NULL, false, a.cached);
+	log_mount(&req, NULL, a.client_id, t0, NULL, false, a.cached);
 	goto out;
 fail:
 	reply_error(reply, parsed ? &req : NULL, &err);
-	log_mount(parsed ? &req : NULL, a.client_id, t0, &err, false, false);
+	log_mount(parsed ? &req : NULL, parsed ? NULL : &who, a.client_id, t0, &err, false, false);
 out:
 	free(exposed);
 	json_decref(refused);
@@ -479,6 +501,7 @@ struct provider *provider_new(struct app *app, struct err *err)
 	for (size_t i = 0; i < SLOT_LOCKS; i++)
 		pthread_mutex_init(&p->slot_locks[i], NULL);
 	metrics_epoch(registry_epoch(p->reg));
+	writer_test_crash_after(cfg->test_crash_in_write);
 	return p;
 }
 

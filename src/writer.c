@@ -5,6 +5,21 @@
  * rename(2); each top-level name is a symlink "name -> ..data/name". Readers
  * see the old set or the new set, never a mix.
  *
+ * What holds at every instant, even when the process is killed (the order
+ * below keeps it; tests/integration/test_crash.py kills at every step):
+ * - "..data", when present, names a complete directory of the files, each
+ *   with its exact mode, and every top-level name of it has its link. So the
+ *   links of a set go in before "..data" points at it: on a first write
+ *   they dangle until "..data" appears, and reading one fails with ENOENT
+ *   as if it were not there. (The kubelet's own writer links after the swap
+ *   and so can show "..data" with some links missing.)
+ * - Whatever a killed write left ("..<timestamp>" directories "..data" does
+ *   not name, "..data_tmp", "..user_tmp", links of names the set no longer
+ *   has) is removed by the next write to the target.
+ * Writes to one target are serialised with flock(2) on its directory, across
+ * threads and processes, so temporary names are never shared and a write
+ * never removes another's directory in the making.
+ *
  * Every path is opened relative to the target's directory fd with
  * O_NOFOLLOW, so a symlink planted inside the target never makes us write
  * or delete outside it. Never logs or reports file contents: they are
@@ -18,11 +33,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
 #include "writer.h"
 
 #define DATA_LINK     "..data"
@@ -32,6 +51,25 @@
 #define MAX_PATH      4096
 #define MAX_ELEMENT   255
 #define MAX_DEPTH     64 /* of directories we remove */
+
+/* A path for a message: "%.*s" with CUT(path), at most 300 bytes, never half a character. */
+#define CUT(s) (int)utf8_fit((s), 300), (s)
+
+/* Tests only: the change after which the process kills itself (0: never), and the count. */
+static long crash_after;
+static atomic_long changes;
+
+void writer_test_crash_after(long n)
+{
+	crash_after = n;
+}
+
+/* Called after each change to a target: a directory, file, link, rename or removal. */
+static void changed(void)
+{
+	if (crash_after > 0 && atomic_fetch_add(&changes, 1) + 1 == crash_after)
+		raise(SIGKILL);
+}
 
 int writer_path_valid(const char *path)
 {
@@ -82,15 +120,14 @@ static int check_files(const struct writer_file *files, size_t nfiles, struct er
 			       MAX_FILES);
 	for (size_t i = 0; i < nfiles; i++) {
 		if (writer_path_valid(files[i].path) < 0)
-			return err_set(err, ERR_INVALID, EINVAL, "invalid file path \"%.300s\"",
-				       files[i].path ? files[i].path : "(null)");
+			return err_set(err, ERR_INVALID, EINVAL, "invalid file path \"%.*s\"",
+				       CUT(files[i].path ? files[i].path : "(null)"));
 		if (files[i].mode > 0777)
-			return err_set(err, ERR_INVALID, EINVAL,
-				       "file %.300s: mode %o out of range", files[i].path,
-				       (unsigned)files[i].mode);
+			return err_set(err, ERR_INVALID, EINVAL, "file %.*s: mode %o out of range",
+				       CUT(files[i].path), (unsigned)files[i].mode);
 		if (!files[i].contents && files[i].len)
-			return err_set(err, ERR_INVALID, EINVAL, "file %.300s: no contents",
-				       files[i].path);
+			return err_set(err, ERR_INVALID, EINVAL, "file %.*s: no contents",
+				       CUT(files[i].path));
 	}
 	for (size_t i = 0; i < nfiles; i++) {
 		size_t li = strlen(files[i].path);
@@ -102,9 +139,9 @@ static int check_files(const struct writer_file *files, size_t nfiles, struct er
 			    (!strncmp(files[i].path, files[j].path, li) &&
 			     files[j].path[li] == '/'))
 				return err_set(err, ERR_INVALID, EINVAL,
-					       "file path \"%.300s\" given twice or used as a "
+					       "file path \"%.*s\" given twice or used as a "
 					       "directory",
-					       files[i].path);
+					       CUT(files[i].path));
 		}
 	}
 	return 0;
@@ -121,15 +158,16 @@ static int open_target(const char *root, const char *target_dir, struct err *err
 
 	/* The driver sends absolute paths; a relative one would mean our own cwd. */
 	if (root && target_dir[0] != '/')
-		return err_set(err, ERR_INVALID, EINVAL, "target %.300s is not an absolute path",
-			       target_dir);
+		return err_set(err, ERR_INVALID, EINVAL, "target %.*s is not an absolute path",
+			       CUT(target_dir));
 	fd = open(target_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
 		if (r == -ELOOP || r == -ENOTDIR)
 			return err_set(err, ERR_INVALID, -r,
-				       "target %.300s is a symlink or not a directory", target_dir);
-		return err_set(err, ERR_INVALID, -r, "opening target %.300s: %s", target_dir,
+				       "target %.*s is a symlink or not a directory",
+				       CUT(target_dir));
+		return err_set(err, ERR_INVALID, -r, "opening target %.*s: %s", CUT(target_dir),
 			       strerror(-r));
 	}
 	if (!root)
@@ -141,7 +179,7 @@ static int open_target(const char *root, const char *target_dir, struct err *err
 	rootreal = realpath(root, NULL);
 	if (n < 0 || !rootreal) {
 		r = err_set(err, ERR_INTERNAL, errno ? errno : EIO,
-			    "resolving target %.300s or root %.300s", target_dir, root);
+			    "resolving target %.*s or root %.*s", CUT(target_dir), CUT(root));
 		goto fail;
 	}
 	where[n] = '\0';
@@ -149,8 +187,8 @@ static int open_target(const char *root, const char *target_dir, struct err *err
 	if (rlen == 1)
 		rlen = 0; /* root "/" */
 	if (strncmp(where, rootreal, rlen) != 0 || where[rlen] != '/' || where[rlen + 1] == '\0') {
-		r = err_set(err, ERR_PERMISSION, EPERM, "target %.300s is not under %.300s",
-			    target_dir, root);
+		r = err_set(err, ERR_PERMISSION, EPERM, "target %.*s is not under %.*s",
+			    CUT(target_dir), CUT(root));
 		goto fail;
 	}
 	free(rootreal);
@@ -196,8 +234,12 @@ static int open_parent(int base, const char *path, bool create, const char **ret
 	while ((slash = strchr(p, '/'))) {
 		memcpy(elem, p, (size_t)(slash - p));
 		elem[slash - p] = '\0';
-		if (create && mkdirat(cur, elem, 0755) < 0 && errno != EEXIST)
-			goto fail;
+		if (create) {
+			if (mkdirat(cur, elem, 0755) == 0)
+				changed();
+			else if (errno != EEXIST)
+				goto fail;
+		}
 		next = openat(cur, elem, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (next < 0)
 			goto fail;
@@ -341,8 +383,12 @@ static int remove_tree(int dirfd, const char *name, int depth)
 
 	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISDIR(st.st_mode))
-		return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+	if (!S_ISDIR(st.st_mode)) {
+		if (unlinkat(dirfd, name, 0) < 0)
+			return errno != ENOENT ? -errno : 0;
+		changed();
+		return 0;
+	}
 	if (depth > MAX_DEPTH)
 		return -ELOOP;
 	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -362,20 +408,19 @@ static int remove_tree(int dirfd, const char *name, int depth)
 	closedir(dir);
 	if (r == 0 && unlinkat(dirfd, name, AT_REMOVEDIR) < 0)
 		r = -errno;
+	if (r == 0)
+		changed();
 	return r;
 }
 
 /*
- * Removes "..<timestamp>" directories that ..data does not name: what a
- * writer killed mid-write left behind, partial files that the pod can see.
- * Only those untouched for LEFTOVER_AGE seconds, so that a concurrent writer's
- * directory in the making is never taken.
+ * Removes what a killed write left: "..<timestamp>" directories that ..data
+ * does not name (partial files the pod can see) and the temporary links.
+ * The caller holds the target's lock, so none of them is another write's
+ * in the making.
  */
-#define LEFTOVER_AGE 60
-
 static void remove_leftovers(int dfd, const char *keep)
 {
-	time_t now = time(NULL);
 	struct dirent *e;
 	struct stat st;
 	DIR *dir;
@@ -391,13 +436,18 @@ static void remove_leftovers(int dfd, const char *keep)
 	while ((e = readdir(dir))) {
 		const char *n = e->d_name;
 
+		if (!strcmp(n, DATA_TMP_LINK) || !strcmp(n, USER_TMP_LINK)) {
+			if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) &&
+			    unlinkat(dfd, n, 0) == 0)
+				changed();
+			continue;
+		}
 		/* Ours are "..YYYY_MM_DD_HH_MM_SS.<random>": ".." and a digit. */
 		if (n[0] != '.' || n[1] != '.' || n[2] < '0' || n[2] > '9')
 			continue;
 		if (keep && !strcmp(n, keep))
 			continue;
-		if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode) ||
-		    now - st.st_mtime < LEFTOVER_AGE)
+		if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
 			continue;
 		remove_tree(dfd, n, 0);
 	}
@@ -424,6 +474,7 @@ static int make_data_dir(int dfd, char *name, size_t size, int *ret_fd)
 				continue;
 			return -errno;
 		}
+		changed();
 		fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
@@ -455,6 +506,7 @@ static int write_file(int ndfd, const struct writer_file *f)
 		r = -errno;
 		goto out;
 	}
+	changed();
 	while (off < f->len) {
 		n = write(fd, f->contents + off, f->len - off);
 		if (n < 0 && errno == EINTR)
@@ -467,6 +519,8 @@ static int write_file(int ndfd, const struct writer_file *f)
 	}
 	if (fchmod(fd, f->mode) < 0 || fsync(fd) < 0 || fsync(dir) < 0)
 		r = -errno;
+	else
+		changed();
 out:
 	if (fd >= 0)
 		close(fd);
@@ -480,10 +534,13 @@ static int swap_link(int dfd, const char *tmp, const char *target, const char *l
 	struct stat st;
 	int r;
 
-	if (unlinkat(dfd, tmp, 0) < 0 && errno != ENOENT)
+	if (unlinkat(dfd, tmp, 0) == 0)
+		changed();
+	else if (errno != ENOENT)
 		return -errno;
 	if (symlinkat(target, dfd, tmp) < 0)
 		return -errno;
+	changed();
 	/* rename(2) replaces a file or symlink, not a directory: clear one first. */
 	if (fstatat(dfd, link, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
 		r = remove_tree(dfd, link, 0);
@@ -494,22 +551,25 @@ static int swap_link(int dfd, const char *tmp, const char *target, const char *l
 		r = -errno;
 		goto fail;
 	}
+	changed();
 	return 0;
 fail:
 	unlinkat(dfd, tmp, 0);
 	return r;
 }
 
-/* Removes user links of the old set that the new set no longer has. */
-static void remove_stale_links(int dfd, const char *old, const struct writer_file *files,
-			       size_t nfiles)
+/*
+ * Removes the links of names the set no longer has: symlinks "name ->
+ * ..data/name", exactly as we make them, whatever set they belonged to (a
+ * killed write may have left one). Anything else is not ours to delete.
+ */
+static void remove_stale_links(int dfd, const struct writer_file *files, size_t nfiles)
 {
 	struct dirent *e;
-	struct stat st;
 	DIR *dir;
 	int fd;
 
-	fd = openat(dfd, old, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return;
 	dir = fdopendir(fd);
@@ -518,22 +578,44 @@ static void remove_stale_links(int dfd, const char *old, const struct writer_fil
 		return;
 	}
 	while ((e = readdir(dir))) {
-		if (e->d_name[0] == '.' && e->d_name[1] == '.')
-			continue; /* "..", and never our own "..data" links */
-		if (!strcmp(e->d_name, ".") || is_top_name(files, nfiles, e->d_name))
-			continue;
-		/* Only our symlinks: whatever else is there is not ours to delete. */
-		if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
-			unlinkat(dfd, e->d_name, 0);
+		size_t len = strlen(e->d_name);
+
+		if (e->d_name[0] == '.' || len > MAX_ELEMENT ||
+		    is_top_name(files, nfiles, e->d_name))
+			continue; /* ".", "..", our own "..data" links, and the set's names */
+		if (user_link_ok(dfd, e->d_name, len) && unlinkat(dfd, e->d_name, 0) == 0)
+			changed();
 	}
 	closedir(dir);
+}
+
+/* Puts "name -> ..data/name" in place for each top-level name of files. */
+static int link_names(int dfd, const char *target_dir, const struct writer_file *files,
+		      size_t nfiles, struct err *err)
+{
+	char elem[MAX_ELEMENT + 1], link[MAX_ELEMENT + 16];
+	int r;
+
+	for (size_t i = 0; i < nfiles; i++) {
+		size_t len = top_len(files[i].path);
+
+		if (user_link_ok(dfd, files[i].path, len))
+			continue;
+		memcpy(elem, files[i].path, len);
+		elem[len] = '\0';
+		snprintf(link, sizeof(link), DATA_LINK "/%s", elem);
+		r = swap_link(dfd, USER_TMP_LINK, link, elem);
+		if (r < 0)
+			return err_set(err, ERR_INTERNAL, -r, "linking %s in %.*s: %s", elem,
+				       CUT(target_dir), strerror(-r));
+	}
+	return 0;
 }
 
 int writer_write(const char *root, const char *target_dir, const struct writer_file *files,
 		 size_t nfiles, struct err *err)
 {
-	char old[NAME_MAX + 1], new[NAME_MAX + 1] = "", elem[MAX_ELEMENT + 1],
-					       link[MAX_ELEMENT + 16];
+	char old[NAME_MAX + 1], new[NAME_MAX + 1] = "";
 	bool have_old, created = false;
 	int dfd = -1, ndfd = -1, r;
 
@@ -545,6 +627,14 @@ int writer_write(const char *root, const char *target_dir, const struct writer_f
 	dfd = open_target(root, target_dir, err);
 	if (dfd < 0)
 		return dfd;
+	/* One write at a time per target: concurrent Mounts of one pod queue here. */
+	while ((r = flock(dfd, LOCK_EX)) < 0 && errno == EINTR)
+		;
+	if (r < 0) {
+		r = err_set(err, ERR_INTERNAL, errno, "locking %.*s: %s", CUT(target_dir),
+			    strerror(errno));
+		goto out;
+	}
 
 	have_old = read_data_link(dfd, old, sizeof(old));
 	remove_leftovers(dfd, have_old ? old : NULL);
@@ -555,16 +645,16 @@ int writer_write(const char *root, const char *target_dir, const struct writer_f
 
 	r = make_data_dir(dfd, new, sizeof(new), &ndfd);
 	if (r < 0) {
-		err_set(err, ERR_INTERNAL, -r, "creating a data directory in %.300s: %s",
-			target_dir, strerror(-r));
+		err_set(err, ERR_INTERNAL, -r, "creating a data directory in %.*s: %s",
+			CUT(target_dir), strerror(-r));
 		goto out;
 	}
 	created = true;
 	for (size_t i = 0; i < nfiles; i++) {
 		r = write_file(ndfd, &files[i]);
 		if (r < 0) {
-			err_set(err, ERR_INTERNAL, -r, "writing %.300s in %.300s: %s",
-				files[i].path, target_dir, strerror(-r));
+			err_set(err, ERR_INTERNAL, -r, "writing %.*s in %.*s: %s",
+				CUT(files[i].path), CUT(target_dir), strerror(-r));
 			goto out;
 		}
 	}
@@ -574,32 +664,25 @@ int writer_write(const char *root, const char *target_dir, const struct writer_f
 		goto out;
 	}
 
+	/*
+	 * Links before the switch: a new name's link dangles until ..data names
+	 * a set that has it, so ..data never appears without all of its links.
+	 */
+	r = link_names(dfd, target_dir, files, nfiles, err);
+	if (r < 0)
+		goto out;
+
 	/* The switch: from here on readers see the new set. */
 	r = swap_link(dfd, DATA_TMP_LINK, new, DATA_LINK);
 	if (r < 0) {
-		err_set(err, ERR_INTERNAL, -r, "swapping %s in %.300s: %s", DATA_LINK, target_dir,
-			strerror(-r));
+		err_set(err, ERR_INTERNAL, -r, "swapping %s in %.*s: %s", DATA_LINK,
+			CUT(target_dir), strerror(-r));
 		goto out;
 	}
 	created = false;
 
-	for (size_t i = 0; i < nfiles; i++) {
-		size_t len = top_len(files[i].path);
-
-		if (user_link_ok(dfd, files[i].path, len))
-			continue;
-		memcpy(elem, files[i].path, len);
-		elem[len] = '\0';
-		snprintf(link, sizeof(link), DATA_LINK "/%s", elem);
-		r = swap_link(dfd, USER_TMP_LINK, link, elem);
-		if (r < 0) {
-			err_set(err, ERR_INTERNAL, -r, "linking %.300s in %.300s: %s", elem,
-				target_dir, strerror(-r));
-			goto out;
-		}
-	}
+	remove_stale_links(dfd, files, nfiles);
 	if (have_old && strcmp(old, new) != 0) {
-		remove_stale_links(dfd, old, files, nfiles);
 		r = remove_tree(dfd, old, 0);
 		if (r < 0) {
 			/* The new set is published; a leftover directory is only untidy. */
@@ -609,7 +692,7 @@ int writer_write(const char *root, const char *target_dir, const struct writer_f
 		}
 	}
 	if (fsync(dfd) < 0) {
-		r = err_set(err, ERR_INTERNAL, errno, "fsync of %.300s: %s", target_dir,
+		r = err_set(err, ERR_INTERNAL, errno, "fsync of %.*s: %s", CUT(target_dir),
 			    strerror(errno));
 		goto out;
 	}
@@ -620,6 +703,7 @@ out:
 		close(ndfd);
 	if (created)
 		remove_tree(dfd, new, 0);
+	/* Closing the last fd of the open file description releases the lock. */
 	close(dfd);
 	return r;
 }

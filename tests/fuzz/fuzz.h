@@ -15,6 +15,7 @@
 
 #include "err.h"
 #include "http.h"
+#include "utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -46,7 +47,13 @@ static inline struct http_response fuzz_response(long status, const char *conten
 /* A failure must say what failed. */
 static inline void fuzz_check_err(int r, const struct err *err)
 {
+	char copy[sizeof(err->msg)];
+
 	if (r < 0 && (!err->msg[0] || strnlen(err->msg, sizeof(err->msg)) == sizeof(err->msg)))
+		abort();
+	/* Messages become gRPC status details: always valid UTF-8, whatever the input. */
+	memcpy(copy, err->msg, sizeof(copy));
+	if (r < 0 && (utf8_clean(copy) != strlen(err->msg) || memcmp(copy, err->msg, strlen(copy))))
 		abort();
 }
 

@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!packed)
 		abort();
 	len = v1alpha1__mount_request__pack(&msg, packed);
-	r = mount_parse(packed, len, "dev", &req, &err);
+	r = mount_parse(packed, len, "dev", &req, NULL, &err);
 	fuzz_check_err(r, &err);
 	if (r == 0) {
 		if (mount_build_files(&req, &fuzz_mount_content, files, &nfiles) == 0)

@@ -1,6 +1,7 @@
 /* Unit tests of mount: request parsing, validation and the response's files. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,7 +43,7 @@ static int parse(const char *attributes, const char *secrets, const char *permis
 {
 	size_t len;
 	uint8_t *buf = pack(attributes, secrets, permission, &len);
-	int r = mount_parse(buf, len, "dev-gcp", req, err);
+	int r = mount_parse(buf, len, "dev-gcp", req, NULL, err);
 
 	free(buf);
 	return r;
@@ -167,6 +168,137 @@ static void test_modes(void **state)
 	mount_request_free(&req);
 }
 
+/* Attributes with this namespace and service account; a static buffer. */
+static const char *with_identity(const char *ns, const char *sa)
+{
+	static char buf[1024];
+
+	snprintf(buf, sizeof(buf),
+		 "{\"csi.storage.k8s.io/pod.namespace\":\"%s\","
+		 "\"csi.storage.k8s.io/serviceAccount.name\":\"%s\"}",
+		 ns, sa);
+	return buf;
+}
+
+static bool identity_ok(const char *ns, const char *sa)
+{
+	struct mount_request req = { 0 };
+	struct err err = { 0 };
+	int r = parse(with_identity(ns, sa), "null", "420", &req, &err);
+
+	mount_request_free(&req);
+	if (r < 0 && !strstr(err.msg, "is not a Kubernetes name"))
+		fail_msg("%s/%s: %s", ns, sa, err.msg);
+	return r == 0;
+}
+
+/* Kubernetes' own rules: namespaces are DNS-1123 labels, ServiceAccounts subdomains. */
+static void test_kubernetes_names(void **state)
+{
+	static const char *const good_sa[] = { "a",	  "0",	   "a-b",  "a.b",
+					       "a.b-c.d", "1a.2b", "a--b", "x.0" };
+	static const char *const bad_sa[] = { "a..b", ".a",	 "a.", "-a",  "a-",
+					      "a.-b", "a-.b",	 "A",  "a_b", "a b",
+					      "a/b",  "\\u00e5", "a.B" };
+	static const char *const good_ns[] = { "a", "0a", "a-b", "a--b", "team-a1" };
+	static const char *const bad_ns[] = { "a.b", "-a", "a-", "A", "a_b", "Team" };
+	char long_name[300];
+
+	for (size_t i = 0; i < sizeof(good_sa) / sizeof(good_sa[0]); i++)
+		if (!identity_ok("team-a", good_sa[i]))
+			fail_msg("service account \"%s\" refused", good_sa[i]);
+	for (size_t i = 0; i < sizeof(bad_sa) / sizeof(bad_sa[0]); i++)
+		if (identity_ok("team-a", bad_sa[i]))
+			fail_msg("service account \"%s\" accepted", bad_sa[i]);
+	for (size_t i = 0; i < sizeof(good_ns) / sizeof(good_ns[0]); i++)
+		if (!identity_ok(good_ns[i], "app"))
+			fail_msg("namespace \"%s\" refused", good_ns[i]);
+	for (size_t i = 0; i < sizeof(bad_ns) / sizeof(bad_ns[0]); i++)
+		if (identity_ok(bad_ns[i], "app"))
+			fail_msg("namespace \"%s\" accepted", bad_ns[i]);
+
+	/* Lengths: 63 and 253 pass, one more does not; a subdomain's labels may pass 63. */
+	memset(long_name, 'a', sizeof(long_name));
+	long_name[63] = '\0';
+	assert_true(identity_ok(long_name, "app"));
+	long_name[63] = 'a';
+	long_name[64] = '\0';
+	assert_false(identity_ok(long_name, "app"));
+	long_name[64] = 'a';
+	long_name[100] = '\0';
+	assert_true(identity_ok("team-a", long_name));
+	long_name[100] = 'a';
+	long_name[150] = '.';
+	long_name[253] = '\0';
+	assert_true(identity_ok("team-a", long_name));
+	long_name[253] = 'a';
+	long_name[254] = '\0';
+	assert_false(identity_ok("team-a", long_name));
+}
+
+/* filePermission and the driver's permission: owner reads, no one else writes, none executes. */
+static void test_mode_rule(void **state)
+{
+	static const char *const good[] = { "0400", "0440", "0444", "0600",
+					    "0640", "0644", "0604", "404" };
+	static const char *const bad[] = { "0000", "0",	   "0200", "0700", "0500", "0660",
+					   "0666", "0606", "0755", "0777", "0044", "0644x" };
+	char attrs[512];
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		struct mount_request req = { 0 };
+		struct err err = { 0 };
+
+		snprintf(attrs, sizeof(attrs), "{" POD_ATTRS ",\"filePermission\":\"%s\"}",
+			 good[i]);
+		if (parse(attrs, "null", "420", &req, &err) < 0)
+			fail_msg("filePermission %s refused: %s", good[i], err.msg);
+		mount_request_free(&req);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(attrs, sizeof(attrs), "{" POD_ATTRS ",\"filePermission\":\"%s\"}", bad[i]);
+		expect_invalid(attrs, "420", "filePermission", ERR_INVALID);
+	}
+	/* The driver's field, decimal: 0777 and 0000 refused. */
+	expect_invalid("{" POD_ATTRS "}", "511", "field \"permission\": mode 0777", ERR_INVALID);
+	expect_invalid("{" POD_ATTRS "}", "0", "field \"permission\": mode 0000", ERR_INVALID);
+	expect_invalid("{" POD_ATTRS ",\"filePermission\":\"0777\"}", "420",
+		       "parameter \"filePermission\": mode 0777 is refused", ERR_INVALID);
+}
+
+/* The env file: each ' of a value written '\'' so that sh reads the value back. */
+static void test_env_file_quotes(void **state)
+{
+	struct mount_content c = {
+		.client_id = "c0ffee",
+		.jwk_private = "{}",
+		.kid = "k1",
+		.well_known_url = "https://mp.example/.well-known/oauth-authorization-server",
+		.issuer = "https://mp.example/",
+		.jwks_uri = "https://mp.example/jwk?a='$(touch /tmp/x)'",
+		.token_endpoint = "https://mp.example/token'\n'`id`",
+	};
+	struct mount_request req = { 0 };
+	struct mount_file files[MOUNT_MAX_FILES];
+	struct err err = { 0 };
+	const char *env = NULL;
+	size_t n = 0;
+
+	assert_int_equal(parse("{" POD_ATTRS "}", "null", "420", &req, &err), 0);
+	assert_int_equal(mount_build_files(&req, &c, files, &n), 0);
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(files[i].name, "maskinporten.env"))
+			env = files[i].contents;
+	assert_non_null(env);
+	assert_non_null(strstr(
+	    env, "MASKINPORTEN_JWKS_URI='https://mp.example/jwk?a='\\''$(touch /tmp/x)'\\'''\n"));
+	assert_non_null(strstr(
+	    env, "MASKINPORTEN_TOKEN_ENDPOINT='https://mp.example/token'\\''\n'\\''`id`'\n"));
+	assert_non_null(strstr(env, "MASKINPORTEN_CLIENT_ID='c0ffee'\n"));
+	mount_files_free(files, n);
+	mount_request_free(&req);
+}
+
 static const struct mount_content content = {
 	.client_id = "c0ffee00-0000-4000-8000-000000000001",
 	.jwk_private = "{\"use\":\"sig\",\"kty\":\"RSA\",\"kid\":\"k1\",\"d\":\"secret\"}",
@@ -276,6 +408,9 @@ int main(void)
 		cmocka_unit_test(test_rejections),
 		cmocka_unit_test(test_too_many_scopes),
 		cmocka_unit_test(test_modes),
+		cmocka_unit_test(test_kubernetes_names),
+		cmocka_unit_test(test_mode_rule),
+		cmocka_unit_test(test_env_file_quotes),
 		cmocka_unit_test(test_response_files),
 		cmocka_unit_test(test_versions_follow_content),
 	};

@@ -5,6 +5,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -357,7 +361,11 @@ static void test_modes_ignore_umask(void **state)
 	assert_int_equal(mode_of("t/none"), 0);
 }
 
-/* A writer killed mid-write leaves a directory of partial files: the next write removes it. */
+/*
+ * A writer killed mid-write leaves a directory of partial files and its
+ * temporary links: the next write removes them all, however fresh, since
+ * writes to one target hold its lock.
+ */
 static void test_crash_leftovers_removed(void **state)
 {
 	struct writer_file files[] = { FILE_("ID", 0644, "client-1") };
@@ -368,12 +376,150 @@ static void test_crash_leftovers_removed(void **state)
 	make_dir("t/..2020_01_01_00_00_00.000000001");
 	put("t/..2020_01_01_00_00_00.000000001/JWK", "{\"d\":\"partial");
 	assert_int_equal(utimensat(AT_FDCWD, at("t/..2020_01_01_00_00_00.000000001"), old, 0), 0);
-	/* A fresh one may be a concurrent writer's in the making: it stays. */
 	make_dir("t/..2020_01_01_00_00_01.000000002");
+	assert_int_equal(symlink("..2020_01_01_00_00_01.000000002", at("t/..data_tmp")), 0);
+	assert_int_equal(symlink("..data/GONE", at("t/..user_tmp")), 0);
+	/* A link of a name no set has any more, from a write killed before its cleanup. */
+	assert_int_equal(symlink("..data/GONE", at("t/GONE")), 0);
+	/* Not ours: stays. */
+	assert_int_equal(symlink("elsewhere", at("t/mine")), 0);
 	assert_int_equal(writer_write(NULL, at("t"), files, 1, &err), 0);
 	assert_int_equal(access(at("t/..2020_01_01_00_00_00.000000001"), F_OK), -1);
-	assert_int_equal(access(at("t/..2020_01_01_00_00_01.000000002"), F_OK), 0);
-	/* ..data, its directory, the link and the fresh leftover. */
+	assert_int_equal(access(at("t/..2020_01_01_00_00_01.000000002"), F_OK), -1);
+	/* ..data, its directory, the link ID and the foreign link "mine". */
+	assert_int_equal(count_entries("t"), 4);
+}
+
+/*
+ * What a reader sees in t after a write was killed: either ..data names a
+ * complete set (want, or before when before is non-NULL) with every link in
+ * place, or there is no ..data and every visible name is a link of ours that
+ * resolves nowhere. Returns which set ..data names: 0 none, 1 before, 2 want.
+ */
+static int check_killed(const struct writer_file *before, const struct writer_file *want, size_t n)
+{
+	char buf[300], path[300], data[256];
+	int which = 0;
+
+	if (!link_of("t/..data", data, sizeof(data))) {
+		DIR *d = opendir(at("t"));
+		struct dirent *e;
+
+		assert_non_null(d);
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "t/%s", e->d_name);
+			snprintf(buf, sizeof(buf), "..data/%s", e->d_name);
+			assert_non_null(link_of(path, data, sizeof(data)));
+			assert_string_equal(data, buf);
+			assert_int_equal(access(at(path), F_OK), -1);
+		}
+		closedir(d);
+		return 0;
+	}
+	for (int pass = 0; pass < 2 && !which; pass++) {
+		const struct writer_file *set = pass ? want : before;
+		bool all = set != NULL;
+
+		for (size_t i = 0; all && i < n; i++) {
+			snprintf(path, sizeof(path), "t/%s", set[i].path);
+			all = get(path, buf, sizeof(buf)) &&
+			      !strcmp(buf, (const char *)set[i].contents) &&
+			      mode_of(path) == set[i].mode;
+		}
+		if (all)
+			which = pass ? 2 : 1;
+	}
+	if (!which)
+		fail_msg("..data -> %s holds neither set", data);
+	return which;
+}
+
+/*
+ * Kills the write after each of its changes in turn (the test hook the
+ * binary's --test-crash-in-write uses), in a child: the invariant holds
+ * after every kill, and the next write completes the volume and leaves
+ * nothing behind. Once from an empty target, once over an older set.
+ */
+static void test_killed_at_every_step(void **state)
+{
+	struct writer_file v1[] = { FILE_("A", 0644, "one"), FILE_("B", 0644, "bee"),
+				    FILE_("C", 0644, "sea") };
+	struct writer_file v2[] = { FILE_("A", 0640, "two"), FILE_("B", 0640, "bee"),
+				    FILE_("C", 0640, "see") };
+	struct err err = { 0 };
+
+	for (int over = 0; over < 2; over++) {
+		int seen[3] = { 0 }, completed = 0;
+
+		for (long n = 1; n < 200 && !completed; n++) {
+			pid_t pid;
+			int status;
+
+			teardown(state);
+			setup(state);
+			make_dir("t");
+			if (over)
+				assert_int_equal(writer_write(NULL, at("t"), v1, 3, &err), 0);
+			pid = fork();
+			assert_true(pid >= 0);
+			if (pid == 0) {
+				writer_test_crash_after(n);
+				_exit(writer_write(NULL, at("t"), v2, 3, &err) == 0 ? 0 : 1);
+			}
+			assert_int_equal(waitpid(pid, &status, 0), pid);
+			if (WIFEXITED(status)) {
+				assert_int_equal(WEXITSTATUS(status), 0);
+				completed = 1;
+			} else {
+				assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+			}
+			seen[check_killed(over ? v1 : NULL, v2, 3)]++;
+			/* The next write completes it: the new set, nothing else. */
+			assert_int_equal(writer_write(NULL, at("t"), v2, 3, &err), 0);
+			assert_int_equal(check_killed(NULL, v2, 3), 2);
+			assert_int_equal(count_entries("t"), 5);
+		}
+		assert_true(completed);
+		/* Kills landed before ..data, and after it, at least. */
+		assert_true(seen[over ? 1 : 0] > 0 && seen[2] > 0);
+	}
+}
+
+/* Writers on threads, all at one target: each succeeds and one set remains. */
+struct racer {
+	const char *target;
+	int result;
+};
+
+static void *race(void *arg)
+{
+	struct racer *r = arg;
+	struct writer_file files[] = { FILE_("A", 0644, "same"), FILE_("B", 0644, "also") };
+	struct err err = { 0 };
+
+	r->result = writer_write(NULL, r->target, files, 2, &err);
+	return NULL;
+}
+
+static void test_concurrent_writes(void **state)
+{
+	struct racer racers[16];
+	pthread_t threads[16];
+	char target[640];
+
+	make_dir("t");
+	snprintf(target, sizeof(target), "%s", at("t"));
+	for (int i = 0; i < 16; i++) {
+		racers[i] = (struct racer){ .target = target, .result = -1 };
+		assert_int_equal(pthread_create(&threads[i], NULL, race, &racers[i]), 0);
+	}
+	for (int i = 0; i < 16; i++)
+		assert_int_equal(pthread_join(threads[i], NULL), 0);
+	for (int i = 0; i < 16; i++)
+		assert_int_equal(racers[i].result, 0);
+	/* ..data, one directory, two links. */
 	assert_int_equal(count_entries("t"), 4);
 }
 
@@ -387,6 +533,7 @@ int main(void)
 		T(test_identical_rewrite_is_noop), T(test_invalid_writes_nothing),
 		T(test_target_symlink_refused),	   T(test_target_outside_root),
 		T(test_planted_symlinks),	   T(test_modes_ignore_umask),
+		T(test_killed_at_every_step),	   T(test_concurrent_writes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
