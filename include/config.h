@@ -47,7 +47,7 @@ struct config {
 	bool allow_http;
 	long connect_timeout_ms;
 	long request_timeout_ms;
-	long mount_timeout_ms; /* our own budget, below kubelet's 2 minutes */
+	long mount_timeout_ms;	/* our own budget, below kubelet's 2 minutes */
 	long flight_timeout_ms; /* one provisioning flight, which outlives a Mount's deadline */
 	long max_listing_bytes; /* the largest DigDir listing read */
 	long listing_reuse_ms;	/* how old a shared listing a lookup may use */
@@ -55,7 +55,7 @@ struct config {
 	/* Serving. */
 	const char *socket_path;
 	unsigned socket_mode;
-	const char *state_file; /* NULL: beside the socket; "": none */
+	const char *state_file;	  /* NULL: beside the socket; "": none */
 	const char *metrics_addr; /* host:port of /healthz, /readyz, /metrics; "" disables */
 	enum write_mode write_mode;
 	const char *kubelet_dir;

@@ -32,8 +32,8 @@ struct digdir_config {
 	long access_token_lifetime; /* 0: 3600 */
 	long authorization_lifetime; /* 0: 7200 */
 	long scope_cache_seconds;    /* how long scope access lists are trusted; 0: 600 */
-	size_t max_listing_bytes;    /* bound of one listing answer; 0: DIGDIR_MAX_LISTING_DEFAULT */
-	long list_reuse_ms;	     /* how old a listing a lookup may use; 0: 2000 */
+	size_t max_listing_bytes; /* bound of one listing answer; 0: DIGDIR_MAX_LISTING_DEFAULT */
+	long list_reuse_ms;	  /* how old a listing a lookup may use; 0: 2000 */
 };
 
 struct digdir;
@@ -44,8 +44,8 @@ void digdir_free(struct digdir *dd);
 
 /* Flags of digdir_call and digdir_call_list. */
 enum {
-	DIGDIR_IDEMPOTENT = 1, /* safe to repeat: retried after errors that may have reached DigDir */
-	DIGDIR_EXPOSE = 2,     /* an exposed-scope call: the admin token with idporten:scopes.write */
+	DIGDIR_IDEMPOTENT = 1, /* safe to repeat: retried after errors that reached DigDir */
+	DIGDIR_EXPOSE = 2,     /* an exposed-scope call: the token with idporten:scopes.write */
 };
 
 /*
@@ -96,14 +96,14 @@ struct digdir_ensure {
 	const char *description;
 	const char *const *scopes; /* none: the default scope */
 	size_t nscopes;
-	const char *pinned_id; /* the client this app had; re-checked, dropped when it no longer fits */
+	const char *pinned_id; /* the client this app had; checked again, dropped if unfit */
 	const char *written;   /* the scope set this node last registered for it, or NULL */
 	bool readonly_scopes;  /* revalidation: report differing scopes, never write them */
 	/* Out, each owned by the struct: release with digdir_ensure_release(). */
 	char *client_id;
-	char *registered; /* the scope set DigDir holds now */
-	json_t *duplicates; /* ids of other active clients with this description, or NULL */
-	bool created;	    /* this call created the client: it has no keys yet */
+	char *registered;    /* the scope set DigDir holds now */
+	json_t *duplicates;  /* ids of other active clients with this description, or NULL */
+	bool created;	     /* this call created the client: it has no keys yet */
 	bool scopes_changed; /* this call registered new scopes */
 	bool scopes_differ;  /* readonly_scopes: DigDir holds other scopes than the wanted ones */
 };
@@ -112,15 +112,16 @@ struct digdir_ensure {
  * Makes sure the client for e->description exists with exactly the wanted
  * consumed scopes. Before it registers scopes (a create or a change) it
  * checks that the organisation may consume every one (ERR_SCOPE_ACCESS
- * naming each scope and the organisation number otherwise). A pinned client is read by id and kept only while it is active,
- * of integration_type maskinporten and still described as this app; else the
- * client is looked up by description (adopting clients made by hand or by
- * other tools) and created when missing. Never leaves a duplicate of its own:
- * after a create it lists again and, when another node created one too,
- * keeps the earliest and deactivates its own. Scopes are changed by GET,
- * modify, PUT, so fields this provider does not manage survive. A change of
- * scopes that someone else made after this node's last one (e->written) is
- * not undone: ERR_CONFLICT names both sets.
+ * naming each scope and the organisation number otherwise). A pinned client
+ * is read by id and kept only while it is active, of integration_type
+ * maskinporten and still described as this app; else the client is looked up
+ * by description (adopting clients made by hand or by other tools) and
+ * created when missing. Never leaves a duplicate of its own: after a create
+ * it lists again and, when another node created one too, keeps the earliest
+ * and deactivates its own. Scopes are changed by GET, modify, PUT, so fields
+ * this provider does not manage survive. A change of scopes that someone
+ * else made after this node's last one (e->written) is not undone:
+ * ERR_CONFLICT names both sets.
  */
 int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t deadline_ms,
 			 struct err *err);

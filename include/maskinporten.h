@@ -40,8 +40,8 @@ struct mp_config {
 	const char *admin_kid;	     /* kid of a pre-registered key, when no certificate */
 	const char *admin_scopes;    /* NULL: MP_ADMIN_SCOPES_DEFAULT */
 	const char *org_number;	     /* the organisation number; NULL: from the admin token */
-	bool trust_endpoints;	     /* accept token_endpoint and jwks_uri off the issuer's origin */
-	long metadata_refresh_ms;    /* fetch the metadata again this often; 0: daily */
+	bool trust_endpoints;	  /* accept token_endpoint and jwks_uri off the issuer's origin */
+	long metadata_refresh_ms; /* fetch the metadata again this often; 0: daily */
 };
 
 /*

@@ -39,9 +39,9 @@ struct registry_config {
 	long capacity;		    /* entries kept; the least recently used go first */
 	int64_t epoch_len;	    /* seconds */
 	long revalidate_interval_s; /* re-check a client at DigDir this often */
-	long flight_timeout_ms;	    /* budget of a flight, which outlives the Mount that started it */
-	long flip_window_ms;	    /* 0: REGISTRY_FLIP_WINDOW_MS */
-	int64_t time_offset_s;	    /* added to the clock (tests of epochs and skew) */
+	long flight_timeout_ms; /* budget of a flight, which outlives the Mount that started it */
+	long flip_window_ms;	/* 0: REGISTRY_FLIP_WINDOW_MS */
+	int64_t time_offset_s;	/* added to the clock (tests of epochs and skew) */
 };
 
 /* A copy of what a Mount needs. SECRET: jwk_private; release with registry_answer_release(). */
@@ -64,7 +64,7 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 			      struct mp *mp, struct http *http, const struct keys_seed *seed,
 			      struct state *st);
 
-/* Stops the background thread and waits for the flights under way; wipes every key. Accepts NULL. */
+/* Stops background work, waits for the flights under way, wipes every key. Accepts NULL. */
 void registry_free(struct registry *reg);
 
 /* The current epoch by this process's clock. */

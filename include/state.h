@@ -37,8 +37,8 @@ struct state *state_open(const char *path, const char *cluster);
 void state_close(struct state *st);
 
 /* What the file says of an app: 0 with copies (either may be NULL; caller frees), or -ENOENT. */
-int state_get(struct state *st, const char *description, char **ret_client_id,
-	      char **ret_written, bool *ret_pending);
+int state_get(struct state *st, const char *description, char **ret_client_id, char **ret_written,
+	      bool *ret_pending);
 
 /*
  * A flight that may create a client starts: marked pending and written at

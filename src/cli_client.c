@@ -415,7 +415,8 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 	nscopes = split_words(buf, scopes, sizeof(scopes) / sizeof(scopes[0]));
 
-	ens = (struct digdir_ensure){ .description = args[0], .scopes = scopes, .nscopes = nscopes };
+	ens =
+	    (struct digdir_ensure){ .description = args[0], .scopes = scopes, .nscopes = nscopes };
 	r = digdir_ensure_client(app->dd, &ens, deadline_ms, err);
 	if (r < 0)
 		goto out;

@@ -278,7 +278,6 @@ int digdir_status_error(const char *endpoint, const struct http_response *resp, 
 	}
 }
 
-
 /*
  * One request with the admin token the call needs. A 401 means our cached
  * admin token went stale: one more try with a fresh one. The answer's body is
@@ -600,14 +599,16 @@ int digdir_listing_add(void *ctx, json_t *client, size_t index, struct err *err)
 		struct listed *v = realloc(l->v, cap * sizeof(*v));
 
 		if (!v)
-			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory keeping the listing");
+			return err_set(err, ERR_INTERNAL, ENOMEM,
+				       "out of memory keeping the listing");
 		l->v = v;
 		l->cap = cap;
 	}
 	l->v[l->n++] = e;
 	if (l->n * 2 > l->nbuckets) {
 		if (rehash(l) < 0)
-			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory keeping the listing");
+			return err_set(err, ERR_INTERNAL, ENOMEM,
+				       "out of memory keeping the listing");
 	} else {
 		uint64_t h = bucket_of(l, desc);
 
@@ -795,7 +796,6 @@ int digdir_parse_time(const char *s, int64_t *ret_ms)
 	*ret_ms = ((int64_t)t - off) * 1000 + frac;
 	return 0;
 }
-
 
 /* ---- the shared listing ---------------------------------------------------- */
 
@@ -1041,7 +1041,6 @@ int digdir_get_client(struct digdir *dd, const char *client_id, int64_t deadline
 	return 0;
 }
 
-
 /* ---- which scopes the organisation may consume ----------------------------- */
 
 struct consumable {
@@ -1138,10 +1137,22 @@ static void *list_job_run(void *arg)
 static int fetch_consumable(struct digdir *dd, const char *orgno, int64_t deadline_ms, json_t **ret,
 			    struct err *err)
 {
-	struct list_job access = { dd, "/scopes/access/all", "GET /scopes/access/all", add_access,
-				   { json_object(), orgno }, deadline_ms, 0, { 0 } };
-	struct list_job open = { dd, "/scopes/all?accessible_for_all=true", "GET /scopes/all",
-				 add_open, { json_object(), orgno }, deadline_ms, 0, { 0 } };
+	struct list_job access = { dd,
+				   "/scopes/access/all",
+				   "GET /scopes/access/all",
+				   add_access,
+				   { json_object(), orgno },
+				   deadline_ms,
+				   0,
+				   { 0 } };
+	struct list_job open = { dd,
+				 "/scopes/all?accessible_for_all=true",
+				 "GET /scopes/all",
+				 add_open,
+				 { json_object(), orgno },
+				 deadline_ms,
+				 0,
+				 { 0 } };
 	pthread_t t;
 	bool threaded;
 	int r;
@@ -1197,8 +1208,8 @@ static void explain_missing(struct digdir *dd, const char *const *missing, size_
 	int r = -ENOMEM;
 
 	if (pub.set)
-		r = digdir_call_list(dd, "/scopes/all", "GET /scopes/all", 0, add_public,
-				     clear_set, &pub, deadline_ms, NULL);
+		r = digdir_call_list(dd, "/scopes/all", "GET /scopes/all", 0, add_public, clear_set,
+				     &pub, deadline_ms, NULL);
 	exist[0] = unknown[0] = '\0';
 	for (size_t i = 0; i < n; i++) {
 		bool listed = r == 0 && json_object_get(pub.set, missing[i]);
@@ -1270,7 +1281,8 @@ int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size
 		       "organisation %s may not consume %s%s%s%s%s%s%s: provisioning fails until "
 		       "then",
 		       orgno, exist[0] ? "scope(s) " : "", exist,
-		       exist[0] ? ", which exist: ask each scope's owner to grant organisation " : "",
+		       exist[0] ? ", which exist: ask each scope's owner to grant organisation "
+				: "",
 		       exist[0] ? orgno : "", exist[0] && unknown[0] ? "; and " : "",
 		       unknown[0] ? unknown : "",
 		       unknown[0] ? ", which DigDir does not list as public scopes: check the "
@@ -1365,8 +1377,7 @@ static bool maybe_created(const struct err *e)
 }
 
 /* The earliest of the listed ids and ours (created at ours_ms), by the rule every node uses. */
-static const char *winner_of(const json_t *ids, const char *ours, int64_t ours_ms,
-			     int64_t first_ms)
+static const char *winner_of(const json_t *ids, const char *ours, int64_t ours_ms, int64_t first_ms)
 {
 	const char *first = json_string_value(json_array_get(ids, 0));
 
@@ -1587,7 +1598,8 @@ void digdir_ensure_release(struct digdir_ensure *e)
 int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t deadline_ms,
 			 struct err *err)
 {
-	const char *const *scopes = e->scopes, *def[1];
+	const char *const *scopes = e->scopes;
+	const char *def[1];
 	size_t nscopes = e->nscopes;
 	json_t *client = NULL, *ids = NULL, *body = NULL;
 	char *want = NULL, *have = NULL, *id = NULL;
@@ -1674,7 +1686,8 @@ int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t dea
 		have = digdir_scopes_key(json_object_get(client, "scopes"));
 		if (!have) {
 			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir GET /clients/{id}: client %s has no list of scopes", id);
+				    "DigDir GET /clients/{id}: client %s has no list of scopes",
+				    id);
 			goto out;
 		}
 	}
@@ -1682,15 +1695,16 @@ int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t dea
 	/* 4. Its scopes: write ours, unless someone else changed them after us. */
 	if (strcmp(have, want) != 0) {
 		if (e->readonly_scopes) {
-			/* Revalidation reports; only a Mount, with its current parameters, writes. */
+			/* Revalidation reports; a Mount, with its parameters, writes. */
 			e->scopes_differ = true;
-		} else if (have && e->written && strcmp(have, e->written) != 0) {
-			r = err_set(err, ERR_CONFLICT, EEXIST,
-				    "the scopes of client %s were changed at DigDir to [%.200s] "
-				    "after this provider registered [%.200s]; this Mount asks for "
-				    "[%.200s]. Two SecretProviderClasses (or a change by hand) give "
-				    "this app different scopes: make them agree",
-				    id, have, e->written, want);
+		} else if (e->written && strcmp(have, e->written) != 0) {
+			r = err_set(
+			    err, ERR_CONFLICT, EEXIST,
+			    "the scopes of client %s were changed at DigDir to [%.200s] "
+			    "after this provider registered [%.200s]; this Mount asks for "
+			    "[%.200s]. Two SecretProviderClasses (or a change by hand) give "
+			    "this app different scopes: make them agree",
+			    id, have, e->written, want);
 			goto out;
 		} else {
 			r = digdir_check_scope_access(dd, scopes, nscopes, deadline_ms, err);
@@ -1749,8 +1763,7 @@ int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_m
 	if (!path)
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 	r = digdir_call(dd, "GET", path, "GET /clients/{id}/jwks", NULL, DIGDIR_IDEMPOTENT,
-			deadline_ms, &doc,
-			err);
+			deadline_ms, &doc, err);
 	if (r == 0)
 		r = digdir_parse_jwks(doc, "GET /clients/{id}/jwks", ret, err);
 	json_decref(doc);
@@ -1772,8 +1785,7 @@ int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys
 	}
 	/* The upload replaces the whole set, so repeating it is harmless. */
 	r = digdir_call(dd, "POST", path, "POST /clients/{id}/jwks", body, DIGDIR_IDEMPOTENT,
-			deadline_ms, &doc,
-			err);
+			deadline_ms, &doc, err);
 	if (r == 0 && ret)
 		r = digdir_parse_jwks(doc, "POST /clients/{id}/jwks", ret, err);
 out:

@@ -532,10 +532,9 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 
 	for (attempt = 1;; attempt++) {
 		free(a.body);
-		a = (struct attempt){ .curl = curl,
-				      .req = &sreq,
-				      .max = http->max_body,
-				      .retry_after_ms = -1 };
+		a = (struct attempt){
+			.curl = curl, .req = &sreq, .max = http->max_body, .retry_after_ms = -1
+		};
 		if (sreq.sink && sreq.restart)
 			sreq.restart(sreq.sink_ctx);
 		errbuf[0] = '\0';
@@ -546,12 +545,13 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
 			if (attempt == 1)
 				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					    "%s %s: not sent, no time was left for it", req->service,
-					    req->endpoint);
+					    "%s %s: not sent, no time was left for it",
+					    req->service, req->endpoint);
 			else
-				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					    "%s %s: no time left for another try after %d attempt(s)",
-					    req->service, req->endpoint, attempt - 1);
+				r = err_set(
+				    err, ERR_TIMEOUT, ETIMEDOUT,
+				    "%s %s: no time left for another try after %d attempt(s)",
+				    req->service, req->endpoint, attempt - 1);
 			goto out;
 		}
 		if (req->make_body) {
@@ -641,8 +641,8 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 				    req->service, req->endpoint, attempt);
 			else
 				r = err_set(err, ERR_UNAVAILABLE, EIO,
-					    "%s %s: answered HTTP %ld (%d attempt(s))", req->service,
-					    req->endpoint, status, attempt);
+					    "%s %s: answered HTTP %ld (%d attempt(s))",
+					    req->service, req->endpoint, status, attempt);
 			goto out;
 		}
 		metrics_upstream_retry(req->service, req->endpoint);

@@ -15,13 +15,13 @@
 #include "jsonarray.h"
 
 enum {
-	BEFORE,	     /* before '[' */
-	FIRST,	     /* after '[': an element or ']' */
-	NEXT,	     /* after ',': an element */
-	AFTER,	     /* after an element: ',' or ']' */
-	IN_ELEMENT,  /* inside an element */
-	DONE,	     /* after ']': only whitespace */
-	FAILED,	     /* an error was reported; nothing more is read */
+	BEFORE,	    /* before '[' */
+	FIRST,	    /* after '[': an element or ']' */
+	NEXT,	    /* after ',': an element */
+	AFTER,	    /* after an element: ',' or ']' */
+	IN_ELEMENT, /* inside an element */
+	DONE,	    /* after ']': only whitespace */
+	FAILED,	    /* an error was reported; nothing more is read */
 };
 
 static bool is_space(char c)

@@ -1324,7 +1324,8 @@ json_t *keys_jwk_normalise(const json_t *key)
 			return NULL;
 		}
 	}
-	/* Keys registered before DigDir's 2025-05-22 API may lack use; RS256 was then the only alg. */
+	/* Keys registered before DigDir's 2025-05-22 API may lack use; RS256 was then the only alg.
+	 */
 	if (out && !json_object_get(out, "use") &&
 	    json_object_set_new(out, "use", json_string("sig")) < 0) {
 		json_decref(out);

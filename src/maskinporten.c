@@ -241,8 +241,8 @@ int mp_parse_metadata(const char *well_known_url, const struct http_response *re
 	 * be replayed there: both endpoints must be the issuer's own origin,
 	 * unless the operator said otherwise.
 	 */
-	if (!trust_endpoints && (!http_same_origin(token_endpoint, issuer) ||
-				 !http_same_origin(jwks_uri, issuer))) {
+	if (!trust_endpoints &&
+	    (!http_same_origin(token_endpoint, issuer) || !http_same_origin(jwks_uri, issuer))) {
 		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			    "Maskinporten metadata: token_endpoint %.200s and jwks_uri %.200s must "
 			    "be on the issuer's origin (%.200s); set --trust-metadata-endpoints "
@@ -564,11 +564,12 @@ static int fetch_admin_token(struct mp *mp, enum mp_admin which, int64_t deadlin
 		if (metadata_suspect(err))
 			mp_metadata_stale(mp);
 		if (which == MP_ADMIN_EXPOSE && !strcmp(err->code, "invalid_scope"))
-			return err_set(err, ERR_UPSTREAM, EPERM,
-				       "exposing scopes needs the admin scope %s, and Maskinporten "
-				       "refuses it to admin client %s (invalid_scope): ask DigDir to "
-				       "give that client %s, or remove `exposes`",
-				       MP_SCOPES_WRITE, mp->admin_client_id, MP_SCOPES_WRITE);
+			return err_set(
+			    err, ERR_UPSTREAM, EPERM,
+			    "exposing scopes needs the admin scope %s, and Maskinporten "
+			    "refuses it to admin client %s (invalid_scope): ask DigDir to "
+			    "give that client %s, or remove `exposes`",
+			    MP_SCOPES_WRITE, mp->admin_client_id, MP_SCOPES_WRITE);
 		err_prefix(err, "admin token: ");
 		return r;
 	}

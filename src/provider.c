@@ -43,7 +43,8 @@
 struct answer_slot {
 	char *description;
 	char *scopes_key;
-	const struct mp_metadata *meta; /* the metadata the files name; a refresh makes them stale */
+	const struct mp_metadata
+	    *meta; /* the metadata the files name; a refresh makes them stale */
 	unsigned mode;
 	char kid[KEYS_KID_MAX];
 	char *client_id;
@@ -419,7 +420,8 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0)
 		goto fail;
 	parsed = true;
-	/* A bad declaration, or one this provider cannot serve, fails before anything is provisioned. */
+	/* A bad declaration, or one this provider cannot serve, fails before anything is
+	 * provisioned. */
 	if (req.exposes && scopes_parse(req.exposes, &decl, &err) < 0)
 		goto fail;
 	if (decl && scopes_check(p->scopes, &err) < 0)
@@ -433,8 +435,8 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 			    &a, &err) < 0)
 		goto fail;
 	/* Exposed scopes once the client is there; cached per app (scopes.c). */
-	if (decl && scopes_sync(p->scopes, req.description, decl, until, &exposed, &refused,
-				&err) < 0) {
+	if (decl &&
+	    scopes_sync(p->scopes, req.description, decl, until, &exposed, &refused, &err) < 0) {
 		err_prefix(&err, "exposed scopes: ");
 		goto fail;
 	}
@@ -485,8 +487,8 @@ struct provider *provider_new(struct app *app, struct err *err)
 	}
 	p->app = app;
 	p->state = provider_state_open(cfg);
-	p->reg = p->state ? registry_new(&rc, app->dd, app->mp, app->http, &app->seed, p->state)
-			  : NULL;
+	p->reg =
+	    p->state ? registry_new(&rc, app->dd, app->mp, app->http, &app->seed, p->state) : NULL;
 	p->scopes = scopes_new(app->dd, cfg->scope_prefix, cfg->revalidate_interval_s);
 	p->slots = calloc(ANSWER_SLOTS, sizeof(*p->slots));
 	if (!p->reg || !p->scopes || !p->slots) {

@@ -31,20 +31,20 @@ struct entry {
 	char **scopes;	 /* of the answer held */
 	size_t nscopes;
 	char *scopes_key;
-	char *written;	 /* the scope set DigDir held after this node's last flight */
-	char *prev_key;	 /* the set asked for before the last change */
-	int64_t asked_ms; /* the last Mount that asked for scopes_key */
-	bool stale;	  /* revalidation found other scopes at DigDir: the next Mount flies */
-	int64_t epoch;	  /* epoch of jwk_private; -1: none */
+	char *written;	   /* the scope set DigDir held after this node's last flight */
+	char *prev_key;	   /* the set asked for before the last change */
+	int64_t asked_ms;  /* the last Mount that asked for scopes_key */
+	bool stale;	   /* revalidation found other scopes at DigDir: the next Mount flies */
+	int64_t epoch;	   /* epoch of jwk_private; -1: none */
 	char *jwk_private; /* SECRET */
 	char kid[KEYS_KID_MAX];
 	int64_t registered_max; /* highest own epoch seen registered at DigDir; -1: none */
 	int64_t validated_ms;	/* last successful flight, http_now_ms() clock */
 	bool in_flight;
-	bool verifying;	 /* the flight waits for Maskinporten to accept a new key */
-	const char *step; /* what the running flight does now, for a Mount that stops waiting */
-	char *flight_key; /* the scope set the running flight provisions */
-	int waiters;	 /* callers sleeping on this entry: it must not be evicted */
+	bool verifying;	     /* the flight waits for Maskinporten to accept a new key */
+	const char *step;    /* what the running flight does now, for a Mount that stops waiting */
+	char *flight_key;    /* the scope set the running flight provisions */
+	int waiters;	     /* callers sleeping on this entry: it must not be evicted */
 	unsigned generation; /* bumped by every finished flight */
 	int flight_rc;
 	struct err flight_err;
@@ -80,7 +80,7 @@ struct flight {
 	char *key;
 	char *pinned;
 	char *written;
-	bool readonly; /* revalidation: never writes scopes */
+	bool readonly;		   /* revalidation: never writes scopes */
 	int64_t mount_deadline_ms; /* the Mount that started it, 0: none (revalidation) */
 	int64_t epoch;
 	int64_t known_max;
@@ -90,7 +90,7 @@ struct flight {
 /* What a flight produced, published under the lock. */
 struct flight_result {
 	char *client_id;
-	char *registered; /* DigDir's scope set */
+	char *registered;  /* DigDir's scope set */
 	char *jwk_private; /* SECRET */
 	char kid[KEYS_KID_MAX];
 	int64_t epoch;
@@ -243,8 +243,7 @@ static struct entry *insert(struct registry *reg, const char *description)
 	e->epoch = -1;
 	e->registered_max = -1;
 	/* What the state file remembers is a hint: the first flight checks it at DigDir. */
-	if (state_get(reg->st, description, &e->client_id, &e->written, &pending) == 0 &&
-	    pending) {
+	if (state_get(reg->st, description, &e->client_id, &e->written, &pending) == 0 && pending) {
 		free(e->client_id);
 		e->client_id = NULL; /* a create may have been cut short: look the app up */
 	}
@@ -421,12 +420,12 @@ static int verify(struct registry *reg, struct entry *e, const char *client_id, 
 			goto out;
 		}
 		if (http_now_ms() + wait >= deadline_ms || !pause_ms(reg, wait)) {
-			r = err_set(err, ERR_PROPAGATING, EAGAIN,
-				    "Maskinporten does not accept the new key of client %s yet "
-				    "(%d tries in %.0f s; DigDir takes up to 2 minutes to pass a new "
-				    "client or key on): %.300s",
-				    client_id, tries, (double)(http_now_ms() - t0) / 1000.0,
-				    terr.msg);
+			r = err_set(
+			    err, ERR_PROPAGATING, EAGAIN,
+			    "Maskinporten does not accept the new key of client %s yet "
+			    "(%d tries in %.0f s; DigDir takes up to 2 minutes to pass a new "
+			    "client or key on): %.300s",
+			    client_id, tries, (double)(http_now_ms() - t0) / 1000.0, terr.msg);
 			goto out;
 		}
 		wait = wait * 2 > VERIFY_MAX_WAIT_MS ? VERIFY_MAX_WAIT_MS : wait * 2;
@@ -852,7 +851,8 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 			goto out;
 		}
 		if (!e->in_flight) {
-			/* Back to the set before the last change while the new one is in use: a flip. */
+			/* Back to the set before the last change while the new one is in use: a
+			 * flip. */
 			if (e->scopes_key && e->prev_key && !strcmp(scopes_key, e->prev_key) &&
 			    strcmp(scopes_key, e->scopes_key) != 0 &&
 			    http_now_ms() - e->asked_ms < window) {
@@ -885,18 +885,20 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 		e->waiters--;
 		if (e->generation == gen) {
 			if (ours && e->verifying)
-				r = err_set(err, ERR_PROPAGATING, EAGAIN,
-					    "the new key of client %s is not accepted by Maskinporten "
-					    "yet (DigDir takes up to 2 minutes to pass it on); "
-					    "provisioning goes on, and the kubelet's next try is "
-					    "answered as soon as it works",
-					    e->client_id ? e->client_id : "(new)");
+				r = err_set(
+				    err, ERR_PROPAGATING, EAGAIN,
+				    "the new key of client %s is not accepted by Maskinporten "
+				    "yet (DigDir takes up to 2 minutes to pass it on); "
+				    "provisioning goes on, and the kubelet's next try is "
+				    "answered as soon as it works",
+				    e->client_id ? e->client_id : "(new)");
 			else
-				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					    "provisioning %s did not finish in this Mount's time (it "
-					    "is %s); it goes on, and the kubelet's next try gets its "
-					    "result",
-					    description, e->step ? e->step : "starting");
+				r = err_set(
+				    err, ERR_TIMEOUT, ETIMEDOUT,
+				    "provisioning %s did not finish in this Mount's time (it "
+				    "is %s); it goes on, and the kubelet's next try gets its "
+				    "result",
+				    description, e->step ? e->step : "starting");
 			goto out;
 		}
 		if (ours && e->flight_rc < 0) {
@@ -939,7 +941,8 @@ static void settle_pending(struct registry *reg)
 			json_array_append(dups, json_array_get(ids, j));
 		if (json_array_size(dups))
 			clean_duplicates(reg, description, dups, deadline);
-		state_settled(reg->st, description, json_string_value(json_array_get(ids, 0)), NULL);
+		state_settled(reg->st, description, json_string_value(json_array_get(ids, 0)),
+			      NULL);
 		json_decref(dups);
 		json_decref(ids);
 	}

@@ -397,10 +397,11 @@ int scopes_parse(const char *text, struct scopes_decl **ret, struct err *err)
 		for (j = 0; j < d->n; j++)
 			total += d->entries[j].nconsumers;
 		if (total > SCOPES_MAX_CONSUMERS) {
-			r = err_set(err, ERR_INVALID, EINVAL,
-				    "parameter \"exposes\" names %zu consumers in all, more than %d: "
-				    "each is a call to DigDir",
-				    total, SCOPES_MAX_CONSUMERS);
+			r = err_set(
+			    err, ERR_INVALID, EINVAL,
+			    "parameter \"exposes\" names %zu consumers in all, more than %d: "
+			    "each is a call to DigDir",
+			    total, SCOPES_MAX_CONSUMERS);
 			goto out;
 		}
 	}
@@ -637,12 +638,12 @@ struct sync {
 	const char *app;
 	const char *prefix;
 	int64_t deadline_ms;
-	json_t *list;	  /* the organisation's scopes */
-	char *issuer;	  /* of the altinn delegation source, once needed */
-	int writes;	  /* DigDir writes so far, at most SCOPES_MAX_WRITES */
-	json_t *names;	  /* full names of the enabled scopes */
-	json_t *refused;  /* consumer grants DigDir refused: [{scope, orgno, reason}] */
-	bool raced;	  /* a create failed in a way another node's create explains */
+	json_t *list;	 /* the organisation's scopes */
+	char *issuer;	 /* of the altinn delegation source, once needed */
+	int writes;	 /* DigDir writes so far, at most SCOPES_MAX_WRITES */
+	json_t *names;	 /* full names of the enabled scopes */
+	json_t *refused; /* consumer grants DigDir refused: [{scope, orgno, reason}] */
+	bool raced;	 /* a create failed in a way another node's create explains */
 };
 
 /* One more write to DigDir, within the bound of one Mount. */
@@ -702,8 +703,8 @@ static int access_call(struct sync *x, const char *method, const char *full, con
 		       NULL, EXPOSE, NULL, err);
 	free(path);
 	if (r < 0 && !strcmp(method, "PUT") && err && err->http_status == 400) {
-		json_t *o = json_pack("{s:s, s:s, s:s}", "scope", full, "orgno", orgno, "reason",
-				      err->msg);
+		json_t *o =
+		    json_pack("{s:s, s:s, s:s}", "scope", full, "orgno", orgno, "reason", err->msg);
 
 		if (!o || json_array_append_new(x->refused, o) < 0)
 			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
@@ -716,8 +717,7 @@ static int access_call(struct sync *x, const char *method, const char *full, con
 }
 
 /* Grants and revokes so that exactly the declared consumers have access. */
-static int sync_acl(struct sync *x, const char *full, const struct scopes_entry *e,
-		    struct err *err)
+static int sync_acl(struct sync *x, const char *full, const struct scopes_entry *e, struct err *err)
 {
 	json_t *acl = NULL, *a;
 	char *esc = http_escape(full);
@@ -848,7 +848,7 @@ static int update_scope(struct sync *x, const json_t *have, const json_t *want, 
 	if (r < 0)
 		err_prefix(err, "%s exposed scope %s: ",
 			   json_is_false(json_object_get(have, "active")) ? "reactivating"
-									: "updating",
+									  : "updating",
 			   full);
 	return r;
 }
@@ -1108,7 +1108,9 @@ int scopes_check(const struct scopes *sc, struct err *err)
 int scopes_sync(struct scopes *sc, const char *app_description, const struct scopes_decl *decl,
 		int64_t deadline_ms, char **ret_names, json_t **ret_refused, struct err *err)
 {
-	struct sync x = { .dd = sc->dd, .app = app_description, .prefix = sc->prefix,
+	struct sync x = { .dd = sc->dd,
+			  .app = app_description,
+			  .prefix = sc->prefix,
 			  .deadline_ms = deadline_ms };
 	struct err serr = { 0 };
 	struct cached *c;

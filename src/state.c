@@ -104,13 +104,14 @@ static void load(struct state *st)
 		return;
 	}
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size > STATE_MAX_BYTES) {
-		log_warn("state file %s: not a regular file of at most %d bytes: ignored",
-			 st->path, STATE_MAX_BYTES);
+		log_warn("state file %s: not a regular file of at most %d bytes: ignored", st->path,
+			 STATE_MAX_BYTES);
 		goto out;
 	}
 	doc = json_loadfd(fd, JSON_REJECT_DUPLICATES, &jerr);
-	if (!doc || json_unpack(doc, "{s:I, s?s, s:o}", "version", &version, "cluster", &cluster,
-				"apps", &apps) < 0 ||
+	if (!doc ||
+	    json_unpack(doc, "{s:I, s?s, s:o}", "version", &version, "cluster", &cluster, "apps",
+			&apps) < 0 ||
 	    !json_is_object(apps)) {
 		log_warn("state file %s: corrupt (%s): ignored, it is written anew", st->path,
 			 doc ? "not a state document" : jerr.text);
@@ -195,8 +196,8 @@ static int save(struct state *st)
 
 	if (!st->path)
 		return 0;
-	doc = json_pack("{s:i, s:s, s:O}", "version", STATE_VERSION, "cluster", st->cluster,
-			"apps", st->apps);
+	doc = json_pack("{s:i, s:s, s:O}", "version", STATE_VERSION, "cluster", st->cluster, "apps",
+			st->apps);
 	text = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	if (!text || asprintf(&tmp, "%s.tmp.%ld", st->path, (long)getpid()) < 0) {
 		tmp = NULL;
@@ -310,8 +311,8 @@ static int update(struct state *st, const char *description, json_t *fields)
 	return r;
 }
 
-int state_get(struct state *st, const char *description, char **ret_client_id,
-	      char **ret_written, bool *ret_pending)
+int state_get(struct state *st, const char *description, char **ret_client_id, char **ret_written,
+	      bool *ret_pending)
 {
 	const char *id, *scopes;
 	json_t *e;

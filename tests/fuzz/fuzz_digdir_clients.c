@@ -22,8 +22,8 @@ static struct digdir_listing *feed(const uint8_t *data, size_t size, size_t chun
 		abort();
 	jsonarray_init(&ja, "fuzz", 4096, digdir_listing_add, l);
 	for (size_t at = 0; r == 0 && at < size; at += chunk)
-		r = jsonarray_feed(&ja, (const char *)data + at, size - at < chunk ? size - at : chunk,
-				   &err);
+		r = jsonarray_feed(&ja, (const char *)data + at,
+				   size - at < chunk ? size - at : chunk, &err);
 	if (r == 0)
 		r = jsonarray_finish(&ja, &err);
 	fuzz_check_err(r, &err);

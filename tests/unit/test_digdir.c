@@ -110,15 +110,15 @@ static void test_earlier_wins_over_smaller_id(void **state)
 static void test_listing_refuses_garbage(void **state)
 {
 	static const char *const bad[] = {
-		"{\"client_id\":\"a\"}",		/* not a list */
-		"[{\"client_id\":\"a\"},]",		/* trailing comma */
-		"[{\"client_id\":\"a\"}] x",		/* data after the end */
-		"[{\"client_id\":\"a\"}",		/* cut short */
-		"[{\"client_id\":1}]",			/* no string client_id */
-		"[{\"description\":\"d\"}]",		/* no client_id */
-		"[\"a\"]",				/* an entry that is not an object */
+		"{\"client_id\":\"a\"}",		       /* not a list */
+		"[{\"client_id\":\"a\"},]",		       /* trailing comma */
+		"[{\"client_id\":\"a\"}] x",		       /* data after the end */
+		"[{\"client_id\":\"a\"}",		       /* cut short */
+		"[{\"client_id\":1}]",			       /* no string client_id */
+		"[{\"description\":\"d\"}]",		       /* no client_id */
+		"[\"a\"]",				       /* an entry that is not an object */
 		"[{\"client_id\":\"a\",\"client_id\":\"b\"}]", /* a duplicate key */
-		"[{\"client_id\":\"a\" \"x\":1}]",		/* malformed inside */
+		"[{\"client_id\":\"a\" \"x\":1}]",	       /* malformed inside */
 		/* a kept entry whose scopes are not names */
 		"[{\"client_id\":\"a\",\"description\":\"d\",\"integration_type\":"
 		"\"maskinporten\",\"scopes\":[1]}]",

@@ -783,8 +783,8 @@ static json_t *make_set(const char *spec)
 			if (last == '!' || last == '~' || last == '?')
 				tok[l - 1] = '\0';
 			if (last == '?')
-				k = json_pack("{s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA", "x5t",
-					      "abc");
+				k = json_pack("{s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA",
+					      "x5t", "abc");
 			else
 				k = json_pack("{s:s, s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA",
 					      "use", "sig", "alg", "RS256");
@@ -928,13 +928,13 @@ static void test_schedule_drops_keys_expired_by_now(void **state)
 
 static void test_jwk_normalise(void **state)
 {
-	json_t *legacy = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty",
-				   "RSA", "n", "nn", "e", "AQAB", "d", "secret", "exp", 99, "x5c",
-				   "MIIB");
+	json_t *legacy =
+	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty", "RSA", "n", "nn",
+		      "e", "AQAB", "d", "secret", "exp", 99, "x5c", "MIIB");
 	json_t *n = keys_jwk_normalise(legacy);
-	json_t *want = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty",
-				 "RSA", "n", "nn", "e", "AQAB", "use", "sig", "alg", "RS256", "exp",
-				 99, "x5c", "MIIB");
+	json_t *want =
+	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty", "RSA", "n",
+		      "nn", "e", "AQAB", "use", "sig", "alg", "RS256", "exp", 99, "x5c", "MIIB");
 
 	/* No private member ever goes back; use and alg are added, x5c and exp kept. */
 	assert_true(json_equal(n, want));
