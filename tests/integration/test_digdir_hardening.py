@@ -87,7 +87,7 @@ def test_metadata_endpoints_off_the_issuers_origin_are_refused(emulator, tmp_pat
     emulator.fault(method="GET", path=WELL_KNOWN, status=200, body=doc)
     with Provider(emulator, tmp_path) as p:
         e = rpc_error(lambda: p.mount("ns", "app", scopes=SCOPE))
-    assert "must be on the issuer's origin" in e.details(), e.details()
+    assert "must be URLs on the issuer's origin" in e.details(), e.details()
     # No grant was sent anywhere: not even to the real token endpoint.
     assert emulator.counts().get("token:admin", 0) == 0
 

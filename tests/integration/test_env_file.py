@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 
+import grpc
+
 from provider_harness import SLOW, Provider, files_of
 
 SCOPE = "skatteetaten:testapi"
@@ -27,8 +29,9 @@ def hostile_metadata(emu, canary):
     # query the emulator ignores.
     meta["token_endpoint"] = base + "/token?a='$(touch${IFS}%s)'&b='`touch${IFS}%s`'" % (
         canary, canary)
-    # Never fetched: every kind of quoting at once.
-    meta["jwks_uri"] = base + "/jwk?x=';touch %s;'\"$(touch %s)\"\\'\\\\'\n$HOME" % (
+    # Never fetched: every kind of quoting at once (no whitespace: a URL holds none, and
+    # the provider refuses such a document, see the test below).
+    meta["jwks_uri"] = base + "/jwk?x=';touch${IFS}%s;'\"$(touch${IFS}%s)\"\\'\\\\'$HOME" % (
         canary, canary)
     return meta
 
@@ -57,3 +60,17 @@ def test_sourcing_the_env_file_runs_nothing(emulator, tmp_path):
         assert out.returncode == 0, out.stderr
         values = out.stdout.decode().split("\0")[:-1]
         assert dict(zip(VARS, values)) == {v: files[v] for v in VARS}
+
+
+def test_a_metadata_url_with_whitespace_is_refused(emulator, tmp_path):
+    """A URL holds no whitespace: a metadata document whose endpoint does (a newline that
+    would start a new line of the env file) is refused as a whole, naming it."""
+    meta = json.loads(emulator.request("GET", WELL_KNOWN).body)
+    meta["jwks_uri"] = meta["jwks_uri"] + "?x=1\nMASKINPORTEN_CLIENT_ID=evil"
+    emulator.fault(method="GET", path="^%s$" % WELL_KNOWN, status=200, body=meta)
+    with Provider(emulator, tmp_path) as p:
+        try:
+            p.mount("team-e", "app", scopes=SCOPE, timeout=30 * SLOW)
+            raise AssertionError("a metadata document with a newline in a URL was accepted")
+        except grpc.RpcError as e:
+            assert "jwks_uri" in e.details() and "origin" in e.details(), e.details()
