@@ -243,11 +243,12 @@ int mp_parse_metadata(const char *well_known_url, const struct http_response *re
 	 */
 	if (!trust_endpoints &&
 	    (!http_same_origin(token_endpoint, issuer) || !http_same_origin(jwks_uri, issuer))) {
-		r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-			    "Maskinporten metadata: token_endpoint %.200s and jwks_uri %.200s must "
-			    "be URLs on the issuer's origin (%.200s); set --trust-metadata-endpoints "
-			    "only if that is how your Maskinporten is deployed",
-			    token_endpoint, jwks_uri, issuer);
+		r = err_set(
+		    err, ERR_BAD_RESPONSE, EPROTO,
+		    "Maskinporten metadata: token_endpoint %.200s and jwks_uri %.200s must "
+		    "be URLs on the issuer's origin (%.200s); set --trust-metadata-endpoints "
+		    "only if that is how your Maskinporten is deployed",
+		    token_endpoint, jwks_uri, issuer);
 		goto out;
 	}
 	meta.issuer = strdup(issuer);
