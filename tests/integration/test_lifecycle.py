@@ -12,6 +12,8 @@
 """
 
 import concurrent.futures
+import datetime
+import json
 import os
 import re
 import signal
@@ -137,13 +139,32 @@ def test_the_old_providers_exit_leaves_the_new_socket_in_place(emulator, tmp_pat
             with pytest.raises(grpc.RpcError):
                 fut.result(timeout=60 * SLOW)
         assert a.proc.wait(60 * SLOW) == 0
-        assert "is another provider's socket now: left in place" in a.logs()
+        assert os.path.exists(b.socket), "the old provider's exit removed the new socket"
         assert inode(b.socket) == new
         assert version_on(b.socket).version == "v1alpha1"
+        assert "is another provider's socket now: left in place" in a.logs()
     finally:
         emulator.clear_faults()
         a.stop()
         assert b.stop() == 0
+
+
+def test_exit_leaves_a_socket_that_replaced_ours(emulator, tmp_path):
+    """Whoever replaced the socket while this provider ran owns the path now: neither our
+    exit nor gRPC's own clean-up of its listening path may remove it."""
+    a = Provider(emulator, tmp_path, name="a").start()
+    other = socket.socket(socket.AF_UNIX)
+    try:
+        os.unlink(a.socket)
+        other.bind(a.socket)
+        other.listen()
+        theirs = inode(a.socket)
+        assert a.stop() == 0
+        assert os.path.exists(a.socket), "the exiting provider removed a socket not its own"
+        assert inode(a.socket) == theirs
+        assert "is another provider's socket now: left in place" in a.logs()
+    finally:
+        other.close()
 
 
 def test_a_socket_nobody_listens_on_is_replaced(emulator, tmp_path):
@@ -235,6 +256,60 @@ def test_exit_follows_stopped_promptly(emulator, tmp_path):
     assert rc == 0
     assert "stopped" in p.logs()
     assert elapsed < 3 * SLOW, "exit %.1f s after SIGTERM" % elapsed
+
+
+def logged_at(p, msg):
+    """Wall-clock time of the first log line whose msg is msg."""
+    for line in p.logs().splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == msg:
+            t = datetime.datetime.strptime(json.loads(line)["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+    raise AssertionError("%r not logged: %s" % (msg, p.logs()))
+
+
+def test_probes_during_a_drain_do_not_hold_the_exit(emulator, tmp_path):
+    """The kubelet keeps probing while a slow Mount drains: probes must answer at once, not
+    wait on the closed socket, so nothing is left to wait for after "stopped"."""
+    p = Provider(emulator, tmp_path, args=["--metrics-addr", "127.0.0.1:0"]).start()
+    port = wait_for(lambda: re.search(r"health and metrics on \S+ \(port (\d+)\)", p.logs()),
+                    10, "the metrics port").group(1)
+    url = "http://127.0.0.1:%s/healthz" % port
+    emulator.fault(path="^/api/v1/", delay=60)
+    done = threading.Event()
+
+    def probe():
+        while not done.is_set():
+            try:
+                urllib.request.urlopen(url, timeout=10).read()
+            except OSError:
+                pass
+
+    probes = [threading.Thread(target=probe, daemon=True) for _ in range(4)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(p.mount, "team-drain", "app", scopes=SCOPE)
+            wait_for(lambda: digdir_asked(emulator), 30, "the Mount to reach DigDir")
+            p.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "stopping: draining" in p.logs(), 10, "the drain")
+            # Staggered, so that some probe is always part-way through a check that would
+            # wait on the socket (3 s), whenever the drain ends.
+            for t in probes:
+                t.start()
+                time.sleep(0.7)
+            rc = p.proc.wait(60 * SLOW)
+            exited = time.time()
+            with pytest.raises(grpc.RpcError):
+                fut.result(timeout=10 * SLOW)
+    finally:
+        done.set()
+        emulator.clear_faults()
+        for t in probes:
+            if t.is_alive():
+                t.join()
+        p.stop()
+    assert rc == 0
+    assert exited - logged_at(p, "stopped") < 1.0 * SLOW
+    assert "health: /livez failing: the provider is shutting down" in p.logs()
 
 
 # -- idle connections ----------------------------------------------------------------------

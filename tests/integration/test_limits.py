@@ -4,6 +4,7 @@ request and not its `secrets`, with memory given back (issue 16, item 5)."""
 
 import concurrent.futures
 import json
+import os
 import re
 import time
 
@@ -86,6 +87,8 @@ def test_a_request_over_the_limit_is_refused_by_us_and_logged(provider):
     assert provider.version().version == "v1alpha1"
 
 
+@pytest.mark.skipif(bool(os.environ.get("MCP_SANITIZER_LOGS")),
+                    reason="RSS measures glibc's allocator, not a sanitizer's or valgrind's")
 def test_queued_mounts_hold_no_secrets_and_memory_goes_back(emulator, tmp_path):
     """100 cold Mounts with 1 MiB of `secrets` each wait behind a DigDir that does not
     answer: the provider keeps their parsed requests only, and gives the rest back."""
@@ -105,8 +108,9 @@ def test_queued_mounts_hold_no_secrets_and_memory_goes_back(emulator, tmp_path):
             ch_futures.append(call.future(req, timeout=120 * SLOW))
         wait_for(lambda: queued(p) >= n, 60, "every Mount to be handed to a worker")
         held = settled_rss(p) - idle
-        # 100 MiB of requests arrived; what stays is the parsed requests and the flights.
-        assert held < 30, "%.1f MiB held by %d queued Mounts" % (held, n)
+        # 100 MiB of requests arrived; what stays is the parsed requests and the flights
+        # (measured: 8-11 MiB; 34 MiB without malloc_trim, 103 MiB holding the requests).
+        assert held < 20, "%.1f MiB held by %d queued Mounts" % (held, n)
     finally:
         emulator.clear_faults()
         assert p.stop() == 0
