@@ -511,6 +511,65 @@ static void test_regular_file_refused(void **state)
 	fixture_cleanup(&f);
 }
 
+/* A listening socket at path, as another live provider has. Returns its fd. */
+static int listen_at(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 4), 0);
+	return fd;
+}
+
+/* A live provider's socket is never taken: refused at once with no wait, untouched. */
+static void test_live_socket_refused(void **state)
+{
+	struct fixture f;
+	volatile sig_atomic_t stop = 0;
+	struct stat before, after;
+	int fd;
+
+	fixture_init(&f);
+	fd = listen_at(f.path);
+	assert_int_equal(lstat(f.path, &before), 0);
+	f.cfg.socket_wait_ms = 0;
+	assert_int_equal(server_run(&f.cfg, &ops, &stop, NULL, NULL), -EADDRINUSE);
+	assert_int_equal(lstat(f.path, &after), 0);
+	assert_true(before.st_dev == after.st_dev && before.st_ino == after.st_ino);
+	close(fd);
+	fixture_cleanup(&f);
+}
+
+static void *close_later(void *arg)
+{
+	struct timespec ts = { 0, 300 * 1000000L };
+
+	nanosleep(&ts, NULL);
+	close(*(int *)arg);
+	return NULL;
+}
+
+/* Waiting for a live provider: once it stops listening, its socket is taken over. */
+static void test_live_socket_waited_for(void **state)
+{
+	struct fixture f;
+	pthread_t t;
+	int fd;
+
+	fixture_init(&f);
+	fd = listen_at(f.path);
+	f.cfg.socket_wait_ms = 30000;
+	assert_int_equal(pthread_create(&t, NULL, close_later, &fd), 0);
+	fixture_start(&f);
+	pthread_join(t, NULL);
+	assert_int_equal(call(f.driver, M_MOUNT, "F", 1, 5000, NULL, 0, NULL, 0), 0);
+	assert_int_equal(fixture_stop(&f), 0);
+	fixture_cleanup(&f);
+}
+
 /* Stopping while a slow call runs: the call still gets its answer. */
 static void test_stop_drains(void **state)
 {
@@ -547,6 +606,8 @@ int main(void)
 		cmocka_unit_test(test_stale_socket_replaced),
 		cmocka_unit_test(test_regular_file_refused),
 		cmocka_unit_test(test_stop_drains),
+		cmocka_unit_test(test_live_socket_refused),
+		cmocka_unit_test(test_live_socket_waited_for),
 	};
 
 	log_init(LOG_LEVEL_ERROR, LOG_FORMAT_TEXT);
