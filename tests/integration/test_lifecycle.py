@@ -80,6 +80,23 @@ def shipped_grace_seconds():
     return ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
+# The settings that decide how long a stop takes; the binary's defaults unless the ConfigMap
+# sets them.
+STOP_SETTINGS = ("MPCSI_SHUTDOWN_GRACE", "MPCSI_REQUEST_TIMEOUT", "MPCSI_CONNECT_TIMEOUT",
+                 "MPCSI_MOUNT_TIMEOUT")
+
+
+def shipped_stop_flags():
+    """Flags for what deploy/configmap.yaml sets of STOP_SETTINGS."""
+    with open(os.path.join(ROOT, "deploy", "configmap.yaml"), encoding="utf-8") as f:
+        data = yaml.safe_load(f)["data"]
+    flags = []
+    for var in STOP_SETTINGS:
+        if var in data:
+            flags += ["--" + var[len("MPCSI_"):].lower().replace("_", "-"), data[var]]
+    return flags
+
+
 # -- the socket path ----------------------------------------------------------------------
 
 def test_a_second_provider_refuses_a_live_socket(emulator, tmp_path):
@@ -195,11 +212,11 @@ def test_anything_but_a_socket_is_left_alone(emulator, tmp_path):
 # -- stopping -----------------------------------------------------------------------------
 
 def test_sigterm_cancels_upstream_work_well_within_the_grace_period(emulator, tmp_path):
-    """With the shipped defaults (no timeout flags: the ConfigMap sets none), a Mount stuck
-    on a DigDir that does not answer for a minute is cancelled: it gets an error, and the
-    process exits long before the kubelet's SIGKILL."""
+    """With the shipped settings (the DaemonSet's grace period, the ConfigMap over the
+    binary's defaults), a Mount stuck on a DigDir that does not answer for a minute is
+    cancelled: it gets an error, and the process exits long before the kubelet's SIGKILL."""
     grace = shipped_grace_seconds()
-    p = Provider(emulator, tmp_path).start()
+    p = Provider(emulator, tmp_path, args=shipped_stop_flags()).start()
     emulator.fault(path="^/api/v1/", delay=60)
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
