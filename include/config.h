@@ -56,7 +56,8 @@ struct config {
 	const char *socket_path;
 	unsigned socket_mode;
 	const char *state_file;	  /* NULL: beside the socket; "": none */
-	const char *metrics_addr; /* host:port of /healthz, /readyz, /metrics; "" disables */
+	const char *metrics_addr; /* host:port of /metrics (and the probes without probe_addr) */
+	const char *probe_addr;	  /* host:port of /healthz and /readyz; "": on metrics_addr */
 	enum write_mode write_mode;
 	const char *kubelet_dir;
 	long revalidate_interval_s;
@@ -66,6 +67,10 @@ struct config {
 	int workers;
 	long worker_idle_ms; /* a worker beyond the first leaves after this long idle */
 	long max_message_bytes;
+	long socket_wait_ms;	  /* another provider answers on the socket: wait this long */
+	long queue_max_bytes;	  /* bytes of Mounts waiting for a worker */
+	long connection_idle_ms;  /* close gRPC connections idle this long; 0: never */
+	long shutdown_grace_ms;	  /* on SIGTERM: running Mounts get this before cancelling */
 	bool check_only;	  /* serve --check */
 	int64_t time_offset_s;	  /* tests only: shifts this process's clock (epochs, skew) */
 	long test_crash_in_write; /* tests only: writer_test_crash_after() */
@@ -116,7 +121,11 @@ int config_require(const struct config *cfg, struct err *err, ...);
 /* Parses "30d", "12h", "90s", "1500ms" or a plain number of seconds into ms. */
 int config_parse_duration_ms(const char *s, int64_t *ret_ms);
 
-/* Prints the flag reference (one line each, with its variable). */
-void config_print_flags(void);
+/*
+ * Prints the flag reference of one command (one line each, with its
+ * variable): "serve", "mount", "token", "client", "derive" or "grant" (keys);
+ * NULL or another name prints every flag.
+ */
+void config_print_flags(const char *command);
 
 #endif

@@ -1,14 +1,16 @@
 /*
- * health: the small HTTP endpoint of the DaemonSet, on --metrics-addr.
+ * health: the small HTTP endpoints of the DaemonSet, on --probe-addr and
+ * --metrics-addr (one listener serves both when there is no --probe-addr).
  *
  *   GET /healthz  200 "ok", or 503 with the reason live() gave (liveness probe)
  *   GET /readyz   200 "ok", or 503 with the reason ready() gave (readiness probe)
  *   GET /metrics  200, the Prometheus text format from metrics_render()
  *
- * Anything else is 404; methods other than GET and HEAD are 405. The server
- * runs on its own threads (libmicrohttpd), with a small connection limit and
- * short timeouts, so a stuck scraper cannot pin it. It never serves a secret:
- * the reasons are written by our own callbacks and must not contain one.
+ * Anything else is 404; methods other than GET and HEAD are 405. Each
+ * listener runs on its own threads (libmicrohttpd), with connection limits
+ * and an idle timeout, so idle or stuck clients of /metrics cannot starve the
+ * probes of a separate listener. It never serves a secret: the reasons are
+ * written by our own callbacks and must not contain one.
  */
 #ifndef MCP_HEALTH_H
 #define MCP_HEALTH_H
@@ -25,10 +27,14 @@
  * same time, and should answer within a few seconds (the probes time out).
  * ctx is borrowed until health_stop() returns.
  */
+#define HEALTH_PROBES  (1u << 0) /* /healthz and /readyz */
+#define HEALTH_METRICS (1u << 1) /* /metrics */
+
 struct health_ops {
 	int (*live)(void *ctx, char *msg, size_t len);
 	int (*ready)(void *ctx, char *msg, size_t len);
 	void *ctx;
+	unsigned paths; /* HEALTH_PROBES | HEALTH_METRICS; 0 (or no ops): both */
 };
 
 struct health;

@@ -98,6 +98,18 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 
 void http_response_release(struct http_response *resp);
 
+/*
+ * Cancels upstream work for good (the process is stopping): transfers in
+ * progress abort within about a second (libcurl's progress callback), retry
+ * backoff sleeps end at once, and every http_do() from now on fails at once
+ * with ERR_UNAVAILABLE, "cancelled, the provider is shutting down".
+ * Thread-safe; async-signal-safe it is not.
+ */
+void http_cancel(struct http *http);
+
+/* Whether http_cancel() was called. */
+bool http_cancelled(const struct http *http);
+
 /* Monotonic milliseconds, the clock of deadlines. */
 int64_t http_now_ms(void);
 

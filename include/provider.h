@@ -25,6 +25,13 @@ void provider_free(struct provider *p);
 /* The handlers for server_run(). */
 void provider_ops(struct provider *p, struct server_ops *ret);
 
+/*
+ * Cancels every upstream request for good (http_cancel): the process is
+ * stopping. Mounts that were waiting on DigDir or Maskinporten answer
+ * UNAVAILABLE, "the provider is shutting down". ctx is the provider.
+ */
+void provider_cancel(void *ctx);
+
 /* Starts background revalidation. Returns 0 or -errno. */
 int provider_start(struct provider *p);
 

@@ -64,6 +64,13 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 			      struct mp *mp, struct http *http, const struct keys_seed *seed,
 			      struct state *st);
 
+/*
+ * Shutting down: the revalidation thread starts nothing more, and flights
+ * waiting for Maskinporten to accept a key give up at once. Mounts are still
+ * answered from memory.
+ */
+void registry_stop(struct registry *reg);
+
 /* Stops background work, waits for the flights under way, wipes every key. Accepts NULL. */
 void registry_free(struct registry *reg);
 

@@ -2,15 +2,19 @@
  * cli_serve: `serve`, the DaemonSet's process. Loads the configuration, the
  * seed and the admin credentials, then serves the driver's gRPC API on the
  * socket (and health and metrics over HTTP) until SIGTERM or SIGINT, when it
- * drains in-flight Mounts within a grace period and exits 0. After start-up
- * every failure is an answer to a call, never an exit.
+ * drains in-flight Mounts within a grace period, cancels what still waits on
+ * DigDir or Maskinporten, and exits 0. After start-up every failure is an
+ * answer to a call, never an exit.
  */
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "app.h"
 #include "cli.h"
@@ -32,26 +36,61 @@ static const char usage[] =
     "--admin-key-file (and --admin-cert-file or --admin-kid), --seed-file.\n"
     "--check validates the configuration (files, metadata, an admin token) and exits.\n";
 
+/* Set by SIGTERM and SIGINT; stopping is the same for the health threads (lock-free). */
 static volatile sig_atomic_t stop;
+static atomic_bool stopping;
 
 static void on_signal(int sig)
 {
 	stop = 1;
+	atomic_store(&stopping, true);
 }
 
 struct serve_ctx {
+	const struct config *cfg;
 	struct provider *provider;
 	struct driver *self; /* our own socket, for /healthz */
+	atomic_bool serving; /* the socket is ours and answers: dev and ino say which */
+	dev_t sock_dev;
+	ino_t sock_ino;
 };
 
-/* Liveness exercises the real path: a Version call through our own socket. */
+/*
+ * Liveness exercises the real path: a Version call through our own socket.
+ * What it can tell without one it says at once: stopping, waiting for the
+ * socket, the socket gone or replaced (a Version call would only time out).
+ */
 static int live(void *ctx, char *msg, size_t len)
 {
 	struct serve_ctx *s = ctx;
+	const char *path = s->cfg->socket_path;
 	char *runtime = NULL;
 	struct err err = { 0 };
-	int r = driver_version(s->self, 3000, &runtime, &err);
+	struct stat st;
+	int r;
 
+	if (atomic_load(&stopping)) {
+		snprintf(msg, len, "the provider is shutting down");
+		return -ESHUTDOWN;
+	}
+	/* Alive, waiting for the previous provider to give the socket up. */
+	if (!atomic_load(&s->serving))
+		return 0;
+	if (lstat(path, &st) < 0) {
+		r = -errno;
+		snprintf(msg, len,
+			 "the gRPC socket %s is gone (%s): the driver cannot reach this provider",
+			 path, strerror(-r));
+		return r;
+	}
+	if (!S_ISSOCK(st.st_mode) || st.st_dev != s->sock_dev || st.st_ino != s->sock_ino) {
+		snprintf(msg, len,
+			 "the gRPC socket %s was replaced by another file: the driver no longer "
+			 "reaches this provider",
+			 path);
+		return -ESTALE;
+	}
+	r = driver_version(s->self, 3000, &runtime, &err);
 	if (r < 0)
 		snprintf(msg, len, "the gRPC socket does not answer Version: %s", err.msg);
 	free(runtime);
@@ -62,15 +101,52 @@ static int ready(void *ctx, char *msg, size_t len)
 {
 	struct serve_ctx *s = ctx;
 
+	if (atomic_load(&stopping)) {
+		snprintf(msg, len, "the provider is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (!atomic_load(&s->serving)) {
+		snprintf(msg, len, "not serving yet: waiting for %s", s->cfg->socket_path);
+		return -EAGAIN;
+	}
 	return provider_ready(s->provider, msg, len);
 }
 
 static void on_ready(void *ctx)
 {
-	const struct config *cfg = ctx;
+	struct serve_ctx *s = ctx;
+	const struct config *cfg = s->cfg;
+	struct stat st;
 
+	/* The server has just moved its socket into place: remember which it is. */
+	if (lstat(cfg->socket_path, &st) == 0) {
+		s->sock_dev = st.st_dev;
+		s->sock_ino = st.st_ino;
+	}
+	atomic_store(&s->serving, true);
 	log_info("serving v1alpha1.CSIDriverProvider on unix:%s (write mode %s)", cfg->socket_path,
 		 cfg->write_mode == WRITE_MODE_DRIVER ? "driver" : "provider");
+}
+
+/*
+ * Starts one HTTP listener on addr for paths (HEALTH_*). Returns it, or
+ * NULL after logging why.
+ */
+static struct health *listen_http(const char *addr, unsigned paths, struct serve_ctx *sctx)
+{
+	struct health_ops hops = { .live = live, .ready = ready, .ctx = sctx, .paths = paths };
+	struct err err = { 0 };
+	struct health *h = health_start(addr, &hops, &err);
+	const char *what = paths == HEALTH_METRICS  ? "metrics"
+			   : paths == HEALTH_PROBES ? "health probes"
+						    : "health and metrics";
+
+	if (!h) {
+		log_error("serve: %s on %s: %s", what, addr, err.msg);
+		return NULL;
+	}
+	log_info("%s on http://%s (port %d)", what, addr, health_port(h));
+	return h;
 }
 
 static int check(struct app *app, struct provider *p)
@@ -92,7 +168,7 @@ int cmd_serve(int argc, char **argv)
 	struct config cfg;
 	struct app app = { 0 };
 	struct provider *p = NULL;
-	struct health *health = NULL;
+	struct health *health = NULL, *probes = NULL;
 	struct serve_ctx sctx = { 0 };
 	struct server_ops ops;
 	struct sigaction sa;
@@ -144,18 +220,24 @@ int cmd_serve(int argc, char **argv)
 		log_error("serve: starting the revalidation thread: %s", strerror(-r));
 		goto out;
 	}
-	if (cfg.metrics_addr && *cfg.metrics_addr) {
-		struct health_ops hops = { .live = live, .ready = ready, .ctx = &sctx };
+	sctx.cfg = &cfg;
+	sctx.provider = p;
+	if ((cfg.metrics_addr && *cfg.metrics_addr) || (cfg.probe_addr && *cfg.probe_addr)) {
+		bool apart = cfg.probe_addr && *cfg.probe_addr;
 
-		sctx.provider = p;
 		sctx.self = driver_new(cfg.socket_path);
-		health = sctx.self ? health_start(cfg.metrics_addr, &hops, &err) : NULL;
-		if (!health) {
-			log_error("serve: health and metrics on %s: %s", cfg.metrics_addr, err.msg);
+		if (!sctx.self) {
+			log_error("serve: out of memory");
 			goto out;
 		}
-		log_info("health and metrics on http://%s (port %d)", cfg.metrics_addr,
-			 health_port(health));
+		/* Probes apart from /metrics: nobody who reaches /metrics can starve them. */
+		if (apart && !(probes = listen_http(cfg.probe_addr, HEALTH_PROBES, &sctx)))
+			goto out;
+		if (cfg.metrics_addr && *cfg.metrics_addr &&
+		    !(health = listen_http(cfg.metrics_addr,
+					   apart ? HEALTH_METRICS : HEALTH_METRICS | HEALTH_PROBES,
+					   &sctx)))
+			goto out;
 	}
 
 	provider_ops(p, &ops);
@@ -163,24 +245,37 @@ int cmd_serve(int argc, char **argv)
 		struct server_config sc = {
 			.socket_path = cfg.socket_path,
 			.socket_mode = cfg.socket_mode,
+			.socket_wait_ms = cfg.socket_wait_ms,
 			.max_recv_bytes = cfg.max_message_bytes,
 			.max_send_bytes = 4 * 1024 * 1024,
 			.workers = cfg.workers,
 			.worker_idle_ms = cfg.worker_idle_ms,
 			.queue_max = cfg.workers * 8,
+			.queue_max_bytes = (size_t)cfg.queue_max_bytes,
 			.default_timeout_ms = cfg.mount_timeout_ms,
-			.grace_ms = 10000,
+			.grace_ms = cfg.shutdown_grace_ms,
+			.idle_timeout_ms = cfg.connection_idle_ms,
 		};
 
-		r = server_run(&sc, &ops, &stop, on_ready, &cfg);
+		r = server_run(&sc, &ops, &stop, on_ready, &sctx);
 	}
-	if (r < 0) {
+	/*
+	 * Whatever still waits on DigDir or Maskinporten (revalidation, a
+	 * readiness check) ends now, so the threads below are joined at once.
+	 */
+	atomic_store(&stopping, true);
+	provider_cancel(p);
+	if (r == -ECANCELED) {
+		log_info("stopped before serving");
+	} else if (r < 0) {
 		log_error("serve: could not serve on unix:%s: %s", cfg.socket_path, strerror(-r));
 		goto out;
+	} else {
+		log_info("stopped");
 	}
-	log_info("stopped");
 	ret = 0;
 out:
+	health_stop(probes);
 	health_stop(health);
 	driver_free(sctx.self);
 	provider_free(p);

@@ -2,10 +2,14 @@
  * health: /healthz, /readyz and /metrics over plain HTTP with libmicrohttpd.
  * This is the only file that touches libmicrohttpd.
  *
- * One thread per connection, under a small connection limit: a liveness
- * check that waits on the gRPC socket must not hold up a metrics scrape.
- * Requests carry no input we read beyond the method and the path, and the
- * answers are our own short texts: never a secret, never a request echo.
+ * A listener that serves the probes runs one thread per connection: a
+ * liveness check waits on the gRPC socket for up to seconds and must hold up
+ * nothing else. A listener for /metrics alone answers from one polling
+ * thread (rendering is quick), so idle connections cost it no threads. Every
+ * connection is closed after HEALTH_CONN_TIMEOUT seconds without activity,
+ * so nobody holds one for long. Requests carry no input we read beyond the
+ * method and the path, and the answers are our own short texts: never a
+ * secret, never a request echo.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -21,8 +25,16 @@
 #include "log.h"
 #include "metrics.h"
 
-/* Probes and one scraper need a handful; the limit bounds our threads. */
-#define HEALTH_MAX_CONNECTIONS 16
+/*
+ * Probes and a scraper or two need a handful; the limits bound our threads
+ * (probes) and memory (HEALTH_CONN_MEMORY each). A client address may hold
+ * a share of a metrics listener only, so one tenant cannot fill it; the
+ * kubelet's probes come from the node's address, which a host-network pod
+ * shares, so the probe listener has no per-address limit.
+ */
+#define HEALTH_PROBE_CONNECTIONS   32
+#define HEALTH_METRICS_CONNECTIONS 128
+#define HEALTH_PER_IP_CONNECTIONS  16
 /* Seconds an idle or slow client may hold a connection. */
 #define HEALTH_CONN_TIMEOUT 10
 /* Request headers and the like; our requests are tiny. */
@@ -122,18 +134,26 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 {
 	struct health *h = cls;
 	static const char not_found[] = "not found: try /healthz, /readyz or /metrics\n";
+	static const char not_found_probes[] = "not found: try /healthz or /readyz\n";
+	static const char not_found_metrics[] = "not found: try /metrics\n";
 	static const char not_allowed[] = "method not allowed: use GET or HEAD\n";
 
 	/* A body is never wanted: answer at once and let libmicrohttpd drop it. */
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, CONTENT_TEXT, not_allowed,
 			     sizeof(not_allowed) - 1);
-	if (!strcmp(url, "/healthz"))
+	if ((h->ops.paths & HEALTH_PROBES) && !strcmp(url, "/healthz"))
 		return check(conn, h->ops.live, h->ops.ctx, "live");
-	if (!strcmp(url, "/readyz"))
+	if ((h->ops.paths & HEALTH_PROBES) && !strcmp(url, "/readyz"))
 		return check(conn, h->ops.ready, h->ops.ctx, "ready");
-	if (!strcmp(url, "/metrics"))
+	if ((h->ops.paths & HEALTH_METRICS) && !strcmp(url, "/metrics"))
 		return serve_metrics(conn);
+	if (!(h->ops.paths & HEALTH_METRICS))
+		return reply(conn, MHD_HTTP_NOT_FOUND, CONTENT_TEXT, not_found_probes,
+			     sizeof(not_found_probes) - 1);
+	if (!(h->ops.paths & HEALTH_PROBES))
+		return reply(conn, MHD_HTTP_NOT_FOUND, CONTENT_TEXT, not_found_metrics,
+			     sizeof(not_found_metrics) - 1);
 	return reply(conn, MHD_HTTP_NOT_FOUND, CONTENT_TEXT, not_found, sizeof(not_found) - 1);
 }
 
@@ -194,8 +214,8 @@ struct health *health_start(const char *addr, const struct health_ops *ops, stru
 	struct addrinfo *ai = NULL;
 	struct health *h = NULL;
 	const union MHD_DaemonInfo *info;
-	unsigned flags =
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+	unsigned limit, per_ip;
 
 	if (resolve(addr, &ai, err) < 0)
 		goto fail;
@@ -206,21 +226,36 @@ struct health *health_start(const char *addr, const struct health_ops *ops, stru
 	}
 	if (ops)
 		h->ops = *ops;
+	if (!h->ops.paths)
+		h->ops.paths = HEALTH_PROBES | HEALTH_METRICS;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	if (h->ops.paths & HEALTH_PROBES) {
+		flags |= MHD_USE_THREAD_PER_CONNECTION;
+		limit = HEALTH_PROBE_CONNECTIONS;
+		/* Alone, the probes come from the node; beside /metrics, anyone's share is bounded.
+		 */
+		per_ip = (h->ops.paths & HEALTH_METRICS) ? HEALTH_PER_IP_CONNECTIONS : 0;
+	} else {
+		flags |= MHD_USE_AUTO;
+		limit = HEALTH_METRICS_CONNECTIONS;
+		per_ip = HEALTH_PER_IP_CONNECTIONS;
+	}
 
-	/* The port argument is ignored when MHD_OPTION_SOCK_ADDR is given. */
-	h->daemon =
-	    MHD_start_daemon(flags, 0, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-			     MHD_OPTION_CONNECTION_LIMIT, (unsigned)HEALTH_MAX_CONNECTIONS,
-			     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HEALTH_CONN_TIMEOUT,
-			     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEALTH_CONN_MEMORY,
-			     MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+	/*
+	 * The logger comes first, or libmicrohttpd complains through its own
+	 * logger about the order. The port argument is ignored when
+	 * MHD_OPTION_SOCK_ADDR is given.
+	 */
+	h->daemon = MHD_start_daemon(
+	    flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, limit,
+	    MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)HEALTH_CONN_TIMEOUT, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+	    (size_t)HEALTH_CONN_MEMORY, MHD_OPTION_END);
 	if (!h->daemon) {
 		err_set(err, ERR_INTERNAL, EADDRNOTAVAIL,
-			"cannot listen on metrics address %s (in use, or not an address of "
-			"this host)",
-			addr);
+			"cannot listen on %s (in use, or not an address of this host)", addr);
 		goto fail;
 	}
 	info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);

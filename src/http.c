@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "timespec.h"
 
 #define POOL_MAX	      8
 #define RETRY_AFTER_MAX_MS    (120 * 1000)
@@ -45,6 +47,11 @@ struct http {
 	int max_attempts;
 	long backoff_base_ms;
 	long backoff_max_ms;
+
+	/* http_cancel: every transfer and backoff sleep ends, and none starts again. */
+	atomic_bool cancelled;
+	pthread_mutex_t cancel_lock;
+	pthread_cond_t cancel_cond; /* CLOCK_MONOTONIC; broadcast by http_cancel */
 };
 
 /* What one attempt gathered; reset before each attempt. */
@@ -231,6 +238,15 @@ struct http *http_new(const struct http_config *config, struct err *err)
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&http->share_locks[i], NULL);
 	pthread_mutex_init(&http->pool_lock, NULL);
+	pthread_mutex_init(&http->cancel_lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&http->cancel_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 
 	http->allow_http = config->allow_http;
 	http->connect_timeout_ms =
@@ -286,6 +302,8 @@ void http_free(struct http *http)
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&http->share_locks[i]);
 	pthread_mutex_destroy(&http->pool_lock);
+	pthread_mutex_destroy(&http->cancel_lock);
+	pthread_cond_destroy(&http->cancel_cond);
 	free(http->ca_file);
 	free(http->https_proxy);
 	free(http->user_agent);
@@ -390,6 +408,15 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/* libcurl calls this about once a second, and often while data moves: non-zero aborts. */
+static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	const struct http *http = userp;
+
+	return atomic_load(&http->cancelled) ? 1 : 0;
+}
+
 /* Sets every option of one attempt; each setopt is checked. */
 static CURLcode setup(struct http *http, CURL *curl, const struct http_request *req,
 		      const char *body, size_t body_len, struct curl_slist *headers,
@@ -420,6 +447,9 @@ static CURLcode setup(struct http *http, CURL *curl, const struct http_request *
 	SET(CURLOPT_HEADERFUNCTION, on_header);
 	SET(CURLOPT_HEADERDATA, a);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_NOPROGRESS, 0L);
+	SET(CURLOPT_XFERINFOFUNCTION, on_progress);
+	SET(CURLOPT_XFERINFODATA, http);
 	SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(req->sink ? req->sink_max : http->max_body));
 	if (http->ca_file)
 		SET(CURLOPT_CAINFO, http->ca_file);
@@ -443,14 +473,39 @@ static CURLcode setup(struct http *http, CURL *curl, const struct http_request *
 	return c;
 }
 
-static bool sleep_ms(long ms)
+/* Sleeps ms, or less when http_cancel() comes first. */
+static void sleep_ms(struct http *http, long ms)
 {
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	struct timespec until = timespec_in_ms(CLOCK_MONOTONIC, ms);
 
-	while (nanosleep(&ts, &ts) < 0)
-		if (errno != EINTR)
-			return false;
-	return true;
+	pthread_mutex_lock(&http->cancel_lock);
+	while (!atomic_load(&http->cancelled) &&
+	       pthread_cond_timedwait(&http->cancel_cond, &http->cancel_lock, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&http->cancel_lock);
+}
+
+void http_cancel(struct http *http)
+{
+	if (!http)
+		return;
+	pthread_mutex_lock(&http->cancel_lock);
+	atomic_store(&http->cancelled, true);
+	pthread_cond_broadcast(&http->cancel_cond);
+	pthread_mutex_unlock(&http->cancel_lock);
+}
+
+bool http_cancelled(const struct http *http)
+{
+	return http && atomic_load(&http->cancelled);
+}
+
+/* The error of a request that http_cancel() stopped. */
+static int cancelled_error(const struct http_request *req, struct err *err)
+{
+	return err_set(err, ERR_UNAVAILABLE, ECANCELED,
+		       "%s %s: cancelled, the provider is shutting down", req->service,
+		       req->endpoint);
 }
 
 static uint64_t random_u64(void)
@@ -540,6 +595,10 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 		errbuf[0] = '\0';
 		status = 0;
 
+		if (atomic_load(&http->cancelled)) {
+			r = cancelled_error(req, err);
+			goto out;
+		}
 		timeout = http_clamp_timeout_ms(http->attempt_timeout_ms, req->deadline_ms,
 						http_now_ms());
 		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
@@ -587,6 +646,10 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 			  c == CURLE_OK ? status : 0L, (long long)(http_now_ms() - sent_ms),
 			  attempt);
 
+		if (c == CURLE_ABORTED_BY_CALLBACK || atomic_load(&http->cancelled)) {
+			r = cancelled_error(req, err);
+			goto out;
+		}
 		if (a.sink_rc < 0) {
 			if (err) {
 				*err = a.sink_err;
@@ -647,7 +710,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 		}
 		metrics_upstream_retry(req->service, req->endpoint);
 		if (wait > 0)
-			sleep_ms(wait);
+			sleep_ms(http, wait);
 	}
 
 	ret->status = status;

@@ -1,12 +1,14 @@
 /*
  * provider: Mount and Version for the gRPC server.
  *
- * The fast handler runs on the server's completion-queue threads: it parses,
+ * The fast handler runs on the server's completion-queue thread: it parses,
  * answers bad requests and warm clients from memory, and hands everything
  * else to a worker (the slow handler), so a cold Mount never delays a warm
- * one. Errors become gRPC status codes here and nowhere else. Each Mount is
- * logged once (cache hits at debug), with pod, namespace, client and result;
- * never the key, the `secrets` field or the pod's tokens.
+ * one. What it hands over is the parsed request, never the request bytes:
+ * those carry the `secrets` field (up to megabytes the provider never reads)
+ * and the pod's tokens, and are released before the Mount waits. Errors become gRPC status codes
+ * here and nowhere else. Each Mount is logged once (cache hits at debug), with pod, namespace,
+ * client and result; never the key, the `secrets` field or the pod's tokens.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -113,12 +115,15 @@ static const char *advice(enum err_kind kind)
 	}
 }
 
-static void reply_error(struct server_reply *reply, const struct mount_request *req,
-			const struct err *err)
+static void reply_error(struct provider *p, struct server_reply *reply,
+			const struct mount_request *req, const struct err *err)
 {
+	/* Upstream trouble while stopping is our own doing: http_cancel. */
+	bool stopping = http_cancelled(p->app->http) &&
+			(err->kind == ERR_UNAVAILABLE || err->kind == ERR_TIMEOUT);
 	int n;
 
-	reply->code = provider_status(err->kind);
+	reply->code = stopping ? SERVER_UNAVAILABLE : provider_status(err->kind);
 	if (req && req->description)
 		n = snprintf(reply->message, sizeof(reply->message),
 			     "maskinporten: pod %s/%s, client %s: %s", req->namespace_name,
@@ -131,7 +136,8 @@ static void reply_error(struct server_reply *reply, const struct mount_request *
 			      " (DigDir correlation_id %s)", err->correlation_id);
 	if (n > 0 && (size_t)n < sizeof(reply->message))
 		snprintf(reply->message + n, sizeof(reply->message) - (size_t)n, "%s",
-			 advice(err->kind));
+			 stopping ? "; the provider is shutting down, the kubelet retries"
+				  : advice(err->kind));
 	/* gRPC clients read the details as UTF-8: a cut to fit must not split a character. */
 	utf8_clean(reply->message);
 }
@@ -190,7 +196,7 @@ static void log_mount(const struct mount_request *req, const struct mount_who *w
 }
 
 static int version(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
-		   struct server_reply *reply)
+		   struct server_reply *reply, void **ret_work, size_t *ret_work_bytes)
 {
 	if (mount_version_response(&reply->payload, &reply->len) < 0) {
 		reply->code = SERVER_INTERNAL;
@@ -328,8 +334,62 @@ static int64_t budget(struct provider *p, int64_t deadline_ms)
 	return theirs < own ? theirs : own;
 }
 
+/* A Mount handed to a worker: the parsed request and when it arrived. */
+struct work {
+	struct mount_request req;
+	int64_t t0;
+};
+
+static size_t str_bytes(const char *s)
+{
+	return s ? strlen(s) + 1 : 0;
+}
+
+/* What a work item holds, for the server's byte bound on its queue. */
+static size_t work_bytes(const struct work *w)
+{
+	const struct mount_request *r = &w->req;
+	size_t n = sizeof(*w);
+
+	n += str_bytes(r->namespace_name) + str_bytes(r->service_account) + str_bytes(r->pod_name) +
+	     str_bytes(r->pod_uid) + str_bytes(r->target_path) + str_bytes(r->description) +
+	     str_bytes(r->scopes_key) + str_bytes(r->exposes);
+	for (size_t i = 0; i < r->nscopes; i++)
+		n += str_bytes(r->scopes[i]);
+	return n;
+}
+
+static void work_free(void *arg)
+{
+	struct work *w = arg;
+
+	if (!w)
+		return;
+	mount_request_free(&w->req);
+	free(w);
+}
+
+/*
+ * Moves *req into a new work item for a worker. False when out of memory:
+ * then the caller still owns *req.
+ */
+static bool hand_over(struct mount_request *req, int64_t t0, void **ret_work,
+		      size_t *ret_work_bytes)
+{
+	struct work *w = malloc(sizeof(*w));
+
+	if (!w)
+		return false;
+	w->req = *req;
+	w->t0 = t0;
+	memset(req, 0, sizeof(*req));
+	*ret_work = w;
+	*ret_work_bytes = work_bytes(w);
+	return true;
+}
+
 static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
-		      struct server_reply *reply)
+		      struct server_reply *reply, void **ret_work, size_t *ret_work_bytes)
 {
 	struct provider *p = ctx;
 	const struct mp_metadata *meta = atomic_load(&p->meta);
@@ -342,7 +402,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	int handed = 1;
 
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0) {
-		reply_error(reply, NULL, &err);
+		reply_error(p, reply, NULL, &err);
 		log_mount(NULL, &who, NULL, t0, &err, false, false);
 		return 0;
 	}
@@ -360,7 +420,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	if (registry_lookup(p->reg, req.description, req.scopes_key, &a) < 0)
 		goto out;
 	if (answer(p, &req, &a, meta, NULL, reply, &err) < 0) {
-		reply_error(reply, &req, &err);
+		reply_error(p, reply, &req, &err);
 		log_mount(&req, NULL, a.client_id, t0, &err, true, true);
 	} else {
 		cache_answer(p, &req, &a, meta, reply);
@@ -369,6 +429,12 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	handed = 0;
 out:
 	registry_answer_release(&a);
+	if (handed && !hand_over(&req, t0, ret_work, ret_work_bytes)) {
+		err_set(&err, ERR_INTERNAL, ENOMEM, "out of memory");
+		reply_error(p, reply, &req, &err);
+		log_mount(&req, NULL, NULL, t0, &err, true, false);
+		handed = 0;
+	}
 	mount_request_free(&req);
 	return handed;
 }
@@ -402,27 +468,26 @@ static void log_refused(const struct mount_request *req, const json_t *refused)
 	}
 }
 
-static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadline_ms,
-		       struct server_reply *reply)
+static void mount_slow(void *ctx, void *arg, int64_t deadline_ms, struct server_reply *reply)
 {
 	struct provider *p = ctx;
+	struct work *w = arg;
 	struct registry_answer a = { 0 };
-	struct mount_request req = { 0 };
-	struct mount_who who;
+	const struct mount_request *req = w ? &w->req : NULL;
 	const struct mp_metadata *meta = NULL;
 	struct scopes_decl *decl = NULL;
 	json_t *refused = NULL;
 	char *exposed = NULL;
 	struct err err = { 0 };
-	int64_t t0 = http_now_ms(), until = budget(p, deadline_ms);
-	bool parsed = false;
+	int64_t t0 = w ? w->t0 : http_now_ms(), until = budget(p, deadline_ms);
 
-	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0)
+	if (!req) {
+		err_set(&err, ERR_INTERNAL, EINVAL, "a Mount reached a worker without its request");
 		goto fail;
-	parsed = true;
+	}
 	/* A bad declaration, or one this provider cannot serve, fails before anything is
 	 * provisioned. */
-	if (req.exposes && scopes_parse(req.exposes, &decl, &err) < 0)
+	if (req->exposes && scopes_parse(req->exposes, &decl, &err) < 0)
 		goto fail;
 	if (decl && scopes_check(p->scopes, &err) < 0)
 		goto fail;
@@ -431,32 +496,31 @@ static void mount_slow(void *ctx, const uint8_t *data, size_t len, int64_t deadl
 		goto fail;
 	}
 	atomic_store(&p->meta, meta);
-	if (registry_ensure(p->reg, req.description, req.scopes, req.nscopes, req.scopes_key, until,
-			    &a, &err) < 0)
+	if (registry_ensure(p->reg, req->description, req->scopes, req->nscopes, req->scopes_key,
+			    until, &a, &err) < 0)
 		goto fail;
 	/* Exposed scopes once the client is there; cached per app (scopes.c). */
 	if (decl &&
-	    scopes_sync(p->scopes, req.description, decl, until, &exposed, &refused, &err) < 0) {
+	    scopes_sync(p->scopes, req->description, decl, until, &exposed, &refused, &err) < 0) {
 		err_prefix(&err, "exposed scopes: ");
 		goto fail;
 	}
 	if (decl) {
-		log_refused(&req, refused);
-		state_refused(p->state, req.description, refused);
+		log_refused(req, refused);
+		state_refused(p->state, req->description, refused);
 	}
-	if (answer(p, &req, &a, meta, exposed, reply, &err) < 0)
+	if (answer(p, req, &a, meta, exposed, reply, &err) < 0)
 		goto fail;
-	log_mount(&req, NULL, a.client_id, t0, NULL, false, a.cached);
+	log_mount(req, NULL, a.client_id, t0, NULL, false, a.cached);
 	goto out;
 fail:
-	reply_error(reply, parsed ? &req : NULL, &err);
-	log_mount(parsed ? &req : NULL, parsed ? NULL : &who, a.client_id, t0, &err, false, false);
+	reply_error(p, reply, req, &err);
+	log_mount(req, NULL, a.client_id, t0, &err, false, false);
 out:
 	free(exposed);
 	json_decref(refused);
 	scopes_decl_free(decl);
 	registry_answer_release(&a);
-	mount_request_free(&req);
 }
 
 struct state *provider_state_open(const struct config *cfg)
@@ -507,6 +571,15 @@ struct provider *provider_new(struct app *app, struct err *err)
 	return p;
 }
 
+void provider_cancel(void *ctx)
+{
+	struct provider *p = ctx;
+
+	/* Flights waiting for Maskinporten stop too, and revalidation starts nothing more. */
+	registry_stop(p->reg);
+	http_cancel(p->app->http);
+}
+
 int provider_start(struct provider *p)
 {
 	return registry_start(p->reg);
@@ -533,6 +606,8 @@ void provider_ops(struct provider *p, struct server_ops *ret)
 		.version = version,
 		.mount_fast = mount_fast,
 		.mount_slow = mount_slow,
+		.work_free = work_free,
+		.cancel = provider_cancel,
 		.ctx = p,
 	};
 }

@@ -1044,16 +1044,21 @@ int registry_start(struct registry *reg)
 	return 0;
 }
 
+void registry_stop(struct registry *reg)
+{
+	pthread_mutex_lock(&reg->lock);
+	reg->stopping = true;
+	pthread_cond_broadcast(&reg->wake);
+	pthread_mutex_unlock(&reg->lock);
+}
+
 void registry_free(struct registry *reg)
 {
 	struct entry *e, *next;
 
 	if (!reg)
 		return;
-	pthread_mutex_lock(&reg->lock);
-	reg->stopping = true;
-	pthread_cond_broadcast(&reg->wake);
-	pthread_mutex_unlock(&reg->lock);
+	registry_stop(reg);
 	if (reg->thread_started)
 		pthread_join(reg->thread, NULL);
 	/* Flights see stopping at their next pause; their entries must outlive them. */

@@ -6,24 +6,38 @@
  * requests carry service account tokens and Mount answers a private key.
  *
  * One thread serves the completion queue: it accepts calls and runs the fast
- * handlers inline. Calls a fast handler cannot answer go to a bounded queue
- * served by a pool of worker threads, so a slow cold Mount never delays a
- * warm one. Workers start when a queued call finds none idle, up to the
+ * handlers inline. Calls a fast handler cannot answer go to a queue, bounded
+ * in calls and in bytes, served by a pool of worker threads, so a slow cold
+ * Mount never delays a warm one. A queued call holds what the fast handler
+ * made of the request, never the request bytes (a Mount's `secrets` alone
+ * may be a megabyte). Workers start when a queued call finds none idle, up to the
  * configured number, so a node starting many new apps at once gets a flight
  * for each of them, not a few at a time; all but one leave again after
  * worker_idle_ms without work, so a node at rest keeps one.
  * A worker answers with grpc_call_start_batch (thread-safe); the batch's
  * completion comes back on the one queue, where the call is released.
+ *
+ * The socket path belongs to one live provider at a time: this one takes it
+ * only from nobody, and gives it back only if it still holds its own socket,
+ * so during a rolling update the old instance's exit never removes the new
+ * one's socket (gRPC itself unlinks its listening path on shutdown, so the
+ * socket is bound under a private name and renamed into place).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -44,6 +58,28 @@
 
 /* The queue is polled this often so that the loop notices *stop. */
 #define POLL_MS 200
+
+/* Our own refusals start as the provider's answers do. */
+#define PREFIX "maskinporten: "
+
+/*
+ * gRPC's own limit on a request, above ours: up to it, an oversized request
+ * reaches dispatch and is refused with our message and a log line; beyond
+ * it the core refuses it alone, without either.
+ */
+#define CORE_RECV_FACTOR 4
+
+/* What a queued call is counted at besides its work: ours and gRPC's call state. */
+#define CALL_OVERHEAD_BYTES (sizeof(struct call) + 2048)
+
+/* After ops->cancel, how long calls still get before they are cancelled outright. */
+#define CANCEL_WAIT_MS 3000
+
+/* Requests received since the last malloc_trim() after which a quiet moment trims. */
+#define TRIM_AFTER_BYTES (4 * 1024 * 1024)
+
+/* How often a start-up waiting for another provider's socket looks again. */
+#define SOCKET_WAIT_POLL_MS 200
 
 /* What a completion-queue tag stands for: each call has one pending at a time. */
 enum tag_kind {
@@ -66,6 +102,8 @@ struct call {
 	grpc_metadata_array metadata;
 	grpc_byte_buffer *payload;
 	grpc_slice request;	    /* SECRET: the request bytes, wiped before release */
+	void *work;		    /* what the fast handler handed to a worker (ops->work_free) */
+	size_t work_bytes;	    /* its size, for the queue's byte bound */
 	int64_t deadline_ms;	    /* the deadline on the http_now_ms() clock */
 	struct server_reply reply;  /* reply.payload is SECRET for Mount */
 	grpc_byte_buffer *response; /* owns reply.payload once it is sent */
@@ -82,16 +120,22 @@ struct server {
 	void *method_version;
 	void *method_mount;
 	bool shutting_down;
-	bool bound;		 /* the socket file is ours to remove */
+	bool bound; /* socket_path holds our socket: dev and ino say which */
+	dev_t sock_dev;
+	ino_t sock_ino;
+	char private_path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* bound here first */
 	_Atomic long live_calls; /* calls accepted and not yet released */
 	volatile sig_atomic_t *stop;
+	size_t recv_since_trim; /* request bytes since the last malloc_trim (CQ thread) */
+	atomic_bool worked;	/* a worker answered a call since the last malloc_trim */
 
 	/* The worker queue, under lock. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct call *head, *tail;
 	int queued;
-	int idle; /* workers waiting for a call */
+	size_t queued_bytes; /* work_bytes + CALL_OVERHEAD_BYTES of each queued call */
+	int idle;	     /* workers waiting for a call */
 	bool workers_exit;
 	struct worker *workers; /* config->workers slots */
 	int nthreads;		/* workers running */
@@ -120,14 +164,23 @@ static struct call *call_new(struct server *srv, enum tag_kind kind)
 	return c;
 }
 
+/* Wipes and releases the request bytes: they may hold service account tokens. */
+static void call_drop_request(struct call *c)
+{
+	if (GRPC_SLICE_LENGTH(c->request) > 0)
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(c->request), GRPC_SLICE_LENGTH(c->request));
+	grpc_slice_unref(c->request);
+	c->request = grpc_empty_slice();
+}
+
 /* Releases everything a call holds, wiping the request and the answer. */
 static void call_free(struct call *c)
 {
 	if (!c)
 		return;
-	if (GRPC_SLICE_LENGTH(c->request) > 0)
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(c->request), GRPC_SLICE_LENGTH(c->request));
-	grpc_slice_unref(c->request);
+	call_drop_request(c);
+	if (c->work && c->srv->ops->work_free)
+		c->srv->ops->work_free(c->work);
 	grpc_slice_unref(c->status_details);
 	if (c->reply.payload) {
 		OPENSSL_cleanse(c->reply.payload, c->reply.len);
@@ -324,14 +377,23 @@ static bool wait_for_call(struct server *srv)
 	return srv->head != NULL;
 }
 
-/* Puts a call on the worker queue. Returns false when the queue is full. */
-static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
+/*
+ * Puts a call on the worker queue. Returns false when the queue is full, in
+ * calls or in bytes, with what it held in *ret_queued and *ret_bytes. One
+ * call is taken into an empty queue whatever its size (it is bounded by
+ * max_recv_bytes), so a large request is never refused forever.
+ */
+static bool enqueue(struct server *srv, struct call *c, int *ret_queued, size_t *ret_bytes)
 {
+	const struct server_config *cfg = srv->config;
+	size_t cost = c->work_bytes + CALL_OVERHEAD_BYTES;
 	bool ok = false;
 
 	pthread_mutex_lock(&srv->lock);
 	*ret_queued = srv->queued;
-	if (srv->queued < srv->config->queue_max) {
+	*ret_bytes = srv->queued_bytes;
+	if (srv->queued < cfg->queue_max && (cfg->queue_max_bytes == 0 || srv->queued == 0 ||
+					     srv->queued_bytes + cost <= cfg->queue_max_bytes)) {
 		c->next = NULL;
 		if (srv->tail)
 			srv->tail->next = c;
@@ -339,7 +401,10 @@ static bool enqueue(struct server *srv, struct call *c, int *ret_queued)
 			srv->head = c;
 		srv->tail = c;
 		srv->queued++;
+		srv->queued_bytes += cost;
 		ok = true;
+		log_debug("gRPC: a Mount waits for a worker (%d queued, %zu KiB)", srv->queued,
+			  srv->queued_bytes / 1024);
 		/* Busy workers may be waiting on a flight for hundreds of ms: add one. */
 		if (srv->queued > srv->idle && add_worker(srv) == -EAGAIN && srv->idle == 0)
 			log_debug("gRPC: all %d workers busy, %d Mounts queued", srv->nthreads,
@@ -367,6 +432,7 @@ static void *worker_main(void *arg)
 			if (!srv->head)
 				srv->tail = NULL;
 			srv->queued--;
+			srv->queued_bytes -= c->work_bytes + CALL_OVERHEAD_BYTES;
 		} else {
 			w->done = true;
 			srv->nthreads--;
@@ -378,11 +444,15 @@ static void *worker_main(void *arg)
 		/* Calls that waited past their deadline are not worth starting. */
 		if (http_now_ms() >= c->deadline_ms) {
 			reply_status(c, SERVER_DEADLINE_EXCEEDED,
-				     "deadline passed while the Mount waited for a worker");
+				     PREFIX "deadline passed while the Mount waited for a worker");
 			continue;
 		}
-		srv->ops->mount_slow(srv->ops->ctx, GRPC_SLICE_START_PTR(c->request),
-				     GRPC_SLICE_LENGTH(c->request), c->deadline_ms, &c->reply);
+		srv->ops->mount_slow(srv->ops->ctx, c->work, c->deadline_ms, &c->reply);
+		/* The work is done with: release it now, not when the answer is sent. */
+		if (c->work && srv->ops->work_free)
+			srv->ops->work_free(c->work);
+		c->work = NULL;
+		atomic_store(&srv->worked, true);
 		send_reply(c);
 	}
 }
@@ -394,7 +464,7 @@ static void dispatch(struct server *srv, struct call *c)
 	grpc_byte_buffer_reader reader;
 	server_fast_fn fast;
 	int64_t left;
-	size_t len;
+	size_t len, queued_bytes = 0;
 	int queued = 0;
 	int r;
 
@@ -408,13 +478,14 @@ static void dispatch(struct server *srv, struct call *c)
 		memcpy(method, GRPC_SLICE_START_PTR(c->details.method), mlen);
 		method[mlen] = '\0';
 		log_debug("gRPC: unknown method %s", method);
-		reply_status(c, SERVER_UNIMPLEMENTED, "unknown method %s", method);
+		reply_status(c, SERVER_UNIMPLEMENTED, PREFIX "unknown method %s", method);
 		return;
 	}
 
 	left = remaining_ms(srv, c->deadline);
 	if (left <= 0) {
-		reply_status(c, SERVER_DEADLINE_EXCEEDED, "deadline passed before the call began");
+		reply_status(c, SERVER_DEADLINE_EXCEEDED,
+			     PREFIX "deadline passed before the call began");
 		return;
 	}
 	c->deadline_ms = http_now_ms() + left;
@@ -422,14 +493,22 @@ static void dispatch(struct server *srv, struct call *c)
 	/* A NULL payload is an empty message, a valid empty request. */
 	if (c->payload) {
 		len = grpc_byte_buffer_length(c->payload);
+		srv->recv_since_trim += len;
 		if (len > (size_t)cfg->max_recv_bytes) {
+			log_warn("gRPC: refused a %s request of %zu bytes, over the limit of %ld "
+				 "(--max-message)",
+				 c->kind == TAG_NEW_VERSION ? "Version" : "Mount", len,
+				 cfg->max_recv_bytes);
 			reply_status(c, SERVER_RESOURCE_EXHAUSTED,
-				     "request of %zu bytes is larger than max %ld", len,
-				     cfg->max_recv_bytes);
+				     PREFIX "request of %zu bytes is larger than this provider's "
+					    "limit of %ld bytes (--max-message): the Mount carries "
+					    "too large a nodePublishSecretRef Secret or too many "
+					    "attributes",
+				     len, cfg->max_recv_bytes);
 			return;
 		}
 		if (!grpc_byte_buffer_reader_init(&reader, c->payload)) {
-			reply_status(c, SERVER_INTERNAL, "cannot read the request");
+			reply_status(c, SERVER_INTERNAL, PREFIX "cannot read the request");
 			return;
 		}
 		c->request = grpc_byte_buffer_reader_readall(&reader);
@@ -440,20 +519,28 @@ static void dispatch(struct server *srv, struct call *c)
 
 	fast = c->kind == TAG_NEW_VERSION ? srv->ops->version : srv->ops->mount_fast;
 	r = fast ? fast(srv->ops->ctx, GRPC_SLICE_START_PTR(c->request),
-			GRPC_SLICE_LENGTH(c->request), c->deadline_ms, &c->reply)
+			GRPC_SLICE_LENGTH(c->request), c->deadline_ms, &c->reply, &c->work,
+			&c->work_bytes)
 		 : 1;
+	/* Answered or handed over, the request bytes are needed no more. */
+	call_drop_request(c);
 	if (r == 0) {
 		send_reply(c);
 		return;
 	}
 	if (c->kind == TAG_NEW_VERSION || !srv->ops->mount_slow) {
-		reply_status(c, SERVER_INTERNAL, "no handler for this call");
+		reply_status(c, SERVER_INTERNAL, PREFIX "no handler for this call");
 		return;
 	}
-	if (!enqueue(srv, c, &queued)) {
-		log_warn("gRPC: %d Mounts queued, answering RESOURCE_EXHAUSTED", queued);
-		reply_status(c, SERVER_RESOURCE_EXHAUSTED, "provider busy: %d Mounts queued, retry",
-			     queued);
+	if (!enqueue(srv, c, &queued, &queued_bytes)) {
+		log_warn("gRPC: %d Mounts (%zu KiB) wait for a worker, answering "
+			 "RESOURCE_EXHAUSTED",
+			 queued, queued_bytes / 1024);
+		reply_status(c, SERVER_RESOURCE_EXHAUSTED,
+			     PREFIX "provider busy: %d Mounts (%zu KiB) wait for a worker, the "
+				    "most it queues is %d Mounts or %zu KiB; the kubelet retries",
+			     queued, queued_bytes / 1024, cfg->queue_max,
+			     cfg->queue_max_bytes / 1024);
 	}
 }
 
@@ -488,21 +575,154 @@ static gpr_timespec deadline_in(long ms)
 	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-/* Refuses anything at path that is not a socket; removes a stale socket. */
-static int clear_socket_path(const char *path)
+/* Sleeps ms (a signal may end it early: the caller looks at *stop). */
+static void pause_ms(long ms)
 {
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+/*
+ * Whether a process accepts connections on the socket at path: 1 yes, 0 no
+ * (nobody listens, or the file is gone), or -errno when it cannot tell.
+ */
+static int socket_is_live(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 1 : -errno;
+	close(fd);
+	/* A full backlog (EAGAIN) still means someone listens. */
+	if (r == -EAGAIN || r == -EINPROGRESS)
+		return 1;
+	if (r == -ECONNREFUSED || r == -ENOENT)
+		return 0;
+	return r;
+}
+
+/*
+ * Makes room at path for our socket: nothing there, or a socket nobody
+ * listens on (removed). Anything else but a socket is refused (-EEXIST). A
+ * live provider is waited for until wait_until_ms, then refused (-EADDRINUSE);
+ * *stop ends the wait (-ECANCELED). *waited says whether a wait was logged.
+ */
+static int clear_socket_path(struct server *srv, int64_t wait_until_ms, bool *waited)
+{
+	const char *path = srv->config->socket_path;
+	struct stat st;
+	int live;
+
+	for (;;) {
+		if (lstat(path, &st) < 0)
+			return errno == ENOENT ? 0 : -errno;
+		if (!S_ISSOCK(st.st_mode)) {
+			log_error(
+			    "socket path %s exists and is not a socket: refusing to remove it",
+			    path);
+			return -EEXIST;
+		}
+		live = socket_is_live(path);
+		if (live < 0) {
+			log_error("cannot tell whether a provider answers on %s: %s", path,
+				  strerror(-live));
+			return live;
+		}
+		if (live == 0) {
+			if (unlink(path) < 0 && errno != ENOENT)
+				return -errno;
+			log_info("removed stale socket %s (nobody listened on it)", path);
+			return 0;
+		}
+		if (*srv->stop)
+			return -ECANCELED;
+		if (http_now_ms() >= wait_until_ms) {
+			log_error(
+			    "another provider is serving on %s%s: refusing to take its socket "
+			    "away (stop it first; --socket-wait says how long to wait for it)",
+			    path, *waited ? " and did not stop in time" : "");
+			return -EADDRINUSE;
+		}
+		if (!*waited)
+			log_warn(
+			    "another provider is serving on %s: waiting up to %ld ms for it to "
+			    "stop",
+			    path, srv->config->socket_wait_ms);
+		*waited = true;
+		pause_ms(SOCKET_WAIT_POLL_MS);
+	}
+}
+
+/*
+ * Moves our socket from its private name to the socket path without ever
+ * replacing a live one: renameat2(RENAME_NOREPLACE) fails while the path
+ * exists, and then the path is cleared (or waited for) and the move tried
+ * again. Returns 0 or -errno.
+ */
+static int claim_socket_path(struct server *srv)
+{
+	const char *path = srv->config->socket_path;
+	int64_t until = http_now_ms() + srv->config->socket_wait_ms;
+	bool waited = false, noreplace = true;
+	struct stat st;
+	int r;
+
+	for (;;) {
+		r = clear_socket_path(srv, until, &waited);
+		if (r < 0)
+			return r;
+		if (noreplace) {
+			r = renameat2(AT_FDCWD, srv->private_path, AT_FDCWD, path,
+				      RENAME_NOREPLACE);
+			/* A file system without RENAME_NOREPLACE: a plain rename, just checked. */
+			if (r < 0 && (errno == EINVAL || errno == ENOSYS)) {
+				noreplace = false;
+				continue;
+			}
+		} else {
+			r = rename(srv->private_path, path);
+		}
+		if (r < 0 && errno == EEXIST)
+			continue; /* another one came between: look at it again */
+		if (r < 0) {
+			r = -errno;
+			log_error("cannot move the socket to %s: %s", path, strerror(-r));
+			return r;
+		}
+		break;
+	}
+	if (lstat(path, &st) < 0)
+		return -errno;
+	srv->sock_dev = st.st_dev;
+	srv->sock_ino = st.st_ino;
+	srv->bound = true;
+	if (waited)
+		log_info("the other provider released %s: taking it over", path);
+	return 0;
+}
+
+/* Removes the socket at the path, but only when it is still the one we made. */
+static void release_socket_path(struct server *srv)
+{
+	const char *path = srv->config->socket_path;
 	struct stat st;
 
+	if (!srv->bound)
+		return;
+	srv->bound = false;
 	if (lstat(path, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISSOCK(st.st_mode)) {
-		log_error("socket path %s exists and is not a socket: refusing to remove it", path);
-		return -EEXIST;
+		return;
+	if (!S_ISSOCK(st.st_mode) || st.st_dev != srv->sock_dev || st.st_ino != srv->sock_ino) {
+		log_info("%s is another provider's socket now: left in place", path);
+		return;
 	}
 	if (unlink(path) < 0)
-		return -errno;
-	log_info("removed stale socket %s", path);
-	return 0;
+		log_warn("cannot remove socket %s: %s", path, strerror(errno));
 }
 
 /* Answers every call still waiting for a worker: the server is stopping. */
@@ -514,10 +734,12 @@ static void flush_queue(struct server *srv)
 	c = srv->head;
 	srv->head = srv->tail = NULL;
 	srv->queued = 0;
+	srv->queued_bytes = 0;
 	pthread_mutex_unlock(&srv->lock);
 	for (; c; c = next) {
 		next = c->next;
-		reply_status(c, SERVER_UNAVAILABLE, "provider is shutting down, retry");
+		reply_status(c, SERVER_UNAVAILABLE,
+			     PREFIX "the provider is shutting down; the kubelet retries");
 	}
 }
 
@@ -540,27 +762,49 @@ static void stop_workers(struct server *srv)
 	}
 }
 
-/* Stops accepting, gives in-flight calls grace_ms, cancels the rest, waits. */
+/*
+ * Stops accepting and answers the queued calls (they have not started: the
+ * kubelet retries them). Running calls get grace_ms, then ops->cancel ends
+ * their upstream requests and they get CANCEL_WAIT_MS to answer with that;
+ * whatever still runs then is cancelled outright. Once no call runs, the
+ * connections clients keep open are closed too instead of waited for.
+ */
 static void drain(struct server *srv)
 {
 	struct call shutdown_tag = { .kind = TAG_SHUTDOWN };
-	gpr_timespec grace = deadline_in(srv->config->grace_ms);
-	bool done = false, cancelled = false;
+	enum { GRACE, CANCELLING, FORCED } phase = GRACE;
+	gpr_timespec until = deadline_in(srv->config->grace_ms);
+	bool done = false;
 	grpc_event ev;
 
 	srv->shutting_down = true;
 	grpc_server_shutdown_and_notify(srv->server, srv->cq, &shutdown_tag);
-	while (!done) {
-		ev = grpc_completion_queue_next(srv->cq, cancelled ? deadline_in(POLL_MS) : grace,
-						NULL);
-		if (ev.type == GRPC_OP_COMPLETE) {
-			done = handle_event(srv, ev);
-		} else if (ev.type == GRPC_QUEUE_TIMEOUT && !cancelled) {
-			log_warn("gRPC: %ld calls still running after %ld ms, cancelling them",
-				 srv->live_calls, srv->config->grace_ms);
+	flush_queue(srv);
+	/*
+	 * The shutdown tag may come before our calls are released (their client
+	 * went away): workers still running them get the same grace and cancel.
+	 */
+	while (!done || srv->live_calls > 0) {
+		if (phase != FORCED && srv->live_calls == 0) {
 			grpc_server_cancel_all_calls(srv->server);
-			flush_queue(srv);
-			cancelled = true;
+			phase = FORCED;
+		}
+		ev = grpc_completion_queue_next(
+		    srv->cq, phase == FORCED ? deadline_in(POLL_MS) : until, NULL);
+		if (ev.type == GRPC_OP_COMPLETE) {
+			done |= handle_event(srv, ev);
+		} else if (ev.type == GRPC_QUEUE_TIMEOUT && phase == GRACE) {
+			log_warn("gRPC: %ld calls still running after %ld ms, cancelling their "
+				 "upstream requests",
+				 srv->live_calls, srv->config->grace_ms);
+			if (srv->ops->cancel)
+				srv->ops->cancel(srv->ops->ctx);
+			until = deadline_in(CANCEL_WAIT_MS);
+			phase = CANCELLING;
+		} else if (ev.type == GRPC_QUEUE_TIMEOUT && phase == CANCELLING) {
+			log_warn("gRPC: %ld calls still running, cancelling them", srv->live_calls);
+			grpc_server_cancel_all_calls(srv->server);
+			phase = FORCED;
 		} else if (ev.type == GRPC_QUEUE_SHUTDOWN) {
 			break;
 		}
@@ -569,13 +813,34 @@ static void drain(struct server *srv)
 	stop_workers(srv);
 }
 
+/* The private name the socket is bound under before it is renamed into place. */
+static int private_path(struct server *srv)
+{
+	const char *path = srv->config->socket_path;
+	uint32_t tag = 0;
+	int n;
+
+	/* Unique across pid namespaces too: the old and the new pod may both be pid 1. */
+	if (getrandom(&tag, sizeof(tag), GRND_NONBLOCK) != (ssize_t)sizeof(tag))
+		tag = (uint32_t)http_now_ms() ^ (uint32_t)getpid();
+	n = snprintf(srv->private_path, sizeof(srv->private_path), "%s.%08x", path, tag);
+	if (n < 0 || (size_t)n >= sizeof(srv->private_path)) {
+		log_error("socket path %s is too long (it is bound as %s.XXXXXXXX first, which "
+			  "must fit in %zu bytes)",
+			  path, path, sizeof(srv->private_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
 static int start(struct server *srv)
 {
 	const struct server_config *cfg = srv->config;
 	grpc_server_credentials *creds = NULL;
-	grpc_arg args[2];
+	grpc_arg args[3];
 	grpc_channel_args chargs = { .num_args = 2, .args = args };
 	char addr[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+	long core_recv;
 	mode_t old_umask;
 	int port, r;
 
@@ -584,18 +849,28 @@ static int start(struct server *srv)
 		log_error("socket path is empty or longer than a Unix socket path may be");
 		return -ENAMETOOLONG;
 	}
-	r = clear_socket_path(cfg->socket_path);
+	r = private_path(srv);
 	if (r < 0)
 		return r;
 
+	core_recv = cfg->max_recv_bytes > INT32_MAX / CORE_RECV_FACTOR
+			? INT32_MAX
+			: cfg->max_recv_bytes * CORE_RECV_FACTOR;
 	args[0].type = GRPC_ARG_INTEGER;
 	args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-	args[0].value.integer =
-	    cfg->max_recv_bytes > INT32_MAX ? INT32_MAX : (int)cfg->max_recv_bytes;
+	args[0].value.integer = (int)core_recv;
 	args[1].type = GRPC_ARG_INTEGER;
 	args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
 	args[1].value.integer =
 	    cfg->max_send_bytes > INT32_MAX ? INT32_MAX : (int)cfg->max_send_bytes;
+	if (cfg->idle_timeout_ms > 0) {
+		/* The driver reconnects on its next call; idle clients hold nothing here. */
+		args[2].type = GRPC_ARG_INTEGER;
+		args[2].key = (char *)GRPC_ARG_MAX_CONNECTION_IDLE_MS;
+		args[2].value.integer =
+		    cfg->idle_timeout_ms > INT32_MAX ? INT32_MAX : (int)cfg->idle_timeout_ms;
+		chargs.num_args = 3;
+	}
 
 	srv->cq = grpc_completion_queue_create_for_next(NULL);
 	srv->server = grpc_server_create(&chargs, NULL);
@@ -609,24 +884,42 @@ static int start(struct server *srv)
 	if (!srv->method_version || !srv->method_mount)
 		return -EIO;
 
-	/* The socket is created 0600 by the umask, never briefly open to all. */
-	snprintf(addr, sizeof(addr), "unix:%s", cfg->socket_path);
+	/*
+	 * Bound under the private name, created 0600 by the umask and given its
+	 * mode there, so it appears at the path whole, never briefly open to all.
+	 */
+	snprintf(addr, sizeof(addr), "unix:%s", srv->private_path);
 	creds = grpc_insecure_server_credentials_create();
 	old_umask = umask(077);
 	port = grpc_server_add_http2_port(srv->server, addr, creds);
 	umask(old_umask);
 	grpc_server_credentials_release(creds);
 	if (port == 0) {
-		log_error("cannot listen on %s", cfg->socket_path);
+		log_error("cannot listen on %s (bound as %s first)", cfg->socket_path,
+			  srv->private_path);
 		return -EADDRNOTAVAIL;
 	}
-	srv->bound = true;
-	if (chmod(cfg->socket_path, cfg->socket_mode) < 0) {
+	if (chmod(srv->private_path, cfg->socket_mode) < 0) {
 		r = -errno;
-		log_error("chmod %04o %s: %s", cfg->socket_mode, cfg->socket_path, strerror(-r));
+		log_error("chmod %04o %s: %s", cfg->socket_mode, srv->private_path, strerror(-r));
 		return r;
 	}
-	return 0;
+	return claim_socket_path(srv);
+}
+
+/*
+ * Gives memory back to the system after work: the heap grows with a burst
+ * (a Mount's request may be a megabyte) and glibc keeps freed pages. Done
+ * only at a quiet moment (no completion for POLL_MS), so never in a warm
+ * Mount's way.
+ */
+static void trim_if_worked(struct server *srv)
+{
+	if (srv->recv_since_trim < TRIM_AFTER_BYTES && !atomic_load(&srv->worked))
+		return;
+	srv->recv_since_trim = 0;
+	atomic_store(&srv->worked, false);
+	malloc_trim(0);
 }
 
 /*
@@ -645,6 +938,8 @@ static void serve_completions(struct server *srv)
 		ev = grpc_completion_queue_next(srv->cq, deadline_in(POLL_MS), NULL);
 		if (ev.type == GRPC_OP_COMPLETE)
 			handle_event(srv, ev);
+		else if (ev.type == GRPC_QUEUE_TIMEOUT)
+			trim_if_worked(srv);
 		else if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 	}
@@ -692,8 +987,8 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 		r = -EIO;
 		goto out;
 	}
-	log_info("serving on %s (up to %d workers, queue %d)", config->socket_path, config->workers,
-		 config->queue_max);
+	log_info("serving on %s (up to %d workers, queue %d calls or %zu KiB)", config->socket_path,
+		 config->workers, config->queue_max, config->queue_max_bytes / 1024);
 	if (on_ready)
 		on_ready(ready_ctx);
 
@@ -728,8 +1023,7 @@ out:
 		} while (ev.type != GRPC_QUEUE_SHUTDOWN);
 		grpc_completion_queue_destroy(srv.cq);
 	}
-	if (srv.bound)
-		unlink(config->socket_path);
+	release_socket_path(&srv);
 	pthread_cond_destroy(&srv.cond);
 	pthread_mutex_destroy(&srv.lock);
 	grpc_shutdown();

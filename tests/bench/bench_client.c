@@ -6,6 +6,10 @@
  *   bench_client version --socket S --threads 4 --seconds 2
  *   bench_client mount --socket S --threads 16 --requests 2000 --apps 500 --pods 4
  *   bench_client mount --socket S --threads 4 --requests 2000 --rate 16.7 ...
+ *   bench_client mount --socket S --threads 600 --requests 600 --apps 600 --secrets-bytes 1048576
+ *
+ * --secrets-bytes N sends a `secrets` field of N bytes (a JSON object of one
+ * string), as a nodePublishSecretRef Secret that large would.
  *
  * --rate R paces the calls: call i starts no earlier than i/R seconds after
  * the first, as kubelet's republishing spreads Mounts over time.
@@ -40,13 +44,13 @@
 static const char usage[] =
     "Usage: bench_client version|mount --socket S [--threads N] [--requests M | --seconds S]\n"
     "         [--apps K] [--pods P] [--namespace NS] [--scopes \"a b\"] [--prefix APP]\n"
-    "         [--offset I] [--timeout-ms T] [--rate CALLS_PER_S]\n"
+    "         [--offset I] [--timeout-ms T] [--rate CALLS_PER_S] [--secrets-bytes N]\n"
     "Prints {count, errors, median_us, p99_us, throughput_per_s, ...} as JSON.\n";
 
 struct opts {
 	bool mount;
 	const char *socket;
-	long threads, requests, apps, pods, offset, timeout_ms;
+	long threads, requests, apps, pods, offset, timeout_ms, secrets_bytes;
 	double seconds, rate;
 	const char *namespace_name, *scopes, *prefix;
 };
@@ -63,9 +67,10 @@ struct shared {
 	size_t nreqs;
 	atomic_long next; /* next request index */
 	atomic_long errors;
-	atomic_int first_status; /* status of the first failure, -1: none */
-	double deadline;	 /* seconds mode: stop issuing after this time */
-	double t0;		 /* when the first call was due */
+	atomic_int first_status;  /* status of the first failure, -1: none */
+	atomic_long statuses[17]; /* calls answered with each gRPC status */
+	double deadline;	  /* seconds mode: stop issuing after this time */
+	double t0;		  /* when the first call was due */
 };
 
 struct worker {
@@ -173,6 +178,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->scopes = v;
 		else if (!strcmp(k, "--prefix"))
 			o->prefix = v;
+		else if (!strcmp(k, "--secrets-bytes"))
+			r = parse_long(v, 0, &o->secrets_bytes);
 		else
 			return -EINVAL;
 		if (r < 0)
@@ -209,12 +216,27 @@ static char *attributes(const struct opts *o, long app, long pod)
 	return out;
 }
 
-static int pack_mount(const char *attrs, struct request *ret)
+/* {"bench":"xx...x"}, n bytes long (at least the braces and the key), or NULL. */
+static char *secrets_of(long n)
+{
+	static const char head[] = "{\"bench\":\"", tail[] = "\"}";
+	size_t min = sizeof(head) - 1 + sizeof(tail) - 1, len = (size_t)n > min ? (size_t)n : min;
+	char *s = malloc(len + 1);
+
+	if (!s)
+		return NULL;
+	memcpy(s, head, sizeof(head) - 1);
+	memset(s + sizeof(head) - 1, 'x', len - min);
+	memcpy(s + len - (sizeof(tail) - 1), tail, sizeof(tail));
+	return s;
+}
+
+static int pack_mount(const char *attrs, const char *secrets, struct request *ret)
 {
 	V1alpha1__MountRequest req = V1ALPHA1__MOUNT_REQUEST__INIT;
 
 	req.attributes = (char *)attrs;
-	req.secrets = (char *)"null";
+	req.secrets = (char *)(secrets ? secrets : "null");
 	req.target_path = (char *)"/var/lib/kubelet/pods/bench/volumes/mp";
 	req.permission = (char *)"420";
 	ret->len = v1alpha1__mount_request__get_packed_size(&req);
@@ -246,18 +268,27 @@ static int build_requests(const struct opts *o, struct shared *sh)
 	sh->reqs = calloc(sh->nreqs, sizeof(*sh->reqs));
 	if (!sh->reqs)
 		return -ENOMEM;
+	char *secrets = o->secrets_bytes > 0 ? secrets_of(o->secrets_bytes) : NULL;
+
+	if (o->secrets_bytes > 0 && !secrets)
+		return -ENOMEM;
 	for (size_t i = 0; i < sh->nreqs; i++) {
 		long app = (long)(i % (size_t)o->apps), pod = (long)(i / (size_t)o->apps);
 		char *attrs = attributes(o, o->offset + app, pod);
 		int r;
 
-		if (!attrs)
+		if (!attrs) {
+			free(secrets);
 			return -ENOMEM;
-		r = pack_mount(attrs, &sh->reqs[i]);
+		}
+		r = pack_mount(attrs, secrets, &sh->reqs[i]);
 		free(attrs);
-		if (r < 0)
+		if (r < 0) {
+			free(secrets);
 			return r;
+		}
 	}
+	free(secrets);
 	return 0;
 }
 
@@ -300,6 +331,8 @@ static void *worker_main(void *arg)
 		r = driver_call(sh->d, method, rq->data, rq->len, sh->o->timeout_ms, &status,
 				&message, &payload, &plen);
 		t = now_s() - t;
+		if (r == 0 && status >= 0 && status < 17)
+			atomic_fetch_add(&sh->statuses[status], 1);
 		if (r < 0 || status != 0 || (sh->o->mount && plen == 0)) {
 			int none = -1;
 
@@ -403,11 +436,15 @@ int main(int argc, char **argv)
 	printf("{\"mode\":\"%s\",\"threads\":%ld,\"count\":%zu,\"errors\":%ld,"
 	       "\"first_error_status\":%d,\"median_us\":%.1f,\"p99_us\":%.1f,"
 	       "\"max_us\":%.1f,\"throughput_per_s\":%.1f,\"wall_s\":%.3f,"
-	       "\"client_cpu_s\":%.3f}\n",
+	       "\"client_cpu_s\":%.3f,\"statuses\":{",
 	       o.mount ? "mount" : "version", o.threads, total, atomic_load(&sh.errors),
 	       atomic_load(&sh.first_status), percentile(all, total, 50),
 	       percentile(all, total, 99), total ? all[total - 1] : 0.0,
 	       wall > 0 ? (double)total / wall : 0.0, wall, cpu_s() - cpu0);
+	for (int i = 0, n = 0; i < 17; i++)
+		if (atomic_load(&sh.statuses[i]))
+			printf("%s\"%d\":%ld", n++ ? "," : "", i, atomic_load(&sh.statuses[i]));
+	printf("}}\n");
 	ret = atomic_load(&sh.errors) ? 3 : 0;
 out:
 	if (w)

@@ -76,15 +76,17 @@ def socket_path(container):
 
 
 def flags_from_binary():
-    """{env var: flag} from `serve --help`'s table. A binary that is missing or
-    prints no table fails the tests that use it: nothing here falls back."""
+    """{env var: flag} from every subcommand's --help (each lists its own flags). A binary
+    that is missing or prints no table fails the tests that use it: nothing here falls back."""
     assert os.access(BIN, os.X_OK), f"no binary at {BIN}: run make"
-    p = subprocess.run(cli("serve", "--help"), capture_output=True, text=True,
-                       timeout=10 * SLOW, check=False)
-    assert p.returncode == 0, p.stderr
-    found = dict((env, flag) for flag, env in
-                 re.findall(r"--([a-z0-9-]+)\s+(MPCSI_[A-Z0-9_]+)", p.stdout))
-    assert found, "serve --help printed no flag table:\n" + p.stdout
+    found = {}
+    for sub in (("serve",), ("keys", "derive"), ("mount",), ("token",), ("client",)):
+        p = subprocess.run(cli(*sub, "--help"), capture_output=True, text=True,
+                           timeout=10 * SLOW, check=False)
+        assert p.returncode == 0, (sub, p.stderr)
+        found.update((env, flag) for flag, env in
+                     re.findall(r"--([a-z0-9-]+)\s+(MPCSI_[A-Z0-9_]+)", p.stdout))
+    assert found, "no --help printed a flag table"
     return found
 
 
@@ -234,19 +236,38 @@ def test_resources_set_and_limits_cover_requests(pod):
 
 # ---- probes, port, service ---------------------------------------------------
 
-def metrics_port(provider):
+def addr_port(provider, var):
     env = {e["name"]: e.get("value") for e in provider.get("env", [])}
-    return int(env["MPCSI_METRICS_ADDR"].rsplit(":", 1)[1])
+    return int(env[var].rsplit(":", 1)[1])
 
 
-def test_probes_hit_named_port(provider):
+def metrics_port(provider):
+    return addr_port(provider, "MPCSI_METRICS_ADDR")
+
+
+def test_probes_hit_their_own_named_port(provider):
     ports = {p["name"]: p["containerPort"] for p in provider["ports"]}
     assert ports["metrics"] == metrics_port(provider) == 8095
+    # The probes are not served beside /metrics: nobody who reaches it can starve them.
+    assert ports["probes"] == addr_port(provider, "MPCSI_PROBE_ADDR") == 8096
     live, ready = provider["livenessProbe"]["httpGet"], provider["readinessProbe"]["httpGet"]
     assert live["path"] == "/healthz" and ready["path"] == "/readyz"
-    assert live["port"] == ready["port"] == "metrics"
+    assert live["port"] == ready["port"] == "probes"
     for probe in (provider["livenessProbe"], provider["readinessProbe"]):
         assert probe["timeoutSeconds"] < probe["periodSeconds"]
+
+
+def test_network_policy_admits_prometheus_to_metrics_only(objects, ds, provider):
+    pol = objects[("NetworkPolicy", "maskinporten-csi-provider")]["spec"]
+    assert pol["podSelector"]["matchLabels"].items() <= \
+        ds["spec"]["template"]["metadata"]["labels"].items()
+    assert pol["policyTypes"] == ["Ingress"]
+    names = {p["name"] for p in provider["ports"]}
+    for rule in pol["ingress"]:
+        # Every rule names its sources and its ports: none is open to all.
+        assert rule.get("from") and rule.get("ports")
+        assert [p["port"] for p in rule["ports"]] == ["metrics"]
+        assert set(p["port"] for p in rule["ports"]) <= names
 
 
 def test_service_scrapes_metrics(objects, ds, provider):

@@ -359,8 +359,8 @@ def workers_of(proc):
         try:
             with open(os.path.join(task, t, "comm")) as f:
                 names.append(f.read().strip())
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread left between the listing and the read (ESRCH)
     return names.count("mp-worker")
 
 

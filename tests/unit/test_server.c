@@ -56,7 +56,7 @@ static void echo(const uint8_t *req, size_t len, struct server_reply *ret)
 }
 
 static int fake_version(void *ctx, const uint8_t *req, size_t len, int64_t deadline_ms,
-			struct server_reply *ret)
+			struct server_reply *ret, void **ret_work, size_t *ret_work_bytes)
 {
 	V1alpha1__VersionResponse resp = V1ALPHA1__VERSION_RESPONSE__INIT;
 
@@ -71,9 +71,17 @@ static int fake_version(void *ctx, const uint8_t *req, size_t len, int64_t deadl
 	return 0;
 }
 
+/* What the fake hands to a worker: a copy of the request (the server drops the bytes). */
+struct fake_work {
+	size_t len;
+	uint8_t data[];
+};
+
 static int fake_mount_fast(void *ctx, const uint8_t *req, size_t len, int64_t deadline_ms,
-			   struct server_reply *ret)
+			   struct server_reply *ret, void **ret_work, size_t *ret_work_bytes)
 {
+	struct fake_work *w;
+
 	seen_deadline_ms = deadline_ms;
 	if (len > 0 && req[0] == 'F') {
 		echo(req, len, ret);
@@ -94,13 +102,20 @@ static int fake_mount_fast(void *ctx, const uint8_t *req, size_t len, int64_t de
 		snprintf(ret->message, sizeof(ret->message), "bad request for pod %s", "ns/p");
 		return 0;
 	}
+	w = malloc(sizeof(*w) + len);
+	assert_non_null(w);
+	w->len = len;
+	if (len)
+		memcpy(w->data, req, len);
+	*ret_work = w;
+	*ret_work_bytes = sizeof(*w) + len;
 	return 1;
 }
 
-static void fake_mount_slow(void *ctx, const uint8_t *req, size_t len, int64_t deadline_ms,
-			    struct server_reply *ret)
+static void fake_mount_slow(void *ctx, void *work, int64_t deadline_ms, struct server_reply *ret)
 {
 	struct timespec ts = { 0, SLOW_MS * 1000000L };
+	struct fake_work *w = work;
 
 	int running = atomic_fetch_add(&slow_running, 1) + 1;
 	int peak = atomic_load(&slow_peak);
@@ -109,7 +124,7 @@ static void fake_mount_slow(void *ctx, const uint8_t *req, size_t len, int64_t d
 		;
 	atomic_fetch_add(&slow_started, 1);
 	nanosleep(&ts, NULL);
-	echo(req, len, ret);
+	echo(w->data, w->len, ret);
 	atomic_fetch_sub(&slow_running, 1);
 	atomic_fetch_add(&slow_finished, 1);
 }
@@ -118,6 +133,7 @@ static const struct server_ops ops = {
 	.version = fake_version,
 	.mount_fast = fake_mount_fast,
 	.mount_slow = fake_mount_slow,
+	.work_free = free,
 };
 
 /* A server running in a thread, on a socket in a fresh temporary directory. */
@@ -378,7 +394,7 @@ static void test_queue_full(void **state)
 	for (int i = 0; i < 4; i++) {
 		pthread_join(threads[i], NULL);
 		if (args[i].status == SERVER_RESOURCE_EXHAUSTED) {
-			assert_non_null(strstr(args[i].msg, "provider busy: 1 Mounts queued"));
+			assert_non_null(strstr(args[i].msg, "provider busy: 1 Mounts"));
 			busy++;
 		}
 		ok += args[i].status == 0;
@@ -495,6 +511,65 @@ static void test_regular_file_refused(void **state)
 	fixture_cleanup(&f);
 }
 
+/* A listening socket at path, as another live provider has. Returns its fd. */
+static int listen_at(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 4), 0);
+	return fd;
+}
+
+/* A live provider's socket is never taken: refused at once with no wait, untouched. */
+static void test_live_socket_refused(void **state)
+{
+	struct fixture f;
+	volatile sig_atomic_t stop = 0;
+	struct stat before, after;
+	int fd;
+
+	fixture_init(&f);
+	fd = listen_at(f.path);
+	assert_int_equal(lstat(f.path, &before), 0);
+	f.cfg.socket_wait_ms = 0;
+	assert_int_equal(server_run(&f.cfg, &ops, &stop, NULL, NULL), -EADDRINUSE);
+	assert_int_equal(lstat(f.path, &after), 0);
+	assert_true(before.st_dev == after.st_dev && before.st_ino == after.st_ino);
+	close(fd);
+	fixture_cleanup(&f);
+}
+
+static void *close_later(void *arg)
+{
+	struct timespec ts = { 0, 300 * 1000000L };
+
+	nanosleep(&ts, NULL);
+	close(*(int *)arg);
+	return NULL;
+}
+
+/* Waiting for a live provider: once it stops listening, its socket is taken over. */
+static void test_live_socket_waited_for(void **state)
+{
+	struct fixture f;
+	pthread_t t;
+	int fd;
+
+	fixture_init(&f);
+	fd = listen_at(f.path);
+	f.cfg.socket_wait_ms = 30000;
+	assert_int_equal(pthread_create(&t, NULL, close_later, &fd), 0);
+	fixture_start(&f);
+	pthread_join(t, NULL);
+	assert_int_equal(call(f.driver, M_MOUNT, "F", 1, 5000, NULL, 0, NULL, 0), 0);
+	assert_int_equal(fixture_stop(&f), 0);
+	fixture_cleanup(&f);
+}
+
 /* Stopping while a slow call runs: the call still gets its answer. */
 static void test_stop_drains(void **state)
 {
@@ -531,6 +606,8 @@ int main(void)
 		cmocka_unit_test(test_stale_socket_replaced),
 		cmocka_unit_test(test_regular_file_refused),
 		cmocka_unit_test(test_stop_drains),
+		cmocka_unit_test(test_live_socket_refused),
+		cmocka_unit_test(test_live_socket_waited_for),
 	};
 
 	log_init(LOG_LEVEL_ERROR, LOG_FORMAT_TEXT);
