@@ -78,7 +78,8 @@ def test_each_commands_help_lists_its_own_flags():
         "mount": {"socket", "namespace", "service-account", "dir", "scopes", "params"},
         "token": {"dir", "json", "scopes", "ca-file", "https-proxy", "request-timeout"},
         "client": {"digdir-url", "admin-key-file", "seed-file", "permanent",
-                   "drop-foreign-keys", "json", "ca-file"},
+                   "drop-foreign-keys", "json", "ca-file", "state-file", "socket",
+                   "scope-prefix"},
         "keys": {"seed-file", "client-id", "epoch", "at", "private", "epoch-length"},
     }
     foreign = {
@@ -87,7 +88,7 @@ def test_each_commands_help_lists_its_own_flags():
         "mount": {"workers", "digdir-url", "seed-file", "permanent", "metrics-addr"},
         "token": {"workers", "socket", "cluster-name", "permanent", "metrics-addr",
                   "namespace", "seed-file", "digdir-url"},
-        "client": {"workers", "socket", "namespace", "metrics-addr", "private"},
+        "client": {"workers", "namespace", "metrics-addr", "private"},
         "keys": {"workers", "socket", "digdir-url", "namespace", "permanent"},
     }
     for cmd, flags in helps.items():
