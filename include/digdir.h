@@ -2,7 +2,7 @@
  * digdir: DigDir's self-service admin API (/api/v1): clients, their JWKS,
  * scope access, and the organisation's own scopes. JSON through jansson.
  *
- * Every call takes a deadline (http_now_ms() clock) and fills a struct err
+ * Every call takes a deadline (clock_now_ms() clock) and fills a struct err
  * with the endpoint, DigDir's correlation_id and a kind the provider maps to
  * a gRPC status.
  */

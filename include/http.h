@@ -110,9 +110,6 @@ void http_cancel(struct http *http);
 /* Whether http_cancel() was called. */
 bool http_cancelled(const struct http *http);
 
-/* Monotonic milliseconds, the clock of deadlines. */
-int64_t http_now_ms(void);
-
 /* Whether a Content-Type value's media type is application/json (parameters allowed). */
 bool http_is_json(const char *content_type);
 

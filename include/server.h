@@ -47,7 +47,7 @@ struct server_reply {
 
 /*
  * Handlers get the request bytes (borrowed for the call) and the caller's
- * deadline on the http_now_ms() clock. A fast handler returns 0 when it
+ * deadline on the clock_now_ms() clock. A fast handler returns 0 when it
  * answered, or 1 to hand the call to a worker. Handing over, it may leave in
  * *ret_work what it made of the request (owned by the server from then on,
  * released with server_ops.work_free) and its size in *ret_work_bytes: the

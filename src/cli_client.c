@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "app.h"
 #include "cli.h"
 #include "config.h"
@@ -612,7 +613,7 @@ int cmd_client(int argc, char **argv)
 
 	r = app_open(&app, &cfg, v->flags, &err);
 	if (r == 0)
-		r = v->run(&app, words + 1, http_now_ms() + cfg.mount_timeout_ms, &err);
+		r = v->run(&app, words + 1, clock_now_ms() + cfg.mount_timeout_ms, &err);
 	if (r < 0) {
 		fprintf(stderr, "maskinporten-csi-provider client %s: %s\n", v->name, err.msg);
 		goto out;

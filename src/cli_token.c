@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "app.h"
 #include "cli.h"
 #include "config.h"
@@ -140,7 +141,7 @@ static int run(const struct config *cfg, struct err *err)
 		goto out;
 	}
 	r = mp_token_request(http, val[ENDPOINT], val[ISSUER], pkey, kid, val[ID], scope,
-			     http_now_ms() + cfg->mount_timeout_ms, &answer, err);
+			     clock_now_ms() + cfg->mount_timeout_ms, &answer, err);
 	if (r < 0)
 		goto out;
 	if (cfg->json) {

@@ -19,10 +19,10 @@
 #include <strings.h>
 #include <time.h>
 
+#include "clock.h"
 #include "digdir.h"
 #include "hash.h"
 #include "log.h"
-#include "timespec.h"
 
 #define API_SUFFIX	   "/api/v1"
 #define SETTLE_POLL_MS	   250 /* first listing interval while a timed-out create may still land */
@@ -165,8 +165,8 @@ struct digdir *digdir_new(struct http *http, struct mp *mp, const struct digdir_
 		goto nomem;
 	pthread_mutex_init(&dd->scope_lock, NULL);
 	pthread_mutex_init(&dd->list_lock, NULL);
-	pthread_cond_init(&dd->list_done, NULL);
-	pthread_cond_init(&dd->create_done, NULL);
+	clock_cond_init(&dd->list_done);
+	clock_cond_init(&dd->create_done);
 	dd->http = http;
 	dd->mp = mp;
 	/* "/api/v1" is appended unless the URL already ends with it. */
@@ -802,14 +802,7 @@ int digdir_parse_time(const char *s, int64_t *ret_ms)
 /* Waits on cond (list_lock held) until woken or until_ms. -ETIMEDOUT once past it. */
 static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 {
-	int64_t left = until_ms - http_now_ms();
-	struct timespec ts;
-
-	if (left <= 0)
-		return -ETIMEDOUT;
-	ts = timespec_in_ms(CLOCK_REALTIME, left);
-	pthread_cond_timedwait(cond, &dd->list_lock, &ts);
-	return 0;
+	return clock_wait_until(cond, &dd->list_lock, until_ms) ? 0 : -ETIMEDOUT;
 }
 
 /*
@@ -821,7 +814,7 @@ static void create_begin(struct digdir *dd)
 {
 	pthread_mutex_lock(&dd->list_lock);
 	dd->creating++;
-	dd->create_moved_ms = http_now_ms();
+	dd->create_moved_ms = clock_now_ms();
 	pthread_mutex_unlock(&dd->list_lock);
 }
 
@@ -847,7 +840,7 @@ static struct stamp create_end(struct digdir *dd, const char *description)
 	dd->creates[dd->ncreates % 64].hash = hash_str(HASH_INIT, description);
 	dd->creates[dd->ncreates % 64].seq = need.seq;
 	dd->ncreates++;
-	dd->create_moved_ms = http_now_ms();
+	dd->create_moved_ms = clock_now_ms();
 	if (--dd->creating == 0)
 		pthread_cond_broadcast(&dd->create_done);
 	pthread_mutex_unlock(&dd->list_lock);
@@ -862,7 +855,7 @@ static struct stamp create_end(struct digdir *dd, const char *description)
  */
 static struct stamp lookup_need(struct digdir *dd, const char *description)
 {
-	struct stamp need = { .ms = http_now_ms() - dd->list_reuse_ms };
+	struct stamp need = { .ms = clock_now_ms() - dd->list_reuse_ms };
 	uint64_t h = hash_str(HASH_INIT, description);
 
 	pthread_mutex_lock(&dd->list_lock);
@@ -915,14 +908,14 @@ static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t 
 	}
 	dd->list_running = true;
 	if (batch) {
-		int64_t batch_end = http_now_ms() + LIST_BATCH_MS;
+		int64_t batch_end = clock_now_ms() + LIST_BATCH_MS;
 
 		dd->list_batching = true;
 		for (;;) {
 			int64_t quiet = dd->create_moved_ms + LIST_QUIET_MS;
 			int64_t end = batch_end < until ? batch_end : until;
 
-			if (dd->creating == 0 && http_now_ms() >= quiet)
+			if (dd->creating == 0 && clock_now_ms() >= quiet)
 				break;
 			if (wait_until(dd, &dd->create_done,
 				       dd->creating == 0 && quiet < end ? quiet : end) < 0)
@@ -930,7 +923,7 @@ static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t 
 		}
 		dd->list_batching = false;
 	}
-	sent = dd->next_at = (struct stamp){ http_now_ms(), dd->creates_ended };
+	sent = dd->next_at = (struct stamp){ clock_now_ms(), dd->creates_ended };
 	pthread_mutex_unlock(&dd->list_lock);
 
 	r = list_clients(dd, deadline_ms, &list, &lerr);
@@ -1252,13 +1245,13 @@ int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size
 	pthread_mutex_lock(&dd->scope_lock);
 	for (;;) {
 		/* Stale or missing lists are read again; a miss refreshes them once. */
-		if (!dd->consumable || http_now_ms() - dd->consumable_at_ms > dd->scope_cache_ms) {
+		if (!dd->consumable || clock_now_ms() - dd->consumable_at_ms > dd->scope_cache_ms) {
 			r = fetch_consumable(dd, orgno, deadline_ms, &fresh, err);
 			if (r < 0)
 				goto out;
 			json_decref(dd->consumable);
 			dd->consumable = fresh;
-			dd->consumable_at_ms = http_now_ms();
+			dd->consumable_at_ms = clock_now_ms();
 			refreshed = true;
 		}
 		nmissing = 0;
@@ -1420,7 +1413,7 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 	int r = 0, rc;
 
 	/* Without a deadline, a timed-out create is waited for this long. */
-	settle_until = deadline_ms > 0 ? deadline_ms : http_now_ms() + SETTLE_MAX_MS;
+	settle_until = deadline_ms > 0 ? deadline_ms : clock_now_ms() + SETTLE_MAX_MS;
 	rc = create_client(dd, body, deadline_ms, &ours, &ours_ms, &cerr);
 	need = create_end(dd, description);
 	if (rc < 0 && !maybe_created(&cerr)) {
@@ -1455,11 +1448,11 @@ static int create_and_settle(struct digdir *dd, const char *description, const j
 		}
 		/* Only a create we stopped waiting for may still land: others are settled. */
 		if (winner || ours || rc == 0 || cerr.kind != ERR_TIMEOUT ||
-		    http_now_ms() + poll >= settle_until)
+		    clock_now_ms() + poll >= settle_until)
 			break;
 		nanosleep(&(struct timespec){ poll / 1000, (poll % 1000) * 1000000L }, NULL);
 		poll = poll * 2 > SETTLE_POLL_MAX_MS ? SETTLE_POLL_MAX_MS : poll * 2;
-		need = (struct stamp){ .ms = http_now_ms(), .seq = need.seq };
+		need = (struct stamp){ .ms = clock_now_ms(), .seq = need.seq };
 	}
 	if (!winner) {
 		if (err)

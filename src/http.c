@@ -21,10 +21,10 @@
 
 #include <curl/curl.h>
 
+#include "clock.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "timespec.h"
 
 #define POOL_MAX	      8
 #define RETRY_AFTER_MAX_MS    (120 * 1000)
@@ -86,14 +86,6 @@ bool http_is_json(const char *ct)
 	size_t n = sizeof(want) - 1;
 
 	return ct && !strncasecmp(ct, want, n) && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
-}
-
-int64_t http_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 long http_backoff_ms(int retry, long base_ms, long max_ms, uint64_t random)
@@ -239,14 +231,7 @@ struct http *http_new(const struct http_config *config, struct err *err)
 		pthread_mutex_init(&http->share_locks[i], NULL);
 	pthread_mutex_init(&http->pool_lock, NULL);
 	pthread_mutex_init(&http->cancel_lock, NULL);
-	{
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&http->cancel_cond, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	clock_cond_init(&http->cancel_cond);
 
 	http->allow_http = config->allow_http;
 	http->connect_timeout_ms =
@@ -476,11 +461,11 @@ static CURLcode setup(struct http *http, CURL *curl, const struct http_request *
 /* Sleeps ms, or less when http_cancel() comes first. */
 static void sleep_ms(struct http *http, long ms)
 {
-	struct timespec until = timespec_in_ms(CLOCK_MONOTONIC, ms);
+	int64_t until = clock_now_ms() + ms;
 
 	pthread_mutex_lock(&http->cancel_lock);
-	while (!atomic_load(&http->cancelled) &&
-	       pthread_cond_timedwait(&http->cancel_cond, &http->cancel_lock, &until) != ETIMEDOUT)
+	while (!atomic_load(&http->cancelled) && until > clock_now_ms() &&
+	       clock_wait_until(&http->cancel_cond, &http->cancel_lock, until))
 		;
 	pthread_mutex_unlock(&http->cancel_lock);
 }
@@ -514,7 +499,7 @@ static uint64_t random_u64(void)
 
 	/* Jitter only needs to differ between nodes; a short read leaves a fixed value. */
 	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
-		v = (uint64_t)http_now_ms() * 6364136223846793005ULL;
+		v = (uint64_t)clock_now_ms() * 6364136223846793005ULL;
 	return v;
 }
 
@@ -600,7 +585,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 			goto out;
 		}
 		timeout = http_clamp_timeout_ms(http->attempt_timeout_ms, req->deadline_ms,
-						http_now_ms());
+						clock_now_ms());
 		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
 			if (attempt == 1)
 				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
@@ -634,7 +619,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 				    req->service, req->endpoint, curl_easy_strerror(c));
 			goto out;
 		}
-		int64_t sent_ms = http_now_ms();
+		int64_t sent_ms = clock_now_ms();
 
 		c = curl_easy_perform(curl);
 		if (c == CURLE_OK)
@@ -643,7 +628,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 		/* Names the endpoint only: no URL, header or body ever reaches the log. */
 		log_debug("%s %s: %s %ld after %lld ms (attempt %d)", req->service, req->endpoint,
 			  c == CURLE_OK ? "HTTP" : curl_easy_strerror(c),
-			  c == CURLE_OK ? status : 0L, (long long)(http_now_ms() - sent_ms),
+			  c == CURLE_OK ? status : 0L, (long long)(clock_now_ms() - sent_ms),
 			  attempt);
 
 		if (c == CURLE_ABORTED_BY_CALLBACK || atomic_load(&http->cancelled)) {
@@ -684,7 +669,7 @@ int http_do(struct http *http, const struct http_request *req, struct http_respo
 
 		if (!retry_safe || attempt >= http->max_attempts ||
 		    (req->deadline_ms > 0 &&
-		     http_now_ms() + wait + MIN_USEFUL_ATTEMPT_MS > req->deadline_ms)) {
+		     clock_now_ms() + wait + MIN_USEFUL_ATTEMPT_MS > req->deadline_ms)) {
 			if (err)
 				err->http_status = c == CURLE_OK ? status : 0;
 			if (c == CURLE_OPERATION_TIMEDOUT)

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "clock.h"
 #include "keys.h"
 #include "log.h"
 #include "maskinporten.h"
@@ -111,7 +112,6 @@ static void meta_free(struct meta_doc *d)
 
 struct mp *mp_new(struct http *http, const struct mp_config *config, struct err *err)
 {
-	pthread_condattr_t ca;
 	struct mp *mp = NULL;
 
 	mp = calloc(1, sizeof(*mp));
@@ -121,11 +121,7 @@ struct mp *mp_new(struct http *http, const struct mp_config *config, struct err 
 	}
 	pthread_mutex_init(&mp->meta_lock, NULL);
 	pthread_mutex_init(&mp->lock, NULL);
-	/* Waits are bounded by deadlines on the monotonic clock. */
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&mp->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&mp->cond);
 	mp->http = http;
 
 	mp->well_known_url = dup_or_null(config->well_known_url);
@@ -300,7 +296,7 @@ int mp_metadata(struct mp *mp, int64_t deadline_ms, const struct mp_metadata **r
 {
 	struct mp_metadata fresh = { 0 };
 	struct meta_doc *d;
-	int64_t now = http_now_ms();
+	int64_t now = clock_now_ms();
 	int r = 0;
 
 	pthread_mutex_lock(&mp->meta_lock);
@@ -350,7 +346,7 @@ out:
 
 void mp_metadata_stale(struct mp *mp)
 {
-	int64_t now = http_now_ms();
+	int64_t now = clock_now_ms();
 
 	pthread_mutex_lock(&mp->meta_lock);
 	if (now >= mp->stale_ok_ms) {
@@ -591,14 +587,13 @@ int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char
 {
 	struct admin_token *t = &mp->tok[which == MP_ADMIN_EXPOSE ? MP_ADMIN_EXPOSE : 0];
 	char *fresh = NULL, *copy = NULL;
-	struct timespec ts;
 	long lifetime = 0, margin;
 	int r = 0;
 
 	pthread_mutex_lock(&mp->lock);
 	/* A valid cached token, or wait while another caller refreshes it. */
 	for (;;) {
-		if (t->token && http_now_ms() < t->refresh_at_ms) {
+		if (t->token && clock_now_ms() < t->refresh_at_ms) {
 			copy = strdup(t->token);
 			pthread_mutex_unlock(&mp->lock);
 			if (!copy)
@@ -608,16 +603,10 @@ int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char
 		}
 		if (!t->refreshing)
 			break;
-		if (deadline_ms > 0) {
-			ts.tv_sec = deadline_ms / 1000;
-			ts.tv_nsec = (deadline_ms % 1000) * 1000000L;
-			if (pthread_cond_timedwait(&mp->cond, &mp->lock, &ts) == ETIMEDOUT) {
-				pthread_mutex_unlock(&mp->lock);
-				return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					       "deadline passed waiting for the admin token");
-			}
-		} else {
-			pthread_cond_wait(&mp->cond, &mp->lock);
+		if (!clock_wait_until(&mp->cond, &mp->lock, deadline_ms)) {
+			pthread_mutex_unlock(&mp->lock);
+			return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+				       "deadline passed waiting for the admin token");
 		}
 	}
 	t->refreshing = true;
@@ -631,7 +620,7 @@ int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char
 		keys_free_secret(t->token);
 		t->token = fresh;
 		margin = lifetime / 10 < TOKEN_MARGIN_S ? lifetime / 10 : TOKEN_MARGIN_S;
-		t->refresh_at_ms = http_now_ms() + (int64_t)(lifetime - margin) * 1000;
+		t->refresh_at_ms = clock_now_ms() + (int64_t)(lifetime - margin) * 1000;
 		if (!mp->orgno[0])
 			mp_token_orgno(fresh, mp->orgno, sizeof(mp->orgno));
 		copy = strdup(fresh);

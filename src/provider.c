@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "clock.h"
 #include "hash.h"
 #include "log.h"
 #include "metrics.h"
@@ -161,7 +162,7 @@ static void log_mount(const struct mount_request *req, const struct mount_who *w
 		      const char *client_id, int64_t t0, const struct err *err, bool fast, bool hit)
 {
 	enum log_level level = err ? LOG_LEVEL_WARN : fast ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
-	double seconds = (double)(http_now_ms() - t0) / 1000.0;
+	double seconds = (double)(clock_now_ms() - t0) / 1000.0;
 	const char *ns = NULL, *pod = NULL, *app = NULL;
 	char ms[32];
 
@@ -328,7 +329,7 @@ static void cache_answer(struct provider *p, const struct mount_request *req,
 
 static int64_t budget(struct provider *p, int64_t deadline_ms)
 {
-	int64_t own = http_now_ms() + p->app->cfg->mount_timeout_ms;
+	int64_t own = clock_now_ms() + p->app->cfg->mount_timeout_ms;
 	int64_t theirs = deadline_ms - DEADLINE_MARGIN_MS;
 
 	return theirs < own ? theirs : own;
@@ -398,7 +399,7 @@ static int mount_fast(void *ctx, const uint8_t *data, size_t len, int64_t deadli
 	struct mount_who who;
 	struct err err = { 0 };
 	char kid[KEYS_KID_MAX], client_id[128];
-	int64_t t0 = http_now_ms();
+	int64_t t0 = clock_now_ms();
 	int handed = 1;
 
 	if (mount_parse(data, len, p->app->cfg->cluster_name, &req, &who, &err) < 0) {
@@ -479,7 +480,7 @@ static void mount_slow(void *ctx, void *arg, int64_t deadline_ms, struct server_
 	json_t *refused = NULL;
 	char *exposed = NULL;
 	struct err err = { 0 };
-	int64_t t0 = w ? w->t0 : http_now_ms(), until = budget(p, deadline_ms);
+	int64_t t0 = w ? w->t0 : clock_now_ms(), until = budget(p, deadline_ms);
 
 	if (!req) {
 		err_set(&err, ERR_INTERNAL, EINVAL, "a Mount reached a worker without its request");
@@ -620,10 +621,10 @@ int provider_ready(struct provider *p, char *msg, size_t len)
 	int r;
 
 	metrics_epoch(registry_epoch(p->reg));
-	r = mp_metadata(p->app->mp, http_now_ms() + 5000, &meta, &err);
+	r = mp_metadata(p->app->mp, clock_now_ms() + 5000, &meta, &err);
 	if (r == 0) {
 		atomic_store(&p->meta, meta);
-		r = mp_admin_token(p->app->mp, MP_ADMIN_CLIENTS, http_now_ms() + 5000, &token,
+		r = mp_admin_token(p->app->mp, MP_ADMIN_CLIENTS, clock_now_ms() + 5000, &token,
 				   &err);
 	}
 	keys_free_secret(token);

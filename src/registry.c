@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "hash.h"
 #include "log.h"
 #include "metrics.h"
@@ -39,7 +40,7 @@ struct entry {
 	char *jwk_private; /* SECRET */
 	char kid[KEYS_KID_MAX];
 	int64_t registered_max; /* highest own epoch seen registered at DigDir; -1: none */
-	int64_t validated_ms;	/* last successful flight, http_now_ms() clock */
+	int64_t validated_ms;	/* last successful flight, clock_now_ms() clock */
 	bool in_flight;
 	bool verifying;	     /* the flight waits for Maskinporten to accept a new key */
 	const char *step;    /* what the running flight does now, for a Mount that stops waiting */
@@ -113,17 +114,10 @@ int64_t registry_epoch(const struct registry *reg)
 	return keys_epoch_at(now_s(reg), reg->cfg.epoch_len);
 }
 
-/* Waits on cond (lock held) until woken or until_ms (http_now_ms() clock). False once past it. */
+/* Waits on cond (lock held) until woken or until_ms. False once past it. */
 static bool wait_until(struct registry *reg, pthread_cond_t *cond, int64_t until_ms)
 {
-	struct timespec ts;
-
-	if (until_ms <= http_now_ms())
-		return false;
-	ts.tv_sec = (time_t)(until_ms / 1000);
-	ts.tv_nsec = (long)(until_ms % 1000) * 1000000L;
-	pthread_cond_timedwait(cond, &reg->lock, &ts);
-	return true;
+	return until_ms > clock_now_ms() && clock_wait_until(cond, &reg->lock, until_ms);
 }
 
 static void lru_unlink(struct registry *reg, struct entry *e)
@@ -313,7 +307,7 @@ int registry_warm_kid(struct registry *reg, const char *description, const char 
 	e = find(reg, description);
 	if (e && warm(e, scopes_key, epoch)) {
 		memcpy(ret_kid, e->kid, KEYS_KID_MAX);
-		e->asked_ms = http_now_ms();
+		e->asked_ms = clock_now_ms();
 		lru_unlink(reg, e);
 		lru_push(reg, e);
 		r = 0;
@@ -347,7 +341,7 @@ static int64_t registered_max(const struct registry *reg, const char *client_id,
 /* Sleeps ms unless the registry stops meanwhile. False when it stops. */
 static bool pause_ms(struct registry *reg, long ms)
 {
-	int64_t until = http_now_ms() + ms;
+	int64_t until = clock_now_ms() + ms;
 	bool stopping;
 
 	pthread_mutex_lock(&reg->lock);
@@ -389,7 +383,7 @@ static int verify(struct registry *reg, struct entry *e, const char *client_id, 
 		  const char *kid, const char *scope, int64_t deadline_ms, struct err *err)
 {
 	const struct mp_metadata *meta = NULL;
-	int64_t t0 = http_now_ms();
+	int64_t t0 = clock_now_ms();
 	long wait = VERIFY_FIRST_WAIT_MS;
 	int tries = 0, r;
 
@@ -419,20 +413,20 @@ static int verify(struct registry *reg, struct entry *e, const char *client_id, 
 				   client_id);
 			goto out;
 		}
-		if (http_now_ms() + wait >= deadline_ms || !pause_ms(reg, wait)) {
+		if (clock_now_ms() + wait >= deadline_ms || !pause_ms(reg, wait)) {
 			r = err_set(
 			    err, ERR_PROPAGATING, EAGAIN,
 			    "Maskinporten does not accept the new key of client %s yet "
 			    "(%d tries in %.0f s; DigDir takes up to 2 minutes to pass a new "
 			    "client or key on): %.300s",
-			    client_id, tries, (double)(http_now_ms() - t0) / 1000.0, terr.msg);
+			    client_id, tries, (double)(clock_now_ms() - t0) / 1000.0, terr.msg);
 			goto out;
 		}
 		wait = wait * 2 > VERIFY_MAX_WAIT_MS ? VERIFY_MAX_WAIT_MS : wait * 2;
 	}
-	metrics_key_propagation((double)(http_now_ms() - t0) / 1000.0);
+	metrics_key_propagation((double)(clock_now_ms() - t0) / 1000.0);
 	log_info("Maskinporten accepts the key of client %s after %.1f s (%d token request(s))",
-		 client_id, (double)(http_now_ms() - t0) / 1000.0, tries);
+		 client_id, (double)(clock_now_ms() - t0) / 1000.0, tries);
 	r = 0;
 out:
 	set_verifying(reg, e, false);
@@ -686,9 +680,9 @@ static void publish(struct registry *reg, struct flight *f, int r, struct flight
 			f->nscopes = 0;
 			f->key = NULL;
 			e->stale = false;
-			e->asked_ms = http_now_ms();
+			e->asked_ms = clock_now_ms();
 		}
-		e->validated_ms = http_now_ms();
+		e->validated_ms = clock_now_ms();
 		release_elsewhere(reg, e);
 	}
 
@@ -713,7 +707,7 @@ static void run(struct flight *f)
 	/* A flight that may create a client says so first, in case this process dies mid-create. */
 	if (!f->pinned && !f->readonly)
 		state_pending(reg->st, f->description);
-	r = fly(f, http_now_ms() + reg->cfg.flight_timeout_ms, &res, &err);
+	r = fly(f, clock_now_ms() + reg->cfg.flight_timeout_ms, &res, &err);
 	if (r < 0 && err.kind != ERR_SCOPE_ACCESS && err.kind != ERR_INVALID &&
 	    err.kind != ERR_CONFLICT && err.kind != ERR_PROPAGATING) {
 		struct flight_result fb = { 0 };
@@ -846,7 +840,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 		bool ours;
 
 		if (warm(e, scopes_key, epoch)) {
-			e->asked_ms = http_now_ms();
+			e->asked_ms = clock_now_ms();
 			r = answer_from(e, ret);
 			goto out;
 		}
@@ -855,7 +849,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 			 * flip. */
 			if (e->scopes_key && e->prev_key && !strcmp(scopes_key, e->prev_key) &&
 			    strcmp(scopes_key, e->scopes_key) != 0 &&
-			    http_now_ms() - e->asked_ms < window) {
+			    clock_now_ms() - e->asked_ms < window) {
 				r = err_set(
 				    err, ERR_CONFLICT, EEXIST,
 				    "this app's pods ask for two sets of scopes: [%.200s], and "
@@ -865,7 +859,7 @@ int registry_ensure(struct registry *reg, const char *description, char *const *
 				    "changed back on purpose is taken %lld s after the last Mount "
 				    "asking for the other.)",
 				    scopes_key, e->scopes_key,
-				    (long long)((http_now_ms() - e->asked_ms) / 1000),
+				    (long long)((clock_now_ms() - e->asked_ms) / 1000),
 				    (long long)(window / 1000));
 				goto out;
 			}
@@ -928,7 +922,7 @@ static void settle_pending(struct registry *reg)
 	json_array_foreach(apps, i, d)
 	{
 		const char *description = json_string_value(d);
-		int64_t deadline = http_now_ms() + reg->cfg.flight_timeout_ms;
+		int64_t deadline = clock_now_ms() + reg->cfg.flight_timeout_ms;
 		struct err err = { 0 };
 		json_t *ids = NULL, *dups;
 
@@ -964,7 +958,7 @@ static void *revalidate_loop(void *arg)
 
 	pthread_mutex_lock(&reg->lock);
 	while (!reg->stopping) {
-		int64_t epoch = registry_epoch(reg), now = http_now_ms();
+		int64_t epoch = registry_epoch(reg), now = clock_now_ms();
 		struct entry *e;
 
 		/* One stale entry per pass keeps the lock free for Mounts in between. */
@@ -986,13 +980,13 @@ static void *revalidate_loop(void *arg)
 				start_flight(reg, e, scopes, n, key, true, 0, false);
 				e->waiters--;
 				/* Failed or not, wait a whole interval before the next try. */
-				e->validated_ms = http_now_ms();
+				e->validated_ms = clock_now_ms();
 			}
 			free_scopes(scopes, scopes ? n : 0);
 			free(key);
 			continue;
 		}
-		wait_until(reg, &reg->wake, http_now_ms() + tick_s * 1000);
+		wait_until(reg, &reg->wake, clock_now_ms() + tick_s * 1000);
 	}
 	pthread_mutex_unlock(&reg->lock);
 	return NULL;
@@ -1003,7 +997,6 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 			      struct state *st)
 {
 	struct registry *reg = calloc(1, sizeof(*reg));
-	pthread_condattr_t ca;
 	size_t n = 16;
 
 	if (!reg)
@@ -1025,12 +1018,8 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 		return NULL;
 	}
 	pthread_mutex_init(&reg->lock, NULL);
-	/* Waits are bounded by deadlines on the monotonic clock, which no clock change moves. */
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&reg->flight_done, &ca);
-	pthread_cond_init(&reg->wake, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&reg->flight_done);
+	clock_cond_init(&reg->wake);
 	return reg;
 }
 
@@ -1065,7 +1054,7 @@ void registry_free(struct registry *reg)
 	pthread_mutex_lock(&reg->lock);
 	while (reg->flights > 0) {
 		pthread_cond_broadcast(&reg->wake);
-		wait_until(reg, &reg->flight_done, http_now_ms() + 1000);
+		wait_until(reg, &reg->flight_done, clock_now_ms() + 1000);
 	}
 	pthread_mutex_unlock(&reg->lock);
 	for (e = reg->lru_head; e; e = next) {

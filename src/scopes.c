@@ -17,10 +17,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "http.h"
 #include "keys.h"
 #include "scopes.h"
-#include "timespec.h"
 
 #define CACHE_MAX 4096
 
@@ -965,7 +965,7 @@ struct cached {
 	char hash[65];
 	char *names;	   /* NULL until a sync succeeded */
 	json_t *refused;   /* grants DigDir refused at that sync */
-	int64_t synced_ms; /* http_now_ms() of the last successful sync */
+	int64_t synced_ms; /* clock_now_ms() of the last successful sync */
 	int64_t used_ms;
 	bool busy; /* a sync runs: others wait for it */
 	unsigned waiters;
@@ -994,7 +994,6 @@ static void cached_free(struct cached *c)
 struct scopes *scopes_new(struct digdir *dd, const char *prefix, long revalidate_s)
 {
 	struct scopes *sc = calloc(1, sizeof(*sc));
-	pthread_condattr_t ca;
 
 	if (!sc)
 		return NULL;
@@ -1005,10 +1004,7 @@ struct scopes *scopes_new(struct digdir *dd, const char *prefix, long revalidate
 		return NULL;
 	}
 	pthread_mutex_init(&sc->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&sc->done, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&sc->done);
 	return sc;
 }
 
@@ -1069,16 +1065,12 @@ static bool transient(enum err_kind kind)
 	       kind == ERR_BAD_RESPONSE;
 }
 
-/* Waits on sc->done until deadline_ms (http_now_ms() clock). 0 or -ETIMEDOUT. */
+/* Waits on sc->done until deadline_ms. 0 or -ETIMEDOUT. */
 static int wait_done(struct scopes *sc, int64_t deadline_ms)
 {
-	struct timespec ts;
-
-	if (deadline_ms <= http_now_ms())
+	if (deadline_ms <= clock_now_ms())
 		return -ETIMEDOUT;
-	ts.tv_sec = (time_t)(deadline_ms / 1000);
-	ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000L;
-	return pthread_cond_timedwait(&sc->done, &sc->lock, &ts) == ETIMEDOUT ? -ETIMEDOUT : 0;
+	return clock_wait_until(&sc->done, &sc->lock, deadline_ms) ? 0 : -ETIMEDOUT;
 }
 
 /* The cached result into the caller's hands (lock held). */
@@ -1114,7 +1106,7 @@ int scopes_sync(struct scopes *sc, const char *app_description, const struct sco
 			  .deadline_ms = deadline_ms };
 	struct err serr = { 0 };
 	struct cached *c;
-	int64_t now = http_now_ms();
+	int64_t now = clock_now_ms();
 	int r;
 
 	r = scopes_check(sc, err);
@@ -1142,7 +1134,7 @@ int scopes_sync(struct scopes *sc, const char *app_description, const struct sco
 	}
 	c->waiters--;
 	if (c->names && !strcmp(c->hash, decl->hash) &&
-	    http_now_ms() - c->synced_ms < (int64_t)sc->revalidate_s * 1000) {
+	    clock_now_ms() - c->synced_ms < (int64_t)sc->revalidate_s * 1000) {
 		r = cached_result(c, ret_names, ret_refused, err);
 		pthread_mutex_unlock(&sc->lock);
 		return r;
@@ -1173,7 +1165,7 @@ int scopes_sync(struct scopes *sc, const char *app_description, const struct sco
 			json_decref(c->refused);
 			c->refused = json_incref(x.refused);
 			memcpy(c->hash, decl->hash, sizeof(c->hash));
-			c->synced_ms = http_now_ms();
+			c->synced_ms = clock_now_ms();
 			r = cached_result(c, ret_names, ret_refused, &serr);
 		} else {
 			r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");

@@ -48,10 +48,9 @@
 #include <grpc/support/time.h>
 #include <openssl/crypto.h>
 
-#include "http.h"
+#include "clock.h"
 #include "log.h"
 #include "server.h"
-#include "timespec.h"
 
 #define METHOD_VERSION "/v1alpha1.CSIDriverProvider/Version"
 #define METHOD_MOUNT   "/v1alpha1.CSIDriverProvider/Mount"
@@ -104,7 +103,7 @@ struct call {
 	grpc_slice request;	    /* SECRET: the request bytes, wiped before release */
 	void *work;		    /* what the fast handler handed to a worker (ops->work_free) */
 	size_t work_bytes;	    /* its size, for the queue's byte bound */
-	int64_t deadline_ms;	    /* the deadline on the http_now_ms() clock */
+	int64_t deadline_ms;	    /* the deadline on the clock_now_ms() clock */
 	struct server_reply reply;  /* reply.payload is SECRET for Mount */
 	grpc_byte_buffer *response; /* owns reply.payload once it is sent */
 	grpc_slice status_details;
@@ -301,7 +300,7 @@ static void reply_status(struct call *c, enum server_code code, const char *fmt,
 }
 
 /*
- * Converts the caller's deadline to the http_now_ms() clock. Returns the
+ * Converts the caller's deadline to the clock_now_ms() clock. Returns the
  * remaining milliseconds (<= 0: already passed), default_timeout_ms when
  * the call has none.
  */
@@ -313,8 +312,9 @@ static int64_t remaining_ms(const struct server *srv, gpr_timespec deadline)
 	if (deadline.clock_type == GPR_TIMESPAN || deadline.tv_sec == INT64_MAX ||
 	    gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) >= 0)
 		return srv->config->default_timeout_ms;
-	deadline = gpr_convert_clock_type(deadline, GPR_CLOCK_REALTIME);
-	now = gpr_now(GPR_CLOCK_REALTIME);
+	/* On the monotonic clock, as every deadline of ours: a set wall clock moves none. */
+	deadline = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
+	now = gpr_now(GPR_CLOCK_MONOTONIC);
 	left = gpr_time_sub(deadline, now);
 	/* Clamp far deadlines to a day: nothing here runs that long. */
 	if (left.tv_sec > 24 * 3600)
@@ -365,13 +365,13 @@ static int add_worker(struct server *srv)
 static bool wait_for_call(struct server *srv)
 {
 	long idle_ms = srv->config->worker_idle_ms;
-	struct timespec until = timespec_in_ms(CLOCK_MONOTONIC, idle_ms > 0 ? idle_ms : 0);
+	int64_t until = clock_now_ms() + (idle_ms > 0 ? idle_ms : 0);
 
 	while (!srv->head && !srv->workers_exit) {
 		if (idle_ms <= 0 || srv->nthreads <= 1)
-			pthread_cond_wait(&srv->cond, &srv->lock);
-		else if (pthread_cond_timedwait(&srv->cond, &srv->lock, &until) == ETIMEDOUT &&
-			 !srv->head && srv->nthreads > 1)
+			clock_wait_until(&srv->cond, &srv->lock, 0);
+		else if (!clock_wait_until(&srv->cond, &srv->lock, until) && !srv->head &&
+			 srv->nthreads > 1)
 			return false;
 	}
 	return srv->head != NULL;
@@ -442,7 +442,7 @@ static void *worker_main(void *arg)
 			return NULL;
 
 		/* Calls that waited past their deadline are not worth starting. */
-		if (http_now_ms() >= c->deadline_ms) {
+		if (clock_now_ms() >= c->deadline_ms) {
 			reply_status(c, SERVER_DEADLINE_EXCEEDED,
 				     PREFIX "deadline passed while the Mount waited for a worker");
 			continue;
@@ -488,7 +488,7 @@ static void dispatch(struct server *srv, struct call *c)
 			     PREFIX "deadline passed before the call began");
 		return;
 	}
-	c->deadline_ms = http_now_ms() + left;
+	c->deadline_ms = clock_now_ms() + left;
 
 	/* A NULL payload is an empty message, a valid empty request. */
 	if (c->payload) {
@@ -641,7 +641,7 @@ static int clear_socket_path(struct server *srv, int64_t wait_until_ms, bool *wa
 		}
 		if (*srv->stop)
 			return -ECANCELED;
-		if (http_now_ms() >= wait_until_ms) {
+		if (clock_now_ms() >= wait_until_ms) {
 			log_error(
 			    "another provider is serving on %s%s: refusing to take its socket "
 			    "away (stop it first; --socket-wait says how long to wait for it)",
@@ -667,7 +667,7 @@ static int clear_socket_path(struct server *srv, int64_t wait_until_ms, bool *wa
 static int claim_socket_path(struct server *srv)
 {
 	const char *path = srv->config->socket_path;
-	int64_t until = http_now_ms() + srv->config->socket_wait_ms;
+	int64_t until = clock_now_ms() + srv->config->socket_wait_ms;
 	bool waited = false, noreplace = true;
 	struct stat st;
 	int r;
@@ -822,7 +822,7 @@ static int private_path(struct server *srv)
 
 	/* Unique across pid namespaces too: the old and the new pod may both be pid 1. */
 	if (getrandom(&tag, sizeof(tag), GRND_NONBLOCK) != (ssize_t)sizeof(tag))
-		tag = (uint32_t)http_now_ms() ^ (uint32_t)getpid();
+		tag = (uint32_t)clock_now_ms() ^ (uint32_t)getpid();
 	n = snprintf(srv->private_path, sizeof(srv->private_path), "%s.%08x", path, tag);
 	if (n < 0 || (size_t)n >= sizeof(srv->private_path)) {
 		log_error("socket path %s is too long (it is bound as %s.XXXXXXXX first, which "
@@ -949,7 +949,6 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx)
 {
 	struct server srv = { .config = config, .ops = ops };
-	pthread_condattr_t cattr;
 	bool started = false;
 	grpc_event ev;
 	int r = 0;
@@ -959,10 +958,7 @@ int server_run(const struct server_config *config, const struct server_ops *ops,
 	srv.stop = stop;
 	grpc_init();
 	pthread_mutex_init(&srv.lock, NULL);
-	pthread_condattr_init(&cattr);
-	pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC); /* wait_for_call's deadline */
-	pthread_cond_init(&srv.cond, &cattr);
-	pthread_condattr_destroy(&cattr);
+	clock_cond_init(&srv.cond); /* wait_for_call's deadline */
 
 	r = start(&srv);
 	if (r < 0)
