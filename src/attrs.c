@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attrs.h"
+#include "wipe.h"
 
 struct parser {
 	const unsigned char *p, *end, *start;
@@ -312,7 +313,7 @@ void attrs_release(struct attrs *a)
 		return;
 	if (a->buf) {
 		/* Attributes can carry service account tokens. */
-		explicit_bzero(a->buf, a->buf_len);
+		wipe(a->buf, a->buf_len);
 		free(a->buf);
 	}
 	memset(a, 0, sizeof(*a));

@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/crypto.h>
 
 #include "cli.h"
 #include "config.h"
@@ -24,6 +23,7 @@
 #include "log.h"
 #include "provider.pb-c.h"
 #include "writer.h"
+#include "wipe.h"
 
 #define MOUNT_TIMEOUT_MS 120000 /* kubelet's NodePublishVolume budget */
 #define SPC_NAME	 "maskinporten-cli"
@@ -212,8 +212,7 @@ static void wipe_response(V1alpha1__MountResponse *resp)
 {
 	for (size_t i = 0; i < resp->n_files; i++)
 		if (resp->files[i]->contents.data)
-			OPENSSL_cleanse(resp->files[i]->contents.data,
-					resp->files[i]->contents.len);
+			wipe(resp->files[i]->contents.data, resp->files[i]->contents.len);
 }
 
 int cmd_mount(int argc, char **argv)
@@ -318,7 +317,7 @@ out:
 		v1alpha1__mount_response__free_unpacked(resp, NULL);
 	}
 	if (payload) {
-		OPENSSL_cleanse(payload, plen);
+		wipe(payload, plen);
 		free(payload);
 	}
 	free(message);

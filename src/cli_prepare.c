@@ -26,6 +26,7 @@
 
 #include "cli.h"
 #include "err.h"
+#include "wipe.h"
 
 #define PROG	     "maskinporten-csi-provider prepare"
 #define FILES_MAX    16
@@ -294,7 +295,7 @@ static int read_file(int dfd, const char *dir, struct file *f, struct err *err)
 	r = 0;
 out:
 	if (buf) {
-		explicit_bzero(buf, FILE_MAX + 1);
+		wipe(buf, FILE_MAX + 1);
 		free(buf);
 	}
 	if (fd >= 0)
@@ -323,7 +324,7 @@ static void free_files(struct prepare *p)
 {
 	for (int i = 0; i < p->nfiles; i++) {
 		if (p->files[i].data) {
-			explicit_bzero(p->files[i].data, p->files[i].len);
+			wipe(p->files[i].data, p->files[i].len);
 			free(p->files[i].data);
 			p->files[i].data = NULL;
 		}

@@ -21,10 +21,10 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
-#include <openssl/crypto.h>
 
 #include "driver.h"
 #include "provider.pb-c.h"
+#include "wipe.h"
 
 /* The driver's default --max-call-recv-msg-size. */
 #define DRIVER_MAX_RECV (4 * 1024 * 1024)
@@ -111,7 +111,7 @@ static int buffer_copy(grpc_byte_buffer *bb, uint8_t **ret, size_t *ret_len)
 	if (p)
 		memcpy(p, GRPC_SLICE_START_PTR(s), len);
 	if (len)
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(s), len);
+		wipe(GRPC_SLICE_START_PTR(s), len);
 	grpc_slice_unref(s);
 	if (!p)
 		return -ENOMEM;

@@ -46,11 +46,11 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
-#include <openssl/crypto.h>
 
 #include "clock.h"
 #include "log.h"
 #include "server.h"
+#include "wipe.h"
 
 #define METHOD_VERSION "/v1alpha1.CSIDriverProvider/Version"
 #define METHOD_MOUNT   "/v1alpha1.CSIDriverProvider/Mount"
@@ -167,7 +167,7 @@ static struct call *call_new(struct server *srv, enum tag_kind kind)
 static void call_drop_request(struct call *c)
 {
 	if (GRPC_SLICE_LENGTH(c->request) > 0)
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(c->request), GRPC_SLICE_LENGTH(c->request));
+		wipe(GRPC_SLICE_START_PTR(c->request), GRPC_SLICE_LENGTH(c->request));
 	grpc_slice_unref(c->request);
 	c->request = grpc_empty_slice();
 }
@@ -182,7 +182,7 @@ static void call_free(struct call *c)
 		c->srv->ops->work_free(c->work);
 	grpc_slice_unref(c->status_details);
 	if (c->reply.payload) {
-		OPENSSL_cleanse(c->reply.payload, c->reply.len);
+		wipe(c->reply.payload, c->reply.len);
 		free(c->reply.payload);
 	}
 	grpc_byte_buffer_destroy(c->payload);
@@ -221,7 +221,7 @@ static int arm(struct server *srv, enum tag_kind kind)
 /* Frees an answer handed to gRPC, once its last reference goes: it may hold a key. */
 static void wipe_answer(void *p, size_t len)
 {
-	OPENSSL_cleanse(p, len);
+	wipe(p, len);
 	free(p);
 }
 
