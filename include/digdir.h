@@ -1,6 +1,8 @@
 /*
  * digdir: DigDir's self-service admin API (/api/v1): clients, their JWKS,
- * scope access, and the organisation's own scopes. JSON through jansson.
+ * scope access, and the organisation's own scopes. JSON through jansson. It
+ * speaks the API and nothing else: which keys to register is keyset's
+ * business, the order of a provisioning's steps provision's.
  *
  * Every call takes a deadline (clock_now_ms() clock) and fills a struct err
  * with the endpoint, DigDir's correlation_id and a kind the provider maps to
@@ -18,7 +20,6 @@
 #include "err.h"
 #include "http.h"
 #include "jsonarray.h"
-#include "keys.h"
 #include "maskinporten.h"
 
 #define DIGDIR_MAX_LISTING_DEFAULT (256L * 1024 * 1024) /* bytes of one streamed listing */
@@ -136,30 +137,10 @@ int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size
 int digdir_get_jwks(struct digdir *dd, const char *client_id, int64_t deadline_ms, json_t **ret,
 		    struct err *err);
 
-/* POST /clients/{id}/jwks with {"keys": keys}; *ret (may be NULL) is the registered "keys". */
+/* POST /clients/{id}/jwks with {"keys": keys}: the set replaces what was registered.
+ * *ret (may be NULL) gets the registered "keys" DigDir answers with. */
 int digdir_put_jwks(struct digdir *dd, const char *client_id, const json_t *keys,
 		    int64_t deadline_ms, json_t **ret, struct err *err);
-
-/* Flags of digdir_sync_jwks. */
-enum {
-	DIGDIR_JWKS_DROP_FOREIGN = 1, /* drop keys that are not ours (keys_schedule_input) */
-	DIGDIR_JWKS_NEW_CLIENT = 2,   /* just created here: no keys yet, skip the first read */
-};
-
-/*
- * Reads the JWKS, computes the set with keys_schedule() and uploads it only
- * when it changed, then confirms from the upload's answer (the registered
- * set) that our keys are there.
- * *ret_registered (may be NULL) gets the registered "keys" array; *ret_uploaded
- * (may be NULL) says whether an upload happened, and *ret_current_new (may be
- * NULL) whether it registered the key of epoch itself, which Maskinporten
- * then accepts only after DigDir's propagation delay.
- */
-int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
-		     int64_t epoch, int64_t epoch_len, unsigned flags,
-		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
-		     json_t **ret_registered, bool *ret_uploaded, bool *ret_current_new,
-		     struct err *err);
 
 /* DELETE /clients/{id} (DigDir deactivates it). */
 int digdir_delete_client(struct digdir *dd, const char *client_id, int64_t deadline_ms,

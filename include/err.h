@@ -9,6 +9,7 @@
 #define MCP_ERR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 enum err_kind {
 	ERR_NONE = 0,
@@ -45,6 +46,13 @@ int err_set(struct err *e, enum err_kind kind, int errno_code, const char *fmt, 
 
 /* Prefixes e->msg with a formatted context ("fetching metadata: "). */
 void err_prefix(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Whether a kind is upstream trouble that may pass by itself: DigDir or
+ * Maskinporten down, slow, throttling or answering garbage. Not the caller's
+ * fault, and worth trying again later (or serving what was known before).
+ */
+bool err_is_transient(enum err_kind kind);
 
 /* Short stable name of a kind, used as a metrics label ("scope_access"). */
 const char *err_kind_name(enum err_kind kind);

@@ -1,6 +1,8 @@
 /*
- * keys: the deterministic key schedule, JWKs, thumbprints and RS256 JWTs.
- * All crypto of the project lives here, on OpenSSL 3 EVP APIs only.
+ * keys: deterministic key derivation, kids, JWKs, thumbprints and RS256
+ * JWTs. All crypto of the project lives here, on OpenSSL 3 EVP APIs only;
+ * keys are an opaque type, so no other module sees OpenSSL. (Which keys a
+ * client has registered is keyset's business.)
  *
  * Every node of a cluster derives the same RSA-2048 key for (seed, client_id,
  * epoch), so nodes never need to coordinate which keys are registered at
@@ -15,9 +17,9 @@
 #include <stdint.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "err.h"
+#include "wipe.h" /* secret_free() for the SECRET strings returned here */
 
 #define KEYS_SEED_MIN	    32	 /* bytes */
 #define KEYS_SEED_MAX	    4096 /* bytes */
@@ -29,6 +31,12 @@
 #define KEYS_EPOCH_MAX	    (90 * 24 * 3600) /* key e+2 expires 4 epochs ahead: within a year */
 #define KEYS_GRANT_LIFETIME 120		     /* Maskinporten's limit on exp - iat, seconds */
 #define KEYS_THUMBPRINT_LEN 43		     /* base64url of SHA-256, unpadded */
+
+/*
+ * Once in main, before any thread: initialises OpenSSL without an exit
+ * handler (gRPC's threads can outlive grpc_shutdown and race it).
+ */
+void keys_global_init(void);
 
 /*
  * The cluster seed, reduced at load time to its HKDF pseudo-random key.
@@ -69,117 +77,58 @@ int keys_kid(const struct keys_seed *seed, const char *client_id, int64_t epoch,
 bool keys_kid_is_own(const struct keys_seed *seed, const char *client_id, const char *kid,
 		     int64_t *ret_epoch);
 
+/* An RSA key, private or public only. Opaque: OpenSSL stays in keys.c. */
+struct keys_key;
+
+/* Frees a key (wiping it, as OpenSSL frees keys). Accepts NULL. */
+void keys_key_free(struct keys_key *key);
+
 /*
  * Derives the RSA-2048 key for (seed, client_id, epoch). Deterministic across
  * processes, machines and restarts. Returns a new key (caller frees with
- * EVP_PKEY_free) or NULL on failure.
+ * keys_key_free) or NULL on failure.
  */
-EVP_PKEY *keys_derive(const struct keys_seed *seed, const char *client_id, int64_t epoch);
+struct keys_key *keys_derive(const struct keys_seed *seed, const char *client_id, int64_t epoch);
 
 /* Public JWK {"use","kty","kid","alg","n","e"}: a new reference, or NULL. */
-json_t *keys_jwk_public(EVP_PKEY *pkey, const char *kid);
+json_t *keys_jwk_public(const struct keys_key *key, const char *kid);
 
 /*
  * Private JWK as one line of JSON, fields in the order use, kty, kid, alg, n,
- * e, d, p, q, dp, dq, qi. SECRET: caller frees with keys_free_secret().
+ * e, d, p, q, dp, dq, qi. SECRET: caller frees with secret_free().
  */
-char *keys_jwk_private(EVP_PKEY *pkey, const char *kid);
+char *keys_jwk_private(const struct keys_key *key, const char *kid);
 
 /* Loads a private RSA key from a JWK object (the `token` subcommand). New key or NULL. */
-EVP_PKEY *keys_pkey_from_jwk(const json_t *jwk, struct err *err);
+struct keys_key *keys_key_from_jwk(const json_t *jwk, struct err *err);
 
 /* Loads a private key from a PEM file (the admin client's key). New key or NULL. */
-EVP_PKEY *keys_pkey_from_pem_file(const char *path, struct err *err);
+struct keys_key *keys_key_from_pem_file(const char *path, struct err *err);
 
 /* The x5c array (standard base64 DER, leaf first) of a PEM chain file: a new reference or NULL. */
 json_t *keys_x5c_from_pem_file(const char *path, struct err *err);
 
 /* RFC 7638 thumbprint of the public key, base64url without padding. Returns 0 or -errno. */
-int keys_thumbprint(EVP_PKEY *pkey, char ret[KEYS_THUMBPRINT_LEN + 1]);
+int keys_thumbprint(const struct keys_key *key, char ret[KEYS_THUMBPRINT_LEN + 1]);
 
 /*
  * Signs an RS256 compact JWS. The header has "alg":"RS256","typ":"JWT" and
  * either "kid" (when kid is non-NULL) or "x5c" (when x5c is non-NULL).
- * SECRET: returns a new string the caller frees with keys_free_secret(), or NULL.
+ * SECRET: returns a new string the caller frees with secret_free(), or NULL.
  */
-char *keys_jwt_sign(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const json_t *claims);
+char *keys_jwt_sign(const struct keys_key *key, const char *kid, const json_t *x5c,
+		    const json_t *claims);
 
 /*
  * A JWT-bearer grant for Maskinporten: claims aud, iss, scope, iat = now,
  * exp = now + lifetime (<= KEYS_GRANT_LIFETIME), jti random UUIDv4.
- * SECRET: caller frees with keys_free_secret().
+ * SECRET: caller frees with secret_free().
  */
-char *keys_grant(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const char *iss,
+char *keys_grant(const struct keys_key *key, const char *kid, const json_t *x5c, const char *iss,
 		 const char *aud, const char *scope, int64_t now, int lifetime);
 
 /* Writes a random UUIDv4. Returns 0 or -EIO. */
 int keys_uuid(char ret[37]);
-
-/* Wipes (OPENSSL_cleanse) and frees a secret string. Accepts NULL. */
-void keys_free_secret(char *s);
-
-/*
- * The key schedule, a pure function of (registered JWKS, epoch).
- *
- * In epoch e our keys e and e+1 are required, e-1 and e+2 are kept when
- * present (a node whose clock is one epoch behind or ahead must not undo
- * another's upload), older and further keys of ours are dropped. Foreign keys
- * (any kid that is not ours for this seed and client) are kept, oldest
- * registration order first, while the set stays within KEYS_MAX_REGISTERED and
- * their exp has not passed the start of epoch e; drop_foreign drops them all.
- * Each of our keys carries "exp" = the end of its grace epoch, i.e.
- * keys_epoch_end(k + 1, len).
- *
- * current is the "keys" array as DigDir returns it (may be NULL: none).
- * public_jwk is called only for our keys that are missing from current and
- * returns a new reference to the public JWK of that epoch (or NULL on failure).
- *
- * Returns 0 with *ret_set a new array (what to register, own keys first in
- * epoch order) and *ret_changed false when current already equals it (same
- * kids, and our keys carry the same exp), so nothing needs uploading.
- */
-typedef json_t *(*keys_public_jwk_fn)(void *ctx, int64_t epoch);
-
-/*
- * The public_jwk callback most callers want: derives our key for
- * (seed, client_id, epoch). With keep set, the private key of keep_epoch is
- * kept in *kept (SECRET: the caller frees it with EVP_PKEY_free) instead of
- * being derived twice. derived counts the derivations.
- */
-struct keys_derive_ctx {
-	const struct keys_seed *seed;
-	const char *client_id;
-	bool keep;
-	int64_t keep_epoch;
-	EVP_PKEY *kept;
-	unsigned derived;
-};
-
-json_t *keys_derive_public_jwk(void *ctx, int64_t epoch);
-
-struct keys_schedule_input {
-	const struct keys_seed *seed;
-	const char *client_id;
-	int64_t epoch;
-	int64_t epoch_len;
-	const json_t *current;
-	bool drop_foreign;
-	int64_t now; /* Unix seconds: foreign keys that expired by then are dropped; 0: unused */
-};
-
-int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn public_jwk, void *ctx,
-		  json_t **ret_set, bool *ret_changed, struct err *err);
-
-/*
- * A registered key as DigDir takes it back in an upload: only the public
- * members kty, use, kid, alg, n, e, exp and x5c, with "use":"sig" and
- * "alg":"RS256" added where a key registered before DigDir's 2025 API lacks
- * them. A new object, or NULL when key is not an object with a kid.
- */
-json_t *keys_jwk_normalise(const json_t *key);
-
-/* True when the JWK array set holds a key with this kid. */
-bool keys_set_has_kid(const json_t *set, const char *kid);
 
 /* base64url without padding of len bytes; returns a malloc'd string or NULL. */
 char *keys_b64url(const unsigned char *data, size_t len);

@@ -11,10 +11,10 @@
 #include <stdint.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "err.h"
 #include "http.h"
+#include "keys.h"
 
 /*
  * The admin token asks only for what its calls need: reading and writing
@@ -78,7 +78,7 @@ void mp_metadata_stale(struct mp *mp);
 /*
  * An admin access token for which kind of call, fetched with a JWT grant and
  * cached until shortly before it expires. One refresh at a time however many
- * callers. SECRET: *ret_token is a copy the caller frees with keys_free_secret().
+ * callers. SECRET: *ret_token is a copy the caller frees with secret_free().
  */
 int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char **ret_token,
 		   struct err *err);
@@ -94,15 +94,16 @@ void mp_admin_token_invalidate(struct mp *mp, const char *token);
 const char *mp_org_number(struct mp *mp);
 
 /*
- * Gets an access token for an app client: signs a grant with pkey/kid for
+ * Gets an access token for an app client: signs a grant with key/kid for
  * client_id and scope, posts it to token_endpoint with audience issuer.
  * Returns 0 with *ret_response the parsed JSON answer (SECRET: contains
  * access_token), or a negative errno with err naming Maskinporten's error and
  * description.
  */
 int mp_token_request(struct http *http, const char *token_endpoint, const char *issuer,
-		     EVP_PKEY *pkey, const char *kid, const char *client_id, const char *scope,
-		     int64_t deadline_ms, json_t **ret_response, struct err *err);
+		     const struct keys_key *key, const char *kid, const char *client_id,
+		     const char *scope, int64_t deadline_ms, json_t **ret_response,
+		     struct err *err);
 
 /* The parsers of Maskinporten's answers, exported for the fuzzers (tests/fuzz). */
 

@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "config.h"
 #include "http.h"
+#include "keyset.h"
 #include "provider.h"
 #include "scopes.h"
 #include "state.h"
@@ -399,11 +400,10 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 {
 	const char *scopes[64];
 	struct digdir_ensure ens = { 0 };
-	struct keys_derive_ctx dc;
+	struct keyset_sync_result ks = { 0 };
 	char *buf = NULL;
 	const char *client_id = NULL;
 	size_t nscopes;
-	bool uploaded = false, created = false;
 	int64_t epoch;
 	int r;
 
@@ -422,20 +422,18 @@ static int do_ensure(struct app *app, char **args, int64_t deadline_ms, struct e
 	if (r < 0)
 		goto out;
 	client_id = ens.client_id;
-	created = ens.created;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
-	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = client_id };
-	r = digdir_sync_jwks(app->dd, client_id, &app->seed, epoch, app->cfg->epoch_length,
-			     created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &dc,
-			     deadline_ms, NULL, &uploaded, NULL, err);
+	r = keyset_sync(app->dd, &app->seed, client_id, epoch, app->cfg->epoch_length,
+			ens.created ? KEYSET_NEW_CLIENT : 0, deadline_ms, &ks, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", client_id);
 		goto out;
 	}
 	fprintf(stderr, "client %s for %s: %s (epoch %lld)\n", client_id, args[0],
-		uploaded ? "keys registered" : "keys already registered", (long long)epoch);
+		ks.uploaded ? "keys registered" : "keys already registered", (long long)epoch);
 	printf("%s\n", client_id);
 out:
+	keyset_sync_release(&ks);
 	digdir_ensure_release(&ens);
 	free(buf);
 	return r;
@@ -512,9 +510,9 @@ out:
  */
 static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct err *err)
 {
-	json_t *client = NULL, *before = NULL, *after = NULL, *k;
-	bool drop = app->cfg->drop_foreign_keys, uploaded = false;
-	struct keys_derive_ctx dc;
+	json_t *client = NULL, *before = NULL, *after, *k;
+	bool drop = app->cfg->drop_foreign_keys;
+	struct keyset_sync_result ks = { 0 };
 	const char *id;
 	size_t i, nforeign = 0, ndropped = 0;
 	int64_t epoch, e;
@@ -532,16 +530,15 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 	if (r < 0)
 		goto out;
 	epoch = keys_epoch_at((int64_t)time(NULL), app->cfg->epoch_length);
-	dc = (struct keys_derive_ctx){ .seed = &app->seed, .client_id = id };
-	r = digdir_sync_jwks(app->dd, id, &app->seed, epoch, app->cfg->epoch_length,
-			     drop ? DIGDIR_JWKS_DROP_FOREIGN : 0, keys_derive_public_jwk, &dc,
-			     deadline_ms, &after, &uploaded, NULL, err);
+	r = keyset_sync(app->dd, &app->seed, id, epoch, app->cfg->epoch_length,
+			drop ? KEYSET_DROP_FOREIGN : 0, deadline_ms, &ks, err);
 	if (r < 0) {
 		err_prefix(err, "client %s: ", id);
 		goto out;
 	}
+	after = ks.registered;
 	printf("client %s (%s) adopted: %s (epoch %lld)\n", id, args[0],
-	       uploaded ? "keys updated" : "keys already as they should be", (long long)epoch);
+	       ks.uploaded ? "keys updated" : "keys already as they should be", (long long)epoch);
 	json_array_foreach(before, i, k)
 	{
 		const char *kid = str(k, "kid");
@@ -549,7 +546,7 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 		if (keys_kid_is_own(&app->seed, id, kid, &e))
 			continue;
 		nforeign++;
-		if (!keys_set_has_kid(after, kid)) {
+		if (!keyset_has_kid(after, kid)) {
 			ndropped++;
 			printf("dropped foreign key %s\n", kid);
 		} else {
@@ -570,7 +567,7 @@ static int do_adopt(struct app *app, char **args, int64_t deadline_ms, struct er
 			printf("our key %s (epoch %lld)\n", str(k, "kid"), (long long)e);
 	}
 out:
-	json_decref(after);
+	keyset_sync_release(&ks);
 	json_decref(before);
 	json_decref(client);
 	return r;

@@ -152,12 +152,12 @@ fail:
  * --json: wraps the public JWK in what an operator wants to know about it:
  * {"kid","epoch","handed_out_from","handed_out_until","exp","thumbprint","jwk"}.
  */
-static int describe(json_t **jwk, EVP_PKEY *pkey, int64_t epoch, int64_t len)
+static int describe(json_t **jwk, const struct keys_key *key, int64_t epoch, int64_t len)
 {
 	char tp[KEYS_THUMBPRINT_LEN + 1];
 	json_t *o;
 
-	if (keys_thumbprint(pkey, tp) < 0)
+	if (keys_thumbprint(key, tp) < 0)
 		return -EIO;
 	o = json_pack("{s:O, s:I, s:I, s:I, s:I, s:s, s:O}", "kid", json_object_get(*jwk, "kid"),
 		      "epoch", (json_int_t)epoch, "handed_out_from",
@@ -190,7 +190,7 @@ int cmd_keys(int argc, char **argv)
 	struct keys_seed seed = { 0 };
 	struct err err = { 0 };
 	struct config cfg;
-	EVP_PKEY *pkey = NULL;
+	struct keys_key *key = NULL;
 	json_t *jwk = NULL;
 	bool grant;
 	int64_t epoch, now = (int64_t)time(NULL);
@@ -240,8 +240,8 @@ int cmd_keys(int argc, char **argv)
 			cfg.client_id);
 		goto out;
 	}
-	pkey = keys_derive(&seed, cfg.client_id, epoch);
-	if (!pkey) {
+	key = keys_derive(&seed, cfg.client_id, epoch);
+	if (!key) {
 		err_set(&err, ERR_INTERNAL, EIO,
 			"deriving the key of client %s, epoch %" PRId64 " failed", cfg.client_id,
 			epoch);
@@ -250,7 +250,7 @@ int cmd_keys(int argc, char **argv)
 
 	if (grant) {
 		/* Sign for real time even with --at: the grant must be fresh. */
-		secret = keys_grant(pkey, kid, NULL, cfg.client_id, aud, scope, (int64_t)time(NULL),
+		secret = keys_grant(key, kid, NULL, cfg.client_id, aud, scope, (int64_t)time(NULL),
 				    KEYS_GRANT_LIFETIME);
 		if (!secret) {
 			err_set(&err, ERR_INTERNAL, EIO, "signing the grant failed");
@@ -261,8 +261,8 @@ int cmd_keys(int argc, char **argv)
 		goto out;
 	}
 
-	jwk = keys_jwk_public(pkey, kid);
-	if (jwk && cfg.json && describe(&jwk, pkey, epoch, cfg.epoch_length) < 0) {
+	jwk = keys_jwk_public(key, kid);
+	if (jwk && cfg.json && describe(&jwk, key, epoch, cfg.epoch_length) < 0) {
 		json_decref(jwk);
 		jwk = NULL;
 	}
@@ -272,7 +272,7 @@ int cmd_keys(int argc, char **argv)
 		goto out;
 	}
 	if (cfg.output) {
-		secret = keys_jwk_private(pkey, kid);
+		secret = keys_jwk_private(key, kid);
 		if (!secret) {
 			err_set(&err, ERR_INTERNAL, ENOMEM, "serialising the private JWK failed");
 			goto out;
@@ -289,10 +289,10 @@ out:
 		fprintf(stderr, PROG ": writing to stdout failed\n");
 		status = 1;
 	}
-	keys_free_secret(secret);
+	secret_free(secret);
 	free(pub);
 	json_decref(jwk);
-	EVP_PKEY_free(pkey);
+	keys_key_free(key);
 	keys_seed_wipe(&seed);
 	return status;
 }

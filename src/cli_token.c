@@ -37,7 +37,7 @@ static const char usage[] =
  * Reads one file of the directory, at most FILE_MAX bytes, trailing white
  * space removed. Mounted files may be kubelet's ..data symlinks, so links are
  * followed, but only regular files are read. *ret is malloc'd (the JWK is a
- * SECRET: the caller frees it with keys_free_secret).
+ * SECRET: the caller frees it with secret_free).
  */
 static int read_file(int dfd, const char *dir, const char *name, char **ret, struct err *err)
 {
@@ -82,7 +82,7 @@ static int read_file(int dfd, const char *dir, const char *name, char **ret, str
 	buf = NULL;
 	r = 0;
 out:
-	keys_free_secret(buf);
+	secret_free(buf);
 	if (fd >= 0)
 		close(fd);
 	return r;
@@ -97,7 +97,7 @@ static int run(const struct config *cfg, struct err *err)
 	char *val[NFILES] = { NULL };
 	struct http *http = NULL;
 	json_t *jwk = NULL, *answer = NULL;
-	EVP_PKEY *pkey = NULL;
+	struct keys_key *key = NULL;
 	json_error_t jerr;
 	const char *kid = NULL, *scope, *token;
 	int dfd = -1, r;
@@ -128,8 +128,8 @@ static int run(const struct config *cfg, struct err *err)
 			    "%s/MASKINPORTEN_CLIENT_JWK is not a JWK with a kid", cfg->dir);
 		goto out;
 	}
-	pkey = keys_pkey_from_jwk(jwk, err);
-	if (!pkey) {
+	key = keys_key_from_jwk(jwk, err);
+	if (!key) {
 		err_prefix(err, "%s/MASKINPORTEN_CLIENT_JWK: ", cfg->dir);
 		r = -EINVAL;
 		goto out;
@@ -140,7 +140,7 @@ static int run(const struct config *cfg, struct err *err)
 		r = -EINVAL;
 		goto out;
 	}
-	r = mp_token_request(http, val[ENDPOINT], val[ISSUER], pkey, kid, val[ID], scope,
+	r = mp_token_request(http, val[ENDPOINT], val[ISSUER], key, kid, val[ID], scope,
 			     clock_now_ms() + cfg->mount_timeout_ms, &answer, err);
 	if (r < 0)
 		goto out;
@@ -155,10 +155,10 @@ static int run(const struct config *cfg, struct err *err)
 out:
 	json_decref(answer);
 	http_free(http);
-	EVP_PKEY_free(pkey);
+	keys_key_free(key);
 	json_decref(jwk);
 	for (int i = 0; i < NFILES; i++)
-		keys_free_secret(val[i]);
+		secret_free(val[i]);
 	if (dfd >= 0)
 		close(dfd);
 	return r;

@@ -303,7 +303,7 @@ static int request(struct digdir *dd, struct http_request *req, unsigned flags,
 		if (resp.status != 401)
 			break;
 		mp_admin_token_invalidate(dd->mp, token);
-		keys_free_secret(token);
+		secret_free(token);
 		token = NULL;
 		if (tries == 0)
 			http_response_release(&resp);
@@ -317,7 +317,7 @@ static int request(struct digdir *dd, struct http_request *req, unsigned flags,
 	r = 0;
 out:
 	http_response_release(&resp);
-	keys_free_secret(token);
+	secret_free(token);
 	return r;
 }
 
@@ -1232,7 +1232,7 @@ int digdir_check_scope_access(struct digdir *dd, const char *const *scopes, size
 	orgno = mp_org_number(dd->mp);
 	if (!orgno) {
 		r = mp_admin_token(dd->mp, MP_ADMIN_CLIENTS, deadline_ms, &token, err);
-		keys_free_secret(token);
+		secret_free(token);
 		if (r < 0)
 			return r;
 		orgno = mp_org_number(dd->mp);
@@ -1363,10 +1363,13 @@ int digdir_delete_client(struct digdir *dd, const char *client_id, int64_t deadl
 	return r;
 }
 
-/* Whether a failed create may have happened at DigDir anyway. */
+/*
+ * Whether a failed create may have happened at DigDir anyway: a transient
+ * failure other than 429, which DigDir answers before doing anything.
+ */
 static bool maybe_created(const struct err *e)
 {
-	return e->kind == ERR_UNAVAILABLE || e->kind == ERR_TIMEOUT || e->kind == ERR_BAD_RESPONSE;
+	return err_is_transient(e->kind) && e->kind != ERR_THROTTLED;
 }
 
 /* The earliest of the listed ids and ours (created at ours_ms), by the rule every node uses. */
@@ -1785,87 +1788,5 @@ out:
 	json_decref(doc);
 	json_decref(body);
 	free(path);
-	return r;
-}
-
-int digdir_sync_jwks(struct digdir *dd, const char *client_id, const struct keys_seed *seed,
-		     int64_t epoch, int64_t epoch_len, unsigned flags,
-		     keys_public_jwk_fn public_jwk, void *ctx, int64_t deadline_ms,
-		     json_t **ret_registered, bool *ret_uploaded, bool *ret_current_new,
-		     struct err *err)
-{
-	struct keys_schedule_input in = { 0 };
-	json_t *current = NULL, *set = NULL, *after = NULL, *final;
-	char kid[KEYS_KID_MAX];
-	bool changed = false, current_new = false;
-	int r = 0;
-
-	/*
-	 * A client this process just created has no keys: reading them would
-	 * cost a request and tell nothing. Another node uploading at the same
-	 * time is the read-modify-write race every sync has; both upload the
-	 * same derived keys, and the read-back checks ours are there.
-	 */
-	if (flags & DIGDIR_JWKS_NEW_CLIENT)
-		current = json_array();
-	else
-		r = digdir_get_jwks(dd, client_id, deadline_ms, &current, err);
-	if (!current) {
-		if (r == 0)
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-		goto out;
-	}
-	in = (struct keys_schedule_input){ .seed = seed,
-					   .client_id = client_id,
-					   .epoch = epoch,
-					   .epoch_len = epoch_len,
-					   .current = current,
-					   .drop_foreign = flags & DIGDIR_JWKS_DROP_FOREIGN,
-					   .now = (int64_t)time(NULL) };
-	r = keys_schedule(&in, public_jwk, ctx, &set, &changed, err);
-	if (r < 0)
-		goto out;
-	final = current;
-	r = keys_kid(seed, client_id, epoch, kid);
-	if (r < 0) {
-		r = err_set(err, ERR_INVALID, -r, "client id %s too long for a kid", client_id);
-		goto out;
-	}
-	current_new = !keys_set_has_kid(current, kid);
-	if (changed) {
-		/*
-		 * The upload counts only once DigDir shows our keys: its answer is the
-		 * registered set (as digdirator reads it), so no second request.
-		 */
-		r = digdir_put_jwks(dd, client_id, set, deadline_ms, &after, err);
-		if (r < 0)
-			goto out;
-		final = after;
-	}
-	for (int64_t e = epoch; e <= epoch + 1; e++) {
-		r = keys_kid(seed, client_id, e, kid);
-		if (r < 0) {
-			r = err_set(err, ERR_INVALID, -r, "client id %s too long for a kid",
-				    client_id);
-			goto out;
-		}
-		if (!keys_set_has_kid(final, kid)) {
-			r = err_set(err, ERR_BAD_RESPONSE, EPROTO,
-				    "DigDir does not list key %s of client %s after the upload",
-				    kid, client_id);
-			goto out;
-		}
-	}
-	if (ret_registered)
-		*ret_registered = json_incref(final);
-	if (ret_uploaded)
-		*ret_uploaded = changed;
-	if (ret_current_new)
-		*ret_current_new = current_new;
-	r = 0;
-out:
-	json_decref(current);
-	json_decref(set);
-	json_decref(after);
 	return r;
 }

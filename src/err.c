@@ -48,6 +48,12 @@ void err_prefix(struct err *e, const char *fmt, ...)
 	utf8_clean(e->msg);
 }
 
+bool err_is_transient(enum err_kind kind)
+{
+	return kind == ERR_UNAVAILABLE || kind == ERR_TIMEOUT || kind == ERR_THROTTLED ||
+	       kind == ERR_BAD_RESPONSE;
+}
+
 const char *err_kind_name(enum err_kind kind)
 {
 	static const char *const names[] = {

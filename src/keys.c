@@ -1,5 +1,5 @@
 /*
- * keys: the deterministic key schedule, JWKs, RFC 7638 thumbprints and RS256
+ * keys: deterministic key derivation, JWKs, RFC 7638 thumbprints and RS256
  * JWTs, on OpenSSL 3 EVP/OSSL_PARAM APIs only. All crypto of the project lives
  * here. It never logs, and every secret intermediate (seed, PRK, candidates,
  * primes, private exponents, serialised private keys, JWTs) is wiped with
@@ -64,6 +64,7 @@
 #include <openssl/x509.h>
 
 #include "keys.h"
+#include "keys_evp.h"
 
 #define HKDF_SALT      "maskinporten-csi-provider/v1"
 #define SEED_ID_INFO   "seed-id"
@@ -96,12 +97,9 @@ static int ssl_err(struct err *err, enum err_kind kind, int code, const char *wh
 	return err_set(err, kind, code, "%s (%s)", what, reason);
 }
 
-void keys_free_secret(char *s)
+void keys_global_init(void)
 {
-	if (!s)
-		return;
-	OPENSSL_cleanse(s, strlen(s));
-	free(s);
+	OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
 }
 
 /* ---- encodings ---------------------------------------------------------- */
@@ -758,7 +756,7 @@ out:
 	return r;
 }
 
-EVP_PKEY *keys_derive(const struct keys_seed *seed, const char *client_id, int64_t epoch)
+static EVP_PKEY *evp_derive(const struct keys_seed *seed, const char *client_id, int64_t epoch)
 {
 	static const size_t client_max = CLIENT_ID_MAX;
 	struct rsa_parts k = { 0 };
@@ -812,7 +810,7 @@ out:
 
 /* ---- JWK ------------------------------------------------------------------ */
 
-json_t *keys_jwk_public(EVP_PKEY *pkey, const char *kid)
+static json_t *evp_jwk_public(EVP_PKEY *pkey, const char *kid)
 {
 	struct rsa_parts k;
 	char *n = NULL, *e = NULL;
@@ -831,28 +829,7 @@ json_t *keys_jwk_public(EVP_PKEY *pkey, const char *kid)
 	return jwk;
 }
 
-json_t *keys_derive_public_jwk(void *ctx, int64_t epoch)
-{
-	struct keys_derive_ctx *d = ctx;
-	char kid[KEYS_KID_MAX];
-	EVP_PKEY *pkey;
-	json_t *jwk;
-
-	if (keys_kid(d->seed, d->client_id, epoch, kid) < 0)
-		return NULL;
-	pkey = keys_derive(d->seed, d->client_id, epoch);
-	if (!pkey)
-		return NULL;
-	d->derived++;
-	jwk = keys_jwk_public(pkey, kid);
-	if (d->keep && epoch == d->keep_epoch && !d->kept)
-		d->kept = pkey;
-	else
-		EVP_PKEY_free(pkey);
-	return jwk;
-}
-
-char *keys_jwk_private(EVP_PKEY *pkey, const char *kid)
+static char *evp_jwk_private(EVP_PKEY *pkey, const char *kid)
 {
 	static const char fmt[] =
 	    "{\"use\":\"sig\",\"kty\":\"RSA\",\"kid\":%s,\"alg\":\"RS256\","
@@ -890,7 +867,7 @@ char *keys_jwk_private(EVP_PKEY *pkey, const char *kid)
 			 v[6], v[7]);
 out:
 	for (int i = 0; i < 8; i++)
-		keys_free_secret(v[i]);
+		secret_free(v[i]);
 	free(kid_json);
 	json_decref(kid_str);
 	parts_free(&k);
@@ -1002,7 +979,7 @@ out:
 	return r;
 }
 
-EVP_PKEY *keys_pkey_from_jwk(const json_t *jwk, struct err *err)
+static EVP_PKEY *evp_from_jwk(const json_t *jwk, struct err *err)
 {
 	static const char *const names[8] = { "n", "e", "d", "p", "q", "dp", "dq", "qi" };
 	struct rsa_parts k;
@@ -1038,7 +1015,7 @@ out:
 	return pkey;
 }
 
-int keys_thumbprint(EVP_PKEY *pkey, char ret[KEYS_THUMBPRINT_LEN + 1])
+static int evp_thumbprint(EVP_PKEY *pkey, char ret[KEYS_THUMBPRINT_LEN + 1])
 {
 	unsigned char md[32];
 	unsigned int mdlen = 0;
@@ -1087,7 +1064,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
 	return -1;
 }
 
-EVP_PKEY *keys_pkey_from_pem_file(const char *path, struct err *err)
+static EVP_PKEY *evp_from_pem_file(const char *path, struct err *err)
 {
 	EVP_PKEY *pkey = NULL;
 	BIO *bio;
@@ -1191,7 +1168,7 @@ static char *json_b64url(const json_t *v)
 	return b;
 }
 
-char *keys_jwt_sign(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const json_t *claims)
+static char *evp_jwt_sign(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const json_t *claims)
 {
 	char *h64 = NULL, *c64 = NULL, *s64 = NULL, *tbs = NULL, *jwt = NULL;
 	unsigned char *sig = NULL;
@@ -1237,7 +1214,7 @@ out:
 		OPENSSL_cleanse(sig, siglen);
 		free(sig);
 	}
-	keys_free_secret(s64);
+	secret_free(s64);
 	free(tbs);
 	free(h64);
 	free(c64);
@@ -1262,7 +1239,7 @@ int keys_uuid(char ret[37])
 	return 0;
 }
 
-char *keys_grant(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const char *iss,
+char *keys_grant(const struct keys_key *key, const char *kid, const json_t *x5c, const char *iss,
 		 const char *aud, const char *scope, int64_t now, int lifetime)
 {
 	json_t *claims = NULL;
@@ -1279,176 +1256,83 @@ char *keys_grant(EVP_PKEY *pkey, const char *kid, const json_t *x5c, const char 
 		return NULL;
 	if (scope && json_object_set_new(claims, "scope", json_string(scope)) < 0)
 		goto out;
-	jwt = keys_jwt_sign(pkey, kid, x5c, claims);
+	jwt = keys_jwt_sign(key, kid, x5c, claims);
 out:
 	json_decref(claims);
 	return jwt;
 }
 
-/* ---- the key schedule ----------------------------------------------------- */
+/* ---- the opaque key ---------------------------------------------------------- */
 
-/* The entry of current whose kid is kid, or NULL. */
-static json_t *find_kid(const json_t *current, const char *kid)
+/* An RSA key. OpenSSL's EVP_PKEY stays behind this type, in this file. */
+struct keys_key {
+	EVP_PKEY *pkey;
+};
+
+struct keys_key *keys_key_from_evp(EVP_PKEY *pkey)
 {
-	size_t i;
-	json_t *v;
+	struct keys_key *key;
 
-	json_array_foreach(current, i, v)
-	{
-		const char *k = json_string_value(json_object_get(v, "kid"));
-
-		if (k && !strcmp(k, kid))
-			return v;
-	}
-	return NULL;
-}
-
-bool keys_set_has_kid(const json_t *set, const char *kid)
-{
-	return kid && find_kid(set, kid) != NULL;
-}
-
-json_t *keys_jwk_normalise(const json_t *key)
-{
-	static const char *const members[] = { "kty", "use", "kid", "alg", "n", "e", "exp", "x5c" };
-	json_t *out;
-
-	if (!json_is_object(key) || !json_is_string(json_object_get(key, "kid")))
+	if (!pkey)
 		return NULL;
-	out = json_object();
-	for (size_t i = 0; out && i < sizeof(members) / sizeof(members[0]); i++) {
-		json_t *v = json_object_get(key, members[i]);
-
-		if (v && json_object_set(out, members[i], v) < 0) {
-			json_decref(out);
-			return NULL;
-		}
-	}
-	/* Keys registered before DigDir's 2025-05-22 API may lack use; RS256 was then the only alg.
-	 */
-	if (out && !json_object_get(out, "use") &&
-	    json_object_set_new(out, "use", json_string("sig")) < 0) {
-		json_decref(out);
+	key = malloc(sizeof(*key));
+	if (!key) {
+		EVP_PKEY_free(pkey);
 		return NULL;
 	}
-	if (out && !json_object_get(out, "alg") &&
-	    json_object_set_new(out, "alg", json_string("RS256")) < 0) {
-		json_decref(out);
-		return NULL;
-	}
-	return out;
+	key->pkey = pkey;
+	return key;
 }
 
-int keys_schedule(const struct keys_schedule_input *in, keys_public_jwk_fn public_jwk, void *ctx,
-		  json_t **ret_set, bool *ret_changed, struct err *err)
+EVP_PKEY *keys_key_evp(const struct keys_key *key)
 {
-	int64_t e, foreign_after;
-	size_t i, ncur, carried = 0;
-	bool changed = false;
-	json_t *set = NULL, *v;
-	int r;
+	return key ? key->pkey : NULL;
+}
 
-	if (!in || !in->seed || !in->client_id || in->epoch_len <= 0 || !public_jwk)
-		return err_set(err, ERR_INTERNAL, EINVAL, "keys_schedule: bad arguments");
-	if (in->current && !json_is_array(in->current) && !json_is_null(in->current))
-		return err_set(err, ERR_BAD_RESPONSE, EINVAL,
-			       "the registered keys are not a JSON array");
-	e = in->epoch;
-	if (e <= INT64_MIN + 1 || e >= INT64_MAX - 3)
-		return err_set(err, ERR_INVALID, ERANGE, "epoch %" PRId64 " is out of range", e);
-	ncur = in->current ? json_array_size(in->current) : 0;
-	json_array_foreach(in->current, i, v) if (!json_is_object(v)) return err_set(
-	    err, ERR_BAD_RESPONSE, EINVAL, "registered key %zu is not a JSON object", i);
-	set = json_array();
-	if (!set)
-		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+void keys_key_free(struct keys_key *key)
+{
+	if (!key)
+		return;
+	EVP_PKEY_free(key->pkey);
+	free(key);
+}
 
-	/* Our keys e-1 .. e+2, in epoch order: e and e+1 always, the others if present. */
-	for (int64_t k = e - 1; k <= e + 2; k++) {
-		int64_t exp = keys_epoch_end(k + 1, in->epoch_len);
-		char kid[KEYS_KID_MAX];
-		json_t *found, *jwk;
-		const char *got;
+struct keys_key *keys_derive(const struct keys_seed *seed, const char *client_id, int64_t epoch)
+{
+	return keys_key_from_evp(evp_derive(seed, client_id, epoch));
+}
 
-		r = keys_kid(in->seed, in->client_id, k, kid);
-		if (r < 0) {
-			r = err_set(err, ERR_INVALID, -r, "client id %s is too long for a kid",
-				    in->client_id);
-			goto out;
-		}
-		found = in->current ? find_kid(in->current, kid) : NULL;
-		if (found) {
-			json_t *old = json_object_get(found, "exp");
+json_t *keys_jwk_public(const struct keys_key *key, const char *kid)
+{
+	return key ? evp_jwk_public(key->pkey, kid) : NULL;
+}
 
-			if (!json_is_integer(old) || json_integer_value(old) != exp)
-				changed = true;
-			jwk = keys_jwk_normalise(found);
-			if (jwk && !json_equal(jwk, found))
-				changed = true;
-			carried++;
-		} else if (k == e || k == e + 1) {
-			jwk = public_jwk(ctx, k);
-			changed = true;
-			got = json_string_value(json_object_get(jwk, "kid"));
-			if (!jwk || !got || strcmp(got, kid) != 0) {
-				json_decref(jwk);
-				r = err_set(err, ERR_INTERNAL, EIO,
-					    "deriving the public key of epoch %" PRId64
-					    " for client %s failed",
-					    k, in->client_id);
-				goto out;
-			}
-		} else {
-			continue;
-		}
-		if (!jwk || json_object_set_new(jwk, "exp", json_integer(exp)) < 0 ||
-		    json_array_append_new(set, jwk) < 0) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
-	}
+char *keys_jwk_private(const struct keys_key *key, const char *kid)
+{
+	return key ? evp_jwk_private(key->pkey, kid) : NULL;
+}
 
-	/*
-	 * Foreign keys, in registration order, while unexpired and there is
-	 * room, each normalised: DigDir refuses an upload in which any key lacks
-	 * use or carries a member it does not know.
-	 */
-	foreign_after = keys_epoch_start(e, in->epoch_len);
-	if (in->now > foreign_after)
-		foreign_after = in->now;
-	json_array_foreach(in->current, i, v)
-	{
-		const char *kid = json_string_value(json_object_get(v, "kid"));
-		json_t *exp = json_object_get(v, "exp"), *norm;
+struct keys_key *keys_key_from_jwk(const json_t *jwk, struct err *err)
+{
+	EVP_PKEY *pkey = evp_from_jwk(jwk, err);
 
-		if (kid && keys_kid_is_own(in->seed, in->client_id, kid, NULL))
-			continue; /* ours: carried above or dropped */
-		if (in->drop_foreign || json_array_size(set) >= KEYS_MAX_REGISTERED)
-			continue;
-		if (json_is_number(exp) && json_number_value(exp) <= (double)foreign_after)
-			continue;
-		if (keys_set_has_kid(set, kid))
-			continue; /* a duplicate kid cannot be registered twice */
-		norm = keys_jwk_normalise(v);
-		if (!norm)
-			continue; /* not a key DigDir could take back */
-		if (!json_equal(norm, v))
-			changed = true;
-		if (json_array_append_new(set, norm) < 0) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
-		carried++;
-	}
+	return pkey ? keys_key_from_evp(pkey) : NULL;
+}
 
-	/* Unchanged when every registered key was carried over as it was. */
-	if (carried != ncur)
-		changed = true;
-	*ret_set = set;
-	*ret_changed = changed;
-	set = NULL;
-	r = 0;
-out:
-	json_decref(set);
-	return r;
+struct keys_key *keys_key_from_pem_file(const char *path, struct err *err)
+{
+	EVP_PKEY *pkey = evp_from_pem_file(path, err);
+
+	return pkey ? keys_key_from_evp(pkey) : NULL;
+}
+
+int keys_thumbprint(const struct keys_key *key, char ret[KEYS_THUMBPRINT_LEN + 1])
+{
+	return key ? evp_thumbprint(key->pkey, ret) : -EINVAL;
+}
+
+char *keys_jwt_sign(const struct keys_key *key, const char *kid, const json_t *x5c,
+		    const json_t *claims)
+{
+	return key ? evp_jwt_sign(key->pkey, kid, x5c, claims) : NULL;
 }

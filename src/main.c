@@ -1,15 +1,13 @@
 /*
- * main: dispatches to the subcommands. Initialises OpenSSL and libcurl once,
- * before any thread exists (gRPC's threads can outlive grpc_shutdown and
- * race OpenSSL's exit handler, so OpenSSL is told not to register one).
+ * main: dispatches to the subcommands. Initialises OpenSSL (keys) and
+ * libcurl (http) once, before any thread exists.
  */
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
-
 #include "cli.h"
 #include "http.h"
+#include "keys.h"
 
 static const char usage[] =
     "maskinporten-csi-provider: Maskinporten credentials for pods, as a provider of the\n"
@@ -42,7 +40,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
+	keys_global_init();
 	if (http_global_init() < 0) {
 		fprintf(stderr, "maskinporten-csi-provider: libcurl failed to initialise\n");
 		return 1;

@@ -46,7 +46,7 @@ struct mp {
 	char *well_known_url;
 	char *admin_client_id;
 	char *admin_kid;
-	EVP_PKEY *admin_key;
+	struct keys_key *admin_key;
 	json_t *x5c; /* NULL when the admin key is identified by kid */
 	bool trust_endpoints;
 	int64_t meta_max_age_ms;
@@ -151,7 +151,7 @@ struct mp *mp_new(struct http *http, const struct mp_config *config, struct err 
 			err_set(err, ERR_INVALID, EINVAL, "missing the admin client id");
 			goto fail;
 		}
-		mp->admin_key = keys_pkey_from_pem_file(config->admin_key_file, err);
+		mp->admin_key = keys_key_from_pem_file(config->admin_key_file, err);
 		if (!mp->admin_key)
 			goto fail;
 		if (config->admin_cert_file && *config->admin_cert_file) {
@@ -177,12 +177,12 @@ void mp_free(struct mp *mp)
 	free(mp->well_known_url);
 	free(mp->admin_client_id);
 	free(mp->admin_kid);
-	EVP_PKEY_free(mp->admin_key);
+	keys_key_free(mp->admin_key);
 	json_decref(mp->x5c);
 	meta_free(mp->meta);
 	for (size_t i = 0; i < 2; i++) {
 		free(mp->tok[i].scopes);
-		keys_free_secret(mp->tok[i].token);
+		secret_free(mp->tok[i].token);
 	}
 	pthread_mutex_destroy(&mp->meta_lock);
 	pthread_mutex_destroy(&mp->lock);
@@ -379,7 +379,7 @@ static const char *hint(const char *code, bool admin)
 }
 
 struct grant_ctx {
-	EVP_PKEY *pkey;
+	const struct keys_key *key;
 	const char *kid;
 	const json_t *x5c;
 	const char *iss;
@@ -396,7 +396,7 @@ static int make_grant_body(void *p, char **ret_body, size_t *ret_len)
 	char *jwt, *body;
 	size_t jlen;
 
-	jwt = keys_grant(g->pkey, g->kid, g->x5c, g->iss, g->aud, g->scope, (int64_t)time(NULL),
+	jwt = keys_grant(g->key, g->kid, g->x5c, g->iss, g->aud, g->scope, (int64_t)time(NULL),
 			 GRANT_LIFETIME);
 	if (!jwt)
 		return -EIO;
@@ -404,12 +404,12 @@ static int make_grant_body(void *p, char **ret_body, size_t *ret_len)
 	jlen = strlen(jwt);
 	body = malloc(sizeof(prefix) + jlen);
 	if (!body) {
-		keys_free_secret(jwt);
+		secret_free(jwt);
 		return -ENOMEM;
 	}
 	memcpy(body, prefix, sizeof(prefix) - 1);
 	memcpy(body + sizeof(prefix) - 1, jwt, jlen + 1);
-	keys_free_secret(jwt);
+	secret_free(jwt);
 	*ret_body = body;
 	*ret_len = sizeof(prefix) - 1 + jlen;
 	return 0;
@@ -427,7 +427,7 @@ static int token_request(struct http *http, const char *token_endpoint, const st
 		.idempotent = false,
 		.deadline_ms = deadline_ms,
 		.make_body = make_grant_body,
-		.free_body = keys_free_secret,
+		.free_body = secret_free,
 		.body_ctx = (void *)g,
 	};
 	struct http_response resp = { 0 };
@@ -487,11 +487,11 @@ out:
 }
 
 int mp_token_request(struct http *http, const char *token_endpoint, const char *issuer,
-		     EVP_PKEY *pkey, const char *kid, const char *client_id, const char *scope,
-		     int64_t deadline_ms, json_t **ret_response, struct err *err)
+		     const struct keys_key *key, const char *kid, const char *client_id,
+		     const char *scope, int64_t deadline_ms, json_t **ret_response, struct err *err)
 {
 	struct grant_ctx g = {
-		.pkey = pkey, .kid = kid, .iss = client_id, .aud = issuer, .scope = scope
+		.key = key, .kid = kid, .iss = client_id, .aud = issuer, .scope = scope
 	};
 
 	return token_request(http, token_endpoint, &g, false, deadline_ms, ret_response, err);
@@ -550,7 +550,7 @@ static int fetch_admin_token(struct mp *mp, enum mp_admin which, int64_t deadlin
 	r = mp_metadata(mp, deadline_ms, &meta, err);
 	if (r < 0)
 		return r;
-	g = (struct grant_ctx){ .pkey = mp->admin_key,
+	g = (struct grant_ctx){ .key = mp->admin_key,
 				.kid = mp->x5c ? NULL : mp->admin_kid,
 				.x5c = mp->x5c,
 				.iss = mp->admin_client_id,
@@ -617,7 +617,7 @@ int mp_admin_token(struct mp *mp, enum mp_admin which, int64_t deadline_ms, char
 	pthread_mutex_lock(&mp->lock);
 	t->refreshing = false;
 	if (r == 0) {
-		keys_free_secret(t->token);
+		secret_free(t->token);
 		t->token = fresh;
 		margin = lifetime / 10 < TOKEN_MARGIN_S ? lifetime / 10 : TOKEN_MARGIN_S;
 		t->refresh_at_ms = clock_now_ms() + (int64_t)(lifetime - margin) * 1000;
@@ -639,7 +639,7 @@ void mp_admin_token_invalidate(struct mp *mp, const char *token)
 	pthread_mutex_lock(&mp->lock);
 	for (size_t i = 0; i < 2; i++)
 		if (mp->tok[i].token && token && strcmp(mp->tok[i].token, token) == 0) {
-			keys_free_secret(mp->tok[i].token);
+			secret_free(mp->tok[i].token);
 			mp->tok[i].token = NULL;
 		}
 	pthread_mutex_unlock(&mp->lock);

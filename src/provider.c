@@ -627,7 +627,7 @@ int provider_ready(struct provider *p, char *msg, size_t len)
 		r = mp_admin_token(p->app->mp, MP_ADMIN_CLIENTS, clock_now_ms() + 5000, &token,
 				   &err);
 	}
-	keys_free_secret(token);
+	secret_free(token);
 	if (r < 0)
 		snprintf(msg, len, "%s", err.msg);
 	return r;

@@ -2,12 +2,10 @@
  * registry: the per-client cache, one provisioning flight per client, epochs.
  *
  * One mutex guards the table; it is never held across network calls or key
- * derivation. A flight marks its entry in_flight, runs on its own thread
- * without the lock (find or create the client, clean up duplicates, register
- * the key schedule, derive the current key, and, when anything new was
- * registered, wait until Maskinporten accepts it), then publishes under the
- * lock and wakes the Mounts that waited for it. Must never log key material;
- * entries wipe their private JWK when they are replaced or evicted.
+ * derivation. A flight marks its entry in_flight, runs provision_run() on a
+ * thread of its own without the lock, then publishes under the lock and wakes
+ * the Mounts that waited for it. Must never log key material; entries wipe
+ * their private JWK when they are replaced or evicted.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -20,11 +18,10 @@
 #include "hash.h"
 #include "log.h"
 #include "metrics.h"
+#include "provision.h"
 #include "registry.h"
 
-#define VERIFY_FIRST_WAIT_MS 500  /* between token requests while a key propagates ... */
-#define REPORT_MARGIN_MS     300  /* a flight's error reaches the Mount before it stops waiting */
-#define VERIFY_MAX_WAIT_MS   5000 /* ... doubling up to this */
+#define REPORT_MARGIN_MS 300 /* a flight's error reaches the Mount before it stops waiting */
 
 struct entry {
 	char *description;
@@ -55,10 +52,7 @@ struct entry {
 
 struct registry {
 	struct registry_config cfg;
-	struct digdir *dd;
-	struct mp *mp;
-	struct http *http;
-	const struct keys_seed *seed;
+	struct provision pv;
 	struct state *st;
 	pthread_mutex_t lock;
 	pthread_cond_t flight_done; /* CLOCK_MONOTONIC */
@@ -86,17 +80,6 @@ struct flight {
 	int64_t epoch;
 	int64_t known_max;
 	bool same_scopes;
-};
-
-/* What a flight produced, published under the lock. */
-struct flight_result {
-	char *client_id;
-	char *registered;  /* DigDir's scope set */
-	char *jwk_private; /* SECRET */
-	char kid[KEYS_KID_MAX];
-	int64_t epoch;
-	int64_t registered_max;
-	bool differs; /* readonly: DigDir holds other scopes than the entry's */
 };
 
 static uint64_t hash(const char *s)
@@ -167,7 +150,7 @@ static char **copy_scopes(char *const *scopes, size_t n)
 
 static void wipe_jwk(struct entry *e)
 {
-	keys_free_secret(e->jwk_private);
+	secret_free(e->jwk_private);
 	e->jwk_private = NULL;
 	e->epoch = -1;
 }
@@ -277,7 +260,7 @@ void registry_answer_release(struct registry_answer *answer)
 	if (!answer)
 		return;
 	free(answer->client_id);
-	keys_free_secret(answer->jwk_private);
+	secret_free(answer->jwk_private);
 	memset(answer, 0, sizeof(*answer));
 }
 
@@ -319,28 +302,28 @@ int registry_warm_kid(struct registry *reg, const char *description, const char 
 	return r;
 }
 
-/* ---- one flight --------------------------------------------------------------- */
+/* ---- one flight ----------------------------------------------------------- */
 
-/* The highest epoch among our keys in a registered "keys" array, or -1. */
-static int64_t registered_max(const struct registry *reg, const char *client_id, const json_t *keys)
+/* The provisioning's hooks: its step and the pause between token requests, for this entry. */
+struct hook_ctx {
+	struct registry *reg;
+	struct entry *e;
+};
+
+static void hook_step(void *ctx, const char *what, bool verifying)
 {
-	int64_t best = -1, ep;
-	size_t i;
-	json_t *k;
+	struct hook_ctx *h = ctx;
 
-	json_array_foreach(keys, i, k)
-	{
-		const char *kid = json_string_value(json_object_get(k, "kid"));
-
-		if (kid && keys_kid_is_own(reg->seed, client_id, kid, &ep) && ep > best)
-			best = ep;
-	}
-	return best;
+	pthread_mutex_lock(&h->reg->lock);
+	h->e->step = what;
+	h->e->verifying = verifying;
+	pthread_mutex_unlock(&h->reg->lock);
 }
 
 /* Sleeps ms unless the registry stops meanwhile. False when it stops. */
-static bool pause_ms(struct registry *reg, long ms)
+static bool hook_pause(void *ctx, long ms)
 {
+	struct registry *reg = ((struct hook_ctx *)ctx)->reg;
 	int64_t until = clock_now_ms() + ms;
 	bool stopping;
 
@@ -350,266 +333,6 @@ static bool pause_ms(struct registry *reg, long ms)
 	stopping = reg->stopping;
 	pthread_mutex_unlock(&reg->lock);
 	return !stopping;
-}
-
-static void set_verifying(struct registry *reg, struct entry *e, bool on)
-{
-	pthread_mutex_lock(&reg->lock);
-	e->verifying = on;
-	pthread_mutex_unlock(&reg->lock);
-}
-
-/* Whether a refused token request may be DigDir's change not having reached Maskinporten. */
-static bool propagating(const struct err *err)
-{
-	static const char *const codes[] = { "invalid_grant", "invalid_client", "invalid_scope",
-					     "forbidden" };
-
-	if (err->kind == ERR_UNAVAILABLE || err->kind == ERR_TIMEOUT ||
-	    err->kind == ERR_THROTTLED || err->kind == ERR_BAD_RESPONSE)
-		return true;
-	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
-		if (!strcmp(err->code, codes[i]))
-			return true;
-	return false;
-}
-
-/*
- * A new client, key or scope set reaches Maskinporten 0-2 minutes after
- * DigDir took it. Asks Maskinporten for a token with the key until it gives
- * one, so that no pod gets a key Maskinporten refuses.
- */
-static int verify(struct registry *reg, struct entry *e, const char *client_id, EVP_PKEY *pkey,
-		  const char *kid, const char *scope, int64_t deadline_ms, struct err *err)
-{
-	const struct mp_metadata *meta = NULL;
-	int64_t t0 = clock_now_ms();
-	long wait = VERIFY_FIRST_WAIT_MS;
-	int tries = 0, r;
-
-	r = mp_metadata(reg->mp, deadline_ms, &meta, err);
-	if (r < 0)
-		return r;
-	set_verifying(reg, e, true);
-	for (;;) {
-		struct err terr = { 0 };
-		json_t *resp = NULL;
-		const char *token;
-
-		tries++;
-		r = mp_token_request(reg->http, meta->token_endpoint, meta->issuer, pkey, kid,
-				     client_id, scope, deadline_ms, &resp, &terr);
-		/* The app's access token is of no use here: wipe it before it is freed. */
-		token = json_string_value(json_object_get(resp, "access_token"));
-		if (token)
-			explicit_bzero((char *)token, strlen(token));
-		json_decref(resp);
-		if (r == 0)
-			break;
-		if (!propagating(&terr)) {
-			if (err)
-				*err = terr;
-			err_prefix(err, "checking the new key of client %s with Maskinporten: ",
-				   client_id);
-			goto out;
-		}
-		if (clock_now_ms() + wait >= deadline_ms || !pause_ms(reg, wait)) {
-			r = err_set(
-			    err, ERR_PROPAGATING, EAGAIN,
-			    "Maskinporten does not accept the new key of client %s yet "
-			    "(%d tries in %.0f s; DigDir takes up to 2 minutes to pass a new "
-			    "client or key on): %.300s",
-			    client_id, tries, (double)(clock_now_ms() - t0) / 1000.0, terr.msg);
-			goto out;
-		}
-		wait = wait * 2 > VERIFY_MAX_WAIT_MS ? VERIFY_MAX_WAIT_MS : wait * 2;
-	}
-	metrics_key_propagation((double)(clock_now_ms() - t0) / 1000.0);
-	log_info("Maskinporten accepts the key of client %s after %.1f s (%d token request(s))",
-		 client_id, (double)(clock_now_ms() - t0) / 1000.0, tries);
-	r = 0;
-out:
-	set_verifying(reg, e, false);
-	return r;
-}
-
-/*
- * Duplicates of the app's client (other active clients with its
- * description) that hold no key, or only keys of ours, are what a create
- * race left behind (a node stopped before it deactivated its loser):
- * deactivate them. Others are left alone and logged. Best effort.
- */
-static void clean_duplicates(struct registry *reg, const char *description, const json_t *dups,
-			     int64_t deadline_ms)
-{
-	size_t i, j;
-	json_t *id, *k;
-
-	json_array_foreach(dups, i, id)
-	{
-		const char *dup = json_string_value(id);
-		struct err err = { 0 };
-		json_t *keys = NULL;
-		bool ours = true;
-
-		if (digdir_get_jwks(reg->dd, dup, deadline_ms, &keys, &err) < 0) {
-			log_warn("duplicate client %s of %s: reading its keys failed: %s", dup,
-				 description, err.msg);
-			continue;
-		}
-		json_array_foreach(keys, j, k)
-		{
-			const char *kid = json_string_value(json_object_get(k, "kid"));
-
-			ours &= kid && keys_kid_is_own(reg->seed, dup, kid, NULL);
-		}
-		json_decref(keys);
-		if (!ours) {
-			log_warn("client %s has the description %s too, and keys that are not this "
-				 "provider's: left as it is, deactivate it by hand if it is unused",
-				 dup, description);
-			continue;
-		}
-		if (digdir_delete_client(reg->dd, dup, deadline_ms, &err) < 0 &&
-		    err.kind != ERR_NOT_FOUND) {
-			log_warn("deactivating duplicate client %s of %s failed: %s", dup,
-				 description, err.msg);
-			continue;
-		}
-		metrics_client_deactivated("duplicate");
-		log_warn("deactivated client %s: a duplicate of %s left by a create race, with no "
-			 "key in use",
-			 dup, description);
-	}
-}
-
-static void set_step(struct registry *reg, struct entry *e, const char *step)
-{
-	pthread_mutex_lock(&reg->lock);
-	e->step = step;
-	pthread_mutex_unlock(&reg->lock);
-}
-
-/*
- * The network part of a flight, run without the lock, as a sequence of
- * steps: the client, its duplicates, its keys, the current key, and
- * Maskinporten's word that it works. Finding the client is bounded by the
- * Mount that asked (so its error says what failed); once the client is
- * known, the rest goes on within the flight's own budget even after that
- * Mount gave up, so that no client is left half provisioned and the
- * kubelet's next try is answered at once.
- */
-static int fly(struct flight *f, int64_t budget_ms, struct flight_result *ret, struct err *err)
-{
-	int64_t deadline_ms = f->mount_deadline_ms && f->mount_deadline_ms < budget_ms
-				  ? f->mount_deadline_ms
-				  : budget_ms;
-	struct registry *reg = f->reg;
-	struct keys_derive_ctx d = { .seed = reg->seed, .keep = true, .keep_epoch = f->epoch };
-	struct digdir_ensure ens = {
-		.description = f->description,
-		.scopes = (const char *const *)f->scopes,
-		.nscopes = f->nscopes,
-		.pinned_id = f->pinned,
-		.written = f->written,
-		.readonly_scopes = f->readonly,
-	};
-	json_t *registered = NULL;
-	bool uploaded = false, current_new = false;
-	int r;
-
-	/* 1. Find or create the client, with the Mount's scopes. */
-	set_step(reg, f->e, "looking up the client at DigDir");
-	r = digdir_ensure_client(reg->dd, &ens, deadline_ms, err);
-	if (r < 0)
-		goto out;
-	/* 2. What a create race left behind. */
-	if (ens.duplicates) {
-		set_step(reg, f->e, "cleaning up duplicate clients at DigDir");
-		clean_duplicates(reg, f->description, ens.duplicates, budget_ms);
-	}
-	/* 3. Register the key schedule (this epoch's key and the next). */
-	set_step(reg, f->e, "registering the key schedule at DigDir");
-	d.client_id = ens.client_id;
-	r = digdir_sync_jwks(reg->dd, ens.client_id, reg->seed, f->epoch, reg->cfg.epoch_len,
-			     ens.created ? DIGDIR_JWKS_NEW_CLIENT : 0, keys_derive_public_jwk, &d,
-			     budget_ms, &registered, &uploaded, &current_new, err);
-	for (unsigned i = 0; i < d.derived; i++)
-		metrics_key_derived();
-	if (r < 0)
-		goto out;
-	if (uploaded)
-		metrics_jwks_upload();
-	/* 4. The current key. */
-	if (!d.kept) {
-		d.kept = keys_derive(reg->seed, ens.client_id, f->epoch);
-		if (!d.kept) {
-			r = err_set(err, ERR_INTERNAL, EIO, "deriving the key of epoch %lld failed",
-				    (long long)f->epoch);
-			goto out;
-		}
-		metrics_key_derived();
-	}
-	r = keys_kid(reg->seed, ens.client_id, f->epoch, ret->kid);
-	if (r < 0) {
-		err_set(err, ERR_INTERNAL, -r, "the client id is too long for a kid");
-		goto out;
-	}
-	/* 5. Anything new must work at Maskinporten before a pod gets it. */
-	if (ens.created || current_new || ens.scopes_changed) {
-		set_step(reg, f->e, "waiting for Maskinporten to accept the new key");
-		r = verify(reg, f->e, ens.client_id, d.kept, ret->kid, ens.registered, budget_ms,
-			   err);
-		if (r < 0)
-			goto out;
-	}
-	ret->jwk_private = keys_jwk_private(d.kept, ret->kid);
-	if (!ret->jwk_private) {
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "serialising the key failed");
-		goto out;
-	}
-	ret->epoch = f->epoch;
-	ret->registered_max = registered_max(reg, ens.client_id, registered);
-	ret->client_id = ens.client_id;
-	ret->registered = ens.registered;
-	ret->differs = ens.scopes_differ;
-	ens.client_id = ens.registered = NULL;
-	r = 0;
-out:
-	digdir_ensure_release(&ens);
-	EVP_PKEY_free(d.kept);
-	json_decref(registered);
-	return r;
-}
-
-/*
- * DigDir failed, but this node saw the current key registered before: derive
- * it locally and keep serving. Returns 0 with the result, or -ENOENT.
- */
-static int fallback(struct registry *reg, const struct flight *f, struct flight_result *ret)
-{
-	EVP_PKEY *pkey;
-
-	if (!f->pinned || !f->same_scopes || f->known_max < f->epoch)
-		return -ENOENT;
-	pkey = keys_derive(reg->seed, f->pinned, f->epoch);
-	if (!pkey)
-		return -EIO;
-	metrics_key_derived();
-	if (keys_kid(reg->seed, f->pinned, f->epoch, ret->kid) < 0 ||
-	    !(ret->jwk_private = keys_jwk_private(pkey, ret->kid)) ||
-	    !(ret->client_id = strdup(f->pinned)) ||
-	    (f->written && !(ret->registered = strdup(f->written)))) {
-		EVP_PKEY_free(pkey);
-		keys_free_secret(ret->jwk_private);
-		free(ret->client_id);
-		*ret = (struct flight_result){ 0 };
-		return -ENOMEM;
-	}
-	EVP_PKEY_free(pkey);
-	ret->epoch = f->epoch;
-	ret->registered_max = f->known_max;
-	return 0;
 }
 
 static void flight_free(struct flight *f)
@@ -641,7 +364,7 @@ static void release_elsewhere(struct registry *reg, const struct entry *owner)
 }
 
 /* Publishes a flight's result (lock held) and wakes the callers that wait for it. */
-static void publish(struct registry *reg, struct flight *f, int r, struct flight_result *res,
+static void publish(struct registry *reg, struct flight *f, int r, struct provision_result *res,
 		    const struct err *err)
 {
 	struct entry *e = f->e;
@@ -696,39 +419,65 @@ static void publish(struct registry *reg, struct flight *f, int r, struct flight
 	pthread_cond_broadcast(&reg->flight_done);
 }
 
-/* Runs the flight without the lock, then publishes it under the lock. */
+/*
+ * Errors that the Mount's own parameters cause, or that time cures for this
+ * very key: serving a key known from before would hide them. Anything else
+ * (DigDir down, garbage, refused admin credentials) is DigDir's trouble.
+ */
+static bool mounts_fault(enum err_kind kind)
+{
+	return kind == ERR_SCOPE_ACCESS || kind == ERR_INVALID || kind == ERR_CONFLICT ||
+	       kind == ERR_PROPAGATING || kind == ERR_UNCONFIGURED;
+}
+
+/*
+ * Runs the flight without the lock, then publishes it under the lock. When
+ * DigDir fails for a reason that may pass, a key this node saw registered
+ * before keeps being served.
+ */
 static void run(struct flight *f)
 {
 	struct registry *reg = f->reg;
-	struct flight_result res = { 0 };
+	struct hook_ctx hooks = { reg, f->e };
+	struct provision_request req = {
+		.description = f->description,
+		.scopes = f->scopes,
+		.nscopes = f->nscopes,
+		.pinned = f->pinned,
+		.written = f->written,
+		.readonly = f->readonly,
+		.epoch = f->epoch,
+		.hooks = { .step = hook_step, .pause = hook_pause, .ctx = &hooks },
+	};
+	struct provision_result res = { 0 };
 	struct err err = { 0 };
+	char *id = NULL, *written = NULL;
 	int r;
 
+	req.deadline_ms = clock_now_ms() + reg->cfg.flight_timeout_ms;
+	req.find_deadline_ms = f->mount_deadline_ms && f->mount_deadline_ms < req.deadline_ms
+				   ? f->mount_deadline_ms
+				   : req.deadline_ms;
 	/* A flight that may create a client says so first, in case this process dies mid-create. */
 	if (!f->pinned && !f->readonly)
 		state_pending(reg->st, f->description);
-	r = fly(f, clock_now_ms() + reg->cfg.flight_timeout_ms, &res, &err);
-	if (r < 0 && err.kind != ERR_SCOPE_ACCESS && err.kind != ERR_INVALID &&
-	    err.kind != ERR_CONFLICT && err.kind != ERR_PROPAGATING) {
-		struct flight_result fb = { 0 };
-
-		if (fallback(reg, f, &fb) == 0) {
-			log_warn("DigDir failed for %s (%s); serving the key of epoch %lld, which "
-				 "was registered when last checked",
-				 f->description, err.msg, (long long)f->epoch);
-			keys_free_secret(res.jwk_private);
-			free(res.client_id);
-			free(res.registered);
-			res = fb;
-			r = 0;
-		}
+	r = provision_run(&reg->pv, &req, &res, &err);
+	if (r < 0 && !mounts_fault(err.kind) && f->same_scopes &&
+	    provision_fallback(&reg->pv, f->pinned, f->written, f->epoch, f->known_max, &res) ==
+		0) {
+		log_warn("DigDir failed for %s (%s); serving the key of epoch %lld, which was "
+			 "registered when last checked",
+			 f->description, err.msg, (long long)f->epoch);
+		r = 0;
 	}
 	if (r < 0 && f->readonly)
 		log_warn("revalidating %s failed: %s", f->description, err.msg);
 
 	/* What the state file keeps of a success: copied under the lock, written after it. */
-	char *id = r == 0 && res.client_id ? strdup(res.client_id) : NULL;
-	char *written = r == 0 && res.registered && !f->readonly ? strdup(res.registered) : NULL;
+	if (r == 0 && res.client_id)
+		id = strdup(res.client_id);
+	if (r == 0 && res.registered && !f->readonly)
+		written = strdup(res.registered);
 
 	pthread_mutex_lock(&reg->lock);
 	publish(reg, f, r, &res, &err);
@@ -737,9 +486,7 @@ static void run(struct flight *f)
 		state_settled(reg->st, f->description, id, written);
 	free(id);
 	free(written);
-	keys_free_secret(res.jwk_private);
-	free(res.client_id);
-	free(res.registered);
+	provision_result_release(&res);
 }
 
 static void *flight_main(void *arg)
@@ -922,23 +669,16 @@ static void settle_pending(struct registry *reg)
 	json_array_foreach(apps, i, d)
 	{
 		const char *description = json_string_value(d);
-		int64_t deadline = clock_now_ms() + reg->cfg.flight_timeout_ms;
 		struct err err = { 0 };
-		json_t *ids = NULL, *dups;
+		char *id = NULL;
 
-		if (digdir_lookup(reg->dd, description, deadline, &ids, &err) < 0) {
+		if (provision_settle(&reg->pv, description,
+				     clock_now_ms() + reg->cfg.flight_timeout_ms, &id, &err) < 0) {
 			log_warn("settling %s after a restart failed: %s", description, err.msg);
 			continue;
 		}
-		dups = json_array();
-		for (size_t j = 1; dups && j < json_array_size(ids); j++)
-			json_array_append(dups, json_array_get(ids, j));
-		if (json_array_size(dups))
-			clean_duplicates(reg, description, dups, deadline);
-		state_settled(reg->st, description, json_string_value(json_array_get(ids, 0)),
-			      NULL);
-		json_decref(dups);
-		json_decref(ids);
+		state_settled(reg->st, description, id, NULL);
+		free(id);
 	}
 	json_decref(apps);
 }
@@ -1004,10 +744,9 @@ struct registry *registry_new(const struct registry_config *config, struct digdi
 	reg->cfg = *config;
 	if (reg->cfg.flip_window_ms <= 0)
 		reg->cfg.flip_window_ms = REGISTRY_FLIP_WINDOW_MS;
-	reg->dd = dd;
-	reg->mp = mp;
-	reg->http = http;
-	reg->seed = seed;
+	reg->pv = (struct provision){
+		.dd = dd, .mp = mp, .http = http, .seed = seed, .epoch_len = config->epoch_len
+	};
 	reg->st = st;
 	while (n < (size_t)config->capacity * 2)
 		n <<= 1;

@@ -1059,12 +1059,6 @@ static struct cached *cache_get(struct scopes *sc, const char *description, int6
 	return c;
 }
 
-static bool transient(enum err_kind kind)
-{
-	return kind == ERR_UNAVAILABLE || kind == ERR_TIMEOUT || kind == ERR_THROTTLED ||
-	       kind == ERR_BAD_RESPONSE;
-}
-
 /* Waits on sc->done until deadline_ms. 0 or -ETIMEDOUT. */
 static int wait_done(struct scopes *sc, int64_t deadline_ms)
 {
@@ -1170,7 +1164,7 @@ int scopes_sync(struct scopes *sc, const char *app_description, const struct sco
 		} else {
 			r = err_set(&serr, ERR_INTERNAL, ENOMEM, "out of memory");
 		}
-	} else if (transient(serr.kind) && c->names && !strcmp(c->hash, decl->hash)) {
+	} else if (err_is_transient(serr.kind) && c->names && !strcmp(c->hash, decl->hash)) {
 		/* DigDir is down: what was synced last for this declaration still holds. */
 		r = cached_result(c, ret_names, ret_refused, &serr);
 	}

@@ -1,5 +1,5 @@
 /*
- * fuzz_jwk: keys_pkey_from_jwk on JSON from the input (a MASKINPORTEN_CLIENT_JWK
+ * fuzz_jwk: keys_key_from_jwk on JSON from the input (a MASKINPORTEN_CLIENT_JWK
  * file as the token subcommand reads it). A key that loads is written back as
  * a public and a private JWK.
  */
@@ -11,7 +11,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct err err = { 0 };
-	EVP_PKEY *pkey;
+	struct keys_key *key;
 	json_t *jwk, *pub;
 	char *priv;
 
@@ -21,15 +21,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	jwk = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
 	if (!jwk)
 		return 0;
-	pkey = keys_pkey_from_jwk(jwk, &err);
-	if (!pkey && !err.msg[0])
+	key = keys_key_from_jwk(jwk, &err);
+	if (!key && !err.msg[0])
 		abort();
-	if (pkey) {
-		pub = keys_jwk_public(pkey, "k");
+	if (key) {
+		pub = keys_jwk_public(key, "k");
 		json_decref(pub);
-		priv = keys_jwk_private(pkey, "k");
-		keys_free_secret(priv);
-		EVP_PKEY_free(pkey);
+		priv = keys_jwk_private(key, "k");
+		secret_free(priv);
+		keys_key_free(key);
 	}
 	json_decref(jwk);
 	return 0;

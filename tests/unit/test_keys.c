@@ -1,7 +1,8 @@
 /*
  * Unit tests of the keys module: fixed derivation vectors (any change to the
  * derivation must fail here), seed loading rules, epochs, kids, base64url,
- * JWKs and their thumbprints, JWTs, PEM loading and the key schedule table.
+ * JWKs and their thumbprints, JWTs and PEM loading. The key schedule is
+ * tested in test_keyset.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,12 +23,14 @@
 #include <openssl/pem.h>
 
 #include "keys.h"
+#include "keys_evp.h" /* the tests check the keys with OpenSSL itself */
 
 /* ---- fixtures ------------------------------------------------------------- */
 
 static struct keys_seed seed;	    /* bytes 0x00..0x1f */
 static struct keys_seed other_seed; /* bytes 0x00..0x3f */
-static EVP_PKEY *vec_key;	    /* the first vector's key */
+static struct keys_key *vec_key;    /* the first vector's key */
+static EVP_PKEY *vec_evp;	    /* its OpenSSL key */
 static char tmpdir[] = "/tmp/test_keys.XXXXXX";
 
 static int setup(void **state)
@@ -41,12 +44,13 @@ static int setup(void **state)
 	vec_key = keys_derive(&seed, "test-client", 20000);
 	if (!vec_key || !mkdtemp(tmpdir))
 		return -1;
+	vec_evp = keys_key_evp(vec_key);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	EVP_PKEY_free(vec_key);
+	keys_key_free(vec_key);
 	keys_seed_wipe(&seed);
 	keys_seed_wipe(&other_seed);
 	/* Only the files this test made, in its own mkdtemp directory. */
@@ -116,15 +120,15 @@ static void test_derive_vectors(void **state)
 	for (size_t i = 0; i < sizeof(vectors) / sizeof(vectors[0]); i++) {
 		const struct keys_seed *s = vectors[i].seed64 ? &other_seed : &seed;
 		char hex[65], kid[KEYS_KID_MAX];
-		EVP_PKEY *k = keys_derive(s, vectors[i].client, vectors[i].epoch);
+		struct keys_key *k = keys_derive(s, vectors[i].client, vectors[i].epoch);
 
 		assert_non_null(k);
-		assert_int_equal(EVP_PKEY_get_bits(k), 2048);
-		sha256_n(k, hex);
+		assert_int_equal(EVP_PKEY_get_bits(keys_key_evp(k)), 2048);
+		sha256_n(keys_key_evp(k), hex);
 		assert_string_equal(hex, vectors[i].n_sha256);
 		assert_int_equal(keys_kid(s, vectors[i].client, vectors[i].epoch, kid), 0);
 		assert_string_equal(kid, vectors[i].kid);
-		EVP_PKEY_free(k);
+		keys_key_free(k);
 	}
 }
 
@@ -137,14 +141,14 @@ static void test_derive_properties(void **state)
 	BN_CTX *ctx = BN_CTX_new();
 	EVP_PKEY_CTX *pctx;
 
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_N, &n), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_E, &e), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_D, &d), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_FACTOR1, &p), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_FACTOR2, &q), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_EXPONENT1, &dp), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_EXPONENT2, &dq), 1);
-	assert_int_equal(EVP_PKEY_get_bn_param(vec_key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, &qi), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_N, &n), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_E, &e), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_D, &d), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_FACTOR1, &p), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_FACTOR2, &q), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_EXPONENT1, &dp), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_EXPONENT2, &dq), 1);
+	assert_int_equal(EVP_PKEY_get_bn_param(vec_evp, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, &qi), 1);
 	assert_true(BN_is_word(e, 65537));
 	assert_int_equal(BN_num_bits(n), 2048);
 	assert_int_equal(BN_num_bits(p), 1024);
@@ -178,7 +182,7 @@ static void test_derive_properties(void **state)
 	BN_mod_mul(t, qi, q, p, ctx);
 	assert_true(BN_is_one(t));
 	/* OpenSSL's own full check agrees. */
-	pctx = EVP_PKEY_CTX_new_from_pkey(NULL, vec_key, NULL);
+	pctx = EVP_PKEY_CTX_new_from_pkey(NULL, vec_evp, NULL);
 	assert_int_equal(EVP_PKEY_check(pctx), 1);
 	EVP_PKEY_CTX_free(pctx);
 
@@ -375,6 +379,7 @@ static void test_thumbprint_rfc7638(void **state)
 	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
 	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
 	EVP_PKEY *pkey = NULL;
+	struct keys_key *key;
 	OSSL_PARAM *params;
 	unsigned char *nb;
 	BIGNUM *n, *e = BN_new();
@@ -389,10 +394,12 @@ static void test_thumbprint_rfc7638(void **state)
 	params = OSSL_PARAM_BLD_to_param(bld);
 	assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
 	assert_int_equal(EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params), 1);
-	assert_int_equal(keys_thumbprint(pkey, tp), 0);
+	key = keys_key_from_evp(pkey);
+	assert_non_null(key);
+	assert_int_equal(keys_thumbprint(key, tp), 0);
 	assert_string_equal(tp, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
 
-	EVP_PKEY_free(pkey);
+	keys_key_free(key);
 	OSSL_PARAM_free(params);
 	OSSL_PARAM_BLD_free(bld);
 	EVP_PKEY_CTX_free(ctx);
@@ -437,7 +444,7 @@ static void test_jwk_private_roundtrip(void **state)
 	char tp1[KEYS_THUMBPRINT_LEN + 1], tp2[KEYS_THUMBPRINT_LEN + 1];
 	json_error_t jerr;
 	json_t *jwk;
-	EVP_PKEY *back;
+	struct keys_key *back;
 	struct err err;
 	void *it;
 	size_t i = 0;
@@ -451,15 +458,15 @@ static void test_jwk_private_roundtrip(void **state)
 		assert_string_equal(json_object_iter_key(it), order[i]);
 	assert_int_equal(i, 12);
 	assert_string_equal(json_string_value(json_object_get(jwk, "kid")), "k\"1");
-	back = keys_pkey_from_jwk(jwk, &err);
+	back = keys_key_from_jwk(jwk, &err);
 	assert_non_null(back);
-	assert_int_equal(EVP_PKEY_eq(back, vec_key), 1);
+	assert_int_equal(EVP_PKEY_eq(keys_key_evp(back), vec_evp), 1);
 	keys_thumbprint(back, tp1);
 	keys_thumbprint(vec_key, tp2);
 	assert_string_equal(tp1, tp2);
-	EVP_PKEY_free(back);
+	keys_key_free(back);
 	json_decref(jwk);
-	keys_free_secret(s);
+	secret_free(s);
 }
 
 /* Loads the vector key's private JWK, lets edit spoil it, expects refusal naming want. */
@@ -470,11 +477,11 @@ static void expect_jwk_refused(void (*edit)(json_t *), const char *want)
 	struct err err = { 0 };
 
 	edit(jwk);
-	assert_null(keys_pkey_from_jwk(jwk, &err));
+	assert_null(keys_key_from_jwk(jwk, &err));
 	if (!strstr(err.msg, want))
 		fail_msg("error \"%s\" does not mention \"%s\"", err.msg, want);
 	json_decref(jwk);
-	keys_free_secret(s);
+	secret_free(s);
 }
 
 static void drop_d(json_t *j)
@@ -510,13 +517,13 @@ static void other_d(json_t *j)
 static void other_n(json_t *j)
 {
 	char *s = keys_jwk_private(vec_key, "x");
-	EVP_PKEY *k2 = keys_derive(&seed, "test-client", 20001);
+	struct keys_key *k2 = keys_derive(&seed, "test-client", 20001);
 	json_t *o = keys_jwk_public(k2, "x");
 
 	json_object_set(j, "n", json_object_get(o, "n"));
 	json_decref(o);
-	EVP_PKEY_free(k2);
-	keys_free_secret(s);
+	keys_key_free(k2);
+	secret_free(s);
 }
 static void wrong_kty(json_t *j)
 {
@@ -541,7 +548,7 @@ static void test_jwk_refused(void **state)
 	expect_jwk_refused(other_n, "p * q != n");
 	expect_jwk_refused(wrong_kty, "kty");
 	expect_jwk_refused(n_number, "\"n\"");
-	assert_null(keys_pkey_from_jwk(arr, &err));
+	assert_null(keys_key_from_jwk(arr, &err));
 	assert_non_null(strstr(err.msg, "not a JSON object"));
 	json_decref(arr);
 }
@@ -602,7 +609,7 @@ static void test_jwt_and_grant(void **state)
 
 	jwt = keys_jwt_sign(vec_key, "kid-1", NULL, in);
 	assert_non_null(jwt);
-	verify_jwt(jwt, vec_key, &header, &claims);
+	verify_jwt(jwt, vec_evp, &header, &claims);
 	assert_string_equal(json_string_value(json_object_get(header, "alg")), "RS256");
 	assert_string_equal(json_string_value(json_object_get(header, "typ")), "JWT");
 	assert_string_equal(json_string_value(json_object_get(header, "kid")), "kid-1");
@@ -610,19 +617,19 @@ static void test_jwt_and_grant(void **state)
 	assert_true(json_equal(claims, in));
 	json_decref(header);
 	json_decref(claims);
-	keys_free_secret(jwt);
+	secret_free(jwt);
 
 	jwt = keys_jwt_sign(vec_key, NULL, x5c, in);
-	verify_jwt(jwt, vec_key, &header, &claims);
+	verify_jwt(jwt, vec_evp, &header, &claims);
 	assert_null(json_object_get(header, "kid"));
 	assert_true(json_equal(json_object_get(header, "x5c"), x5c));
 	json_decref(header);
 	json_decref(claims);
-	keys_free_secret(jwt);
+	secret_free(jwt);
 
 	jwt = keys_grant(vec_key, "kid-2", NULL, "client-1", "https://mp.example/", "a:b c:d",
 			 1700000000, 120);
-	verify_jwt(jwt, vec_key, &header, &claims);
+	verify_jwt(jwt, vec_evp, &header, &claims);
 	assert_string_equal(json_string_value(json_object_get(header, "kid")), "kid-2");
 	assert_string_equal(json_string_value(json_object_get(claims, "aud")),
 			    "https://mp.example/");
@@ -634,7 +641,7 @@ static void test_jwt_and_grant(void **state)
 	assert_true(is_uuid4(jti));
 	json_decref(header);
 	json_decref(claims);
-	keys_free_secret(jwt);
+	secret_free(jwt);
 
 	assert_null(keys_grant(vec_key, "k", NULL, "c", "a", "s", 0, KEYS_GRANT_LIFETIME + 1));
 	assert_null(keys_grant(vec_key, "k", NULL, "c", "a", "s", 0, 0));
@@ -692,7 +699,7 @@ static void test_pem(void **state)
 	char chain[sizeof(leaf_pem) + sizeof(ca_pem)], body[1024];
 	const char *path;
 	struct err err = { 0 };
-	EVP_PKEY *k;
+	struct keys_key *k;
 	json_t *x5c;
 	BIO *bio;
 	char *pem;
@@ -700,18 +707,18 @@ static void test_pem(void **state)
 
 	/* The private key, as PKCS#8 PEM. */
 	bio = BIO_new(BIO_s_mem());
-	assert_int_equal(PEM_write_bio_PrivateKey(bio, vec_key, NULL, NULL, 0, NULL, NULL), 1);
+	assert_int_equal(PEM_write_bio_PrivateKey(bio, vec_evp, NULL, NULL, 0, NULL, NULL), 1);
 	len = BIO_get_mem_data(bio, &pem);
 	path = write_file('f', pem, (size_t)len, 0600);
-	k = keys_pkey_from_pem_file(path, &err);
+	k = keys_key_from_pem_file(path, &err);
 	assert_non_null(k);
-	assert_int_equal(EVP_PKEY_eq(k, vec_key), 1);
-	EVP_PKEY_free(k);
+	assert_int_equal(EVP_PKEY_eq(keys_key_evp(k), vec_evp), 1);
+	keys_key_free(k);
 	BIO_free(bio);
 	path = write_file('g', "not a key\n", 10, 0600);
-	assert_null(keys_pkey_from_pem_file(path, &err));
+	assert_null(keys_key_from_pem_file(path, &err));
 	assert_non_null(strstr(err.msg, "no unencrypted PEM private key"));
-	assert_null(keys_pkey_from_pem_file("/nonexistent/key.pem", &err));
+	assert_null(keys_key_from_pem_file("/nonexistent/key.pem", &err));
 	assert_non_null(strstr(err.msg, "cannot open"));
 
 	/* The chain: standard base64 DER, leaf first. */
@@ -734,309 +741,6 @@ static void test_pem(void **state)
 	assert_null(keys_x5c_from_pem_file(path, &err));
 }
 
-/* ---- the key schedule ----------------------------------------------------- */
-
-#define E   1000
-#define LEN 3600
-
-static int jwk_calls;
-
-/* Stands in for derivation: the schedule only needs the kid right. */
-static json_t *fake_public_jwk(void *ctx, int64_t epoch)
-{
-	char kid[KEYS_KID_MAX];
-
-	jwk_calls++;
-	keys_kid(&seed, "client-1", epoch, kid);
-	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "use", "sig", "kty", "RSA", "kid", kid,
-			 "alg", "RS256", "n", "xx", "e", "AQAB");
-}
-
-/*
- * A set in a small language, one token per key:
- *   o<k>   our key of epoch E+k with the right exp (o-1, o0, o+2)
- *   O<k>   our key of epoch E+k with a wrong exp
- *   s<k>   the key of epoch E+k of another seed (foreign)
- *   f<X>   a foreign key "X" without exp; f<X>! expired; f<X>~ expiring later;
- *          f<X>? registered before DigDir's 2025 API: no use, no alg, an x5t
- * Keys carry use and alg, as DigDir's 2025 API returns them, unless said otherwise.
- */
-static json_t *make_set(const char *spec)
-{
-	char buf[256], *tok, *save = NULL;
-	json_t *set = json_array();
-
-	snprintf(buf, sizeof(buf), "%s", spec);
-	for (tok = strtok_r(buf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-		char kid[KEYS_KID_MAX];
-		json_t *k;
-
-		if (tok[0] == 'o' || tok[0] == 'O' || tok[0] == 's') {
-			int64_t ep = E + strtol(tok + 1, NULL, 10);
-
-			keys_kid(tok[0] == 's' ? &other_seed : &seed, "client-1", ep, kid);
-			k = json_pack(
-			    "{s:s, s:s, s:s, s:s, s:I}", "kid", kid, "kty", "RSA", "use", "sig",
-			    "alg", "RS256", "exp",
-			    (json_int_t)(keys_epoch_end(ep + 1, LEN) + (tok[0] == 'O' ? 5 : 0)));
-		} else {
-			size_t l = strlen(tok);
-			char last = tok[l - 1];
-
-			if (last == '!' || last == '~' || last == '?')
-				tok[l - 1] = '\0';
-			if (last == '?')
-				k = json_pack("{s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA",
-					      "x5t", "abc");
-			else
-				k = json_pack("{s:s, s:s, s:s, s:s}", "kid", tok + 1, "kty", "RSA",
-					      "use", "sig", "alg", "RS256");
-			if (last == '!')
-				json_object_set_new(k, "exp",
-						    json_integer(keys_epoch_start(E, LEN) - 10));
-			if (last == '~')
-				json_object_set_new(k, "exp",
-						    json_integer(keys_epoch_start(E, LEN) + 10));
-		}
-		json_array_append_new(set, k);
-	}
-	return set;
-}
-
-/* The set's kids back in the same language (own and foreign keys only). */
-static void describe(const json_t *set, char *out, size_t len)
-{
-	size_t i, n = 0;
-	json_t *v;
-
-	out[0] = '\0';
-	json_array_foreach(set, i, v)
-	{
-		const char *kid = json_string_value(json_object_get(v, "kid"));
-		int64_t ep;
-
-		if (keys_kid_is_own(&seed, "client-1", kid, &ep))
-			n += (size_t)snprintf(out + n, len - n, "%so%+d", n ? " " : "",
-					      (int)(ep - E));
-		else if (keys_kid_is_own(&other_seed, "client-1", kid, &ep))
-			n += (size_t)snprintf(out + n, len - n, "%ss%+d", n ? " " : "",
-					      (int)(ep - E));
-		else
-			n += (size_t)snprintf(out + n, len - n, "%sf%s", n ? " " : "", kid);
-	}
-}
-
-static int schedule(const json_t *current, int64_t epoch, bool drop_foreign, json_t **ret_set,
-		    bool *ret_changed)
-{
-	struct keys_schedule_input in = { .seed = &seed,
-					  .client_id = "client-1",
-					  .epoch = epoch,
-					  .epoch_len = LEN,
-					  .current = current,
-					  .drop_foreign = drop_foreign };
-	struct err err = { 0 };
-
-	return keys_schedule(&in, fake_public_jwk, NULL, ret_set, ret_changed, &err);
-}
-
-static void test_schedule_table(void **state)
-{
-	static const struct {
-		const char *name, *current, *want;
-		bool drop_foreign, changed;
-		int derived;
-	} cases[] = {
-		{ "empty set", "", "o+0 o+1", false, true, 2 },
-		{ "only e present", "o0", "o+0 o+1", false, true, 1 },
-		{ "e-1, e, e+1: no change", "o-1 o0 o+1", "o-1 o+0 o+1", false, false, 0 },
-		{ "order does not matter", "o+1 o0 o-1", "o-1 o+0 o+1", false, false, 0 },
-		{ "old own keys dropped", "o-3 o-2 o-1 o0 o+1", "o-1 o+0 o+1", false, true, 0 },
-		{ "e+2 kept", "o0 o+1 o+2", "o+0 o+1 o+2", false, false, 0 },
-		{ "far-future own keys dropped", "o0 o+1 o+3 o+9", "o+0 o+1", false, true, 0 },
-		{ "foreign kept while room", "fA fB o0 o+1", "o+0 o+1 fA fB", false, false, 0 },
-		{ "foreign kept, oldest first, up to 5", "fA fB fC fD o0", "o+0 o+1 fA fB fC",
-		  false, true, 1 },
-		{ "foreign beyond 5 dropped", "o-1 o0 o+1 fA fB fC", "o-1 o+0 o+1 fA fB", false,
-		  true, 0 },
-		{ "expired foreign dropped", "fA! fB~ fC o0 o+1", "o+0 o+1 fB fC", false, true, 0 },
-		{ "drop_foreign", "fA o0 o+1", "o+0 o+1", true, true, 0 },
-		{ "drop_foreign, none there", "o0 o+1", "o+0 o+1", true, false, 0 },
-		{ "wrong exp on an own key", "O0 o+1", "o+0 o+1", false, true, 0 },
-		{ "wrong exp on a kept e+2", "o0 o+1 O+2", "o+0 o+1 o+2", false, true, 0 },
-		{ "another seed's keys are foreign", "s0 s+1 o0 o+1", "o+0 o+1 s+0 s+1", false,
-		  false, 0 },
-		{ "duplicate own kid", "o0 o0 o+1", "o+0 o+1", false, true, 0 },
-		{ "duplicate foreign kid", "fA fA o0 o+1", "o+0 o+1 fA", false, true, 0 },
-		{ "legacy foreign key normalised", "fL? o0 o+1", "o+0 o+1 fL", false, true, 0 },
-	};
-
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		json_t *cur = make_set(cases[i].current), *set = NULL;
-		bool changed = !cases[i].changed;
-		char got[512];
-		size_t j;
-		json_t *v;
-
-		jwk_calls = 0;
-		assert_int_equal(schedule(cur, E, cases[i].drop_foreign, &set, &changed), 0);
-		describe(set, got, sizeof(got));
-		if (strcmp(got, cases[i].want) != 0 || changed != cases[i].changed ||
-		    jwk_calls != cases[i].derived)
-			fail_msg("case \"%s\": got [%s] changed=%d derived=%d, want [%s] "
-				 "changed=%d derived=%d",
-				 cases[i].name, got, changed, jwk_calls, cases[i].want,
-				 cases[i].changed, cases[i].derived);
-		/* Our keys carry exp = end of their grace epoch; never more than 5 keys. */
-		assert_true(json_array_size(set) <= KEYS_MAX_REGISTERED);
-		json_array_foreach(set, j, v)
-		{
-			int64_t ep;
-
-			/* Every key as DigDir takes it: use and alg, no member it does not know. */
-			assert_string_equal(json_string_value(json_object_get(v, "use")), "sig");
-			assert_string_equal(json_string_value(json_object_get(v, "alg")), "RS256");
-			assert_null(json_object_get(v, "x5t"));
-			if (keys_kid_is_own(&seed, "client-1",
-					    json_string_value(json_object_get(v, "kid")), &ep))
-				assert_int_equal(json_integer_value(json_object_get(v, "exp")),
-						 keys_epoch_end(ep + 1, LEN));
-		}
-		json_decref(set);
-		json_decref(cur);
-	}
-}
-
-/* A foreign key that expired before now is dropped even when the epoch began earlier. */
-static void test_schedule_drops_keys_expired_by_now(void **state)
-{
-	json_t *cur = make_set("fA~ fB o0 o+1"), *set = NULL;
-	struct keys_schedule_input in = { .seed = &seed,
-					  .client_id = "client-1",
-					  .epoch = E,
-					  .epoch_len = LEN,
-					  .current = cur,
-					  .now = keys_epoch_start(E, LEN) + 20 };
-	struct err err = { 0 };
-	bool changed = false;
-	char got[256];
-
-	assert_int_equal(keys_schedule(&in, fake_public_jwk, NULL, &set, &changed, &err), 0);
-	describe(set, got, sizeof(got));
-	assert_string_equal(got, "o+0 o+1 fB");
-	assert_true(changed);
-	json_decref(set);
-	json_decref(cur);
-}
-
-static void test_jwk_normalise(void **state)
-{
-	json_t *legacy =
-	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty", "RSA", "n", "nn",
-		      "e", "AQAB", "d", "secret", "exp", 99, "x5c", "MIIB");
-	json_t *n = keys_jwk_normalise(legacy);
-	json_t *want =
-	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:[s]}", "kid", "k1", "kty", "RSA", "n",
-		      "nn", "e", "AQAB", "use", "sig", "alg", "RS256", "exp", 99, "x5c", "MIIB");
-
-	/* No private member ever goes back; use and alg are added, x5c and exp kept. */
-	assert_true(json_equal(n, want));
-	json_decref(n);
-	json_object_set_new(legacy, "alg", json_string("RS512"));
-	n = keys_jwk_normalise(legacy);
-	assert_string_equal(json_string_value(json_object_get(n, "alg")), "RS512");
-	json_decref(n);
-	json_object_del(legacy, "kid");
-	assert_null(keys_jwk_normalise(legacy));
-	json_decref(legacy);
-	json_decref(want);
-}
-
-static void test_schedule_errors(void **state)
-{
-	json_t *bad = json_pack("[s]", "not-an-object"), *obj = json_object(), *set = NULL;
-	bool changed = false;
-
-	assert_int_equal(schedule(bad, E, false, &set, &changed), -EINVAL);
-	assert_int_equal(schedule(obj, E, false, &set, &changed), -EINVAL);
-	assert_null(set);
-	/* JSON null, as DigDir may send for "keys", means none. */
-	assert_int_equal(schedule(json_null(), E, false, &set, &changed), 0);
-	assert_int_equal(json_array_size(set), 2);
-	assert_true(changed);
-	json_decref(set);
-	json_decref(bad);
-	json_decref(obj);
-}
-
-static bool has_kid_in(const json_t *set, const char *kid)
-{
-	size_t i;
-	json_t *v;
-
-	json_array_foreach(
-	    set, i, v) if (!strcmp(json_string_value(json_object_get(v, "kid")), kid)) return true;
-	return false;
-}
-
-/* Uploads as a node in epoch ep would: returns whether it changed the state. */
-static bool node_upload(json_t **state_set, int64_t ep)
-{
-	json_t *set = NULL;
-	bool changed = false;
-
-	assert_int_equal(schedule(*state_set, ep, false, &set, &changed), 0);
-	if (changed) {
-		json_decref(*state_set);
-		*state_set = set;
-	} else {
-		json_decref(set);
-	}
-	return changed;
-}
-
-/*
- * Node A in epoch E and node B in E+1 (clocks either side of a boundary)
- * upload alternately. After each has uploaded once, neither wants a change,
- * and each node's handed-out key is registered.
- */
-static void test_schedule_two_clocks(void **state)
-{
-	static const char *const starts[] = {
-		"",
-		"o-1",
-		"o-1 o0",
-		"o-2 o-1 o0 o+1",
-		"o0 o+1 o+3",
-		"o+1 o+2 o+3",
-		"fA fB fC fD",
-		"fA! fB~ o-1 o0 fC",
-		"s0 s+1 fA o0 o+1 o+2",
-		"O-1 O0 O+1 O+2 fZ",
-	};
-	char kid_a[KEYS_KID_MAX], kid_b[KEYS_KID_MAX];
-
-	keys_kid(&seed, "client-1", E, kid_a);
-	keys_kid(&seed, "client-1", E + 1, kid_b);
-	for (size_t i = 0; i < sizeof(starts) / sizeof(starts[0]); i++) {
-		for (int a_first = 0; a_first < 2; a_first++) {
-			json_t *st = make_set(starts[i]);
-			char got[512];
-
-			node_upload(&st, a_first ? E : E + 1);
-			node_upload(&st, a_first ? E + 1 : E);
-			describe(st, got, sizeof(got));
-			for (int round = 0; round < 3; round++)
-				if (node_upload(&st, E) || node_upload(&st, E + 1))
-					fail_msg("start [%s], %s first: no convergence at [%s]",
-						 starts[i], a_first ? "A" : "B", got);
-			assert_true(has_kid_in(st, kid_a));
-			assert_true(has_kid_in(st, kid_b));
-			json_decref(st);
-		}
-	}
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1055,11 +759,6 @@ int main(void)
 		cmocka_unit_test(test_jwt_and_grant),
 		cmocka_unit_test(test_uuid),
 		cmocka_unit_test(test_pem),
-		cmocka_unit_test(test_schedule_table),
-		cmocka_unit_test(test_schedule_drops_keys_expired_by_now),
-		cmocka_unit_test(test_jwk_normalise),
-		cmocka_unit_test(test_schedule_errors),
-		cmocka_unit_test(test_schedule_two_clocks),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
