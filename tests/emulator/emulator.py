@@ -69,9 +69,10 @@ APPLICATION_TYPES = {"web", "browser", "native"}
 OID_ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
 CONSUMER_AUTHORITY = "iso6523-actorid-upis"
 
-# The registration fields a client may set with POST or PUT /clients (reference section 2.4, from
-# digdirator's types.go and OKD's fixtures). Anything else in a body is refused: record silent, strict
-# reading (DigDir's 2025 API validates strictly, OKD 0dd880a).
+# The registration fields a client may set with POST or PUT /clients: those of digdirator's
+# ClientRegistration (DGR pkg/digdir/types/types.go) and of OKD's fixtures (test/resources/conftest.py).
+# Anything else in a body is refused: record silent, strict reading (DigDir's 2025 API validates strictly,
+# OKD 0dd880a).
 CLIENT_FIELDS = {
     "client_name", "description", "client_uri", "scopes", "integration_type", "application_type",
     "token_endpoint_auth_method", "grant_types", "access_token_lifetime", "authorization_lifetime",
@@ -369,7 +370,8 @@ class DDError(Exception):
 
 
 def dd_error_body(status, messages, object_name="Client"):
-    """DigDir's error shape (reference section 2.5), including its odd leading ", "."""
+    """DigDir's 2025 error shape, including its odd leading ", " (OKD's fixture client_error_response in
+    test/maskinporten_api/conftest.py, which OKD resources/errors.py parses)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     joined = "".join(", " + m for m, _ in messages)
     return {
@@ -752,8 +754,9 @@ class Service:
             "jti": str(uuid.uuid4()),
         }
         # No client_orgno, admin tokens included: Maskinporten promises only consumer ("This value is always
-        # present", felleslosninger/docs maskinporten_protocol_token.md); client_orgno is an old claim
-        # (reference Corrections 3), so the DigDir side below never reads it.
+        # present", felleslosninger/docs maskinporten_protocol_token.md, whose claim table has no client_orgno);
+        # maskinporten_guide_apitilbyder.md calls client_orgno an old claim that will be removed, and DigDir's
+        # client_orgno sample is a 2021 ID-porten token (oidc_api_admin.md). So the DigDir side never reads it.
         t = jwt.JWT(header={"alg": "RS256", "kid": self.m.sign_kid, "typ": "at+jwt"}, claims=claims)
         t.make_signed_token(self.m.sign_jwk)
         return t.serialize()
@@ -1029,7 +1032,8 @@ class Service:
             if "x5c" in key and (not isinstance(x5c, list) or not x5c or not all(isinstance(x, str) for x in x5c)):
                 bad("x5c must be a non-empty list of strings")
             # Source: felleslosninger/docs maskinporten_autentisering.md "En nøkkel har maks ett års levetid
-            # fra tidspunktet den blir postet på"; without exp a key gets a year (reference 3.2). Record
+            # fra tidspunktet den blir postet på"; without exp a key gets a year (maskinporten_feilsoking.md
+            # MP-121: "Nøkler har 1 års levetid fra det tidspunktet de blir postet på klienten"). Record
             # silent on whether a longer exp is capped or refused: strict reading, refused.
             exp = key.get("exp")
             if exp is None:
@@ -1050,10 +1054,12 @@ class Service:
     def seed_jwks(self, c, keys):
         """Control API: keys DigDir already holds for a client made elsewhere, kept member for member.
 
-        Keys registered before the API change of 2025-05-22 may lack use (reference Corrections 2; OKD's
-        2021 fixture of a key answer has none): they are stored and returned as seeded, nothing added but
-        exp when the seed has none, because DigDir gives every registered key one. They are known to
-        Maskinporten at once (registered long ago).
+        Keys registered before the API change of 2025-05-22 may lack use: OKD e12da91 (and 4770872, still
+        in 2026-01) adds "use":"sig" to old keys before posting them back, which only makes sense if DigDir
+        holds and returns keys without it (an inference from OKD's code); OKD's 2021 fixture of a key answer
+        has none. They are stored and returned as seeded, nothing added but exp when the seed has none,
+        because DigDir gives every registered key one. They are known to Maskinporten at once (registered
+        long ago).
         """
         now = self.now()
         if isinstance(keys, dict):
@@ -1086,7 +1092,8 @@ class Service:
         """Installs a validated key set. A key whose kid and n, e were already registered keeps the time
         it became known; any other starts its propagation delay now (or is known at once: propagate=False).
         Record silent on whether re-uploading an unchanged key restarts its delay: the emulator says no,
-        because digdirator and OKD re-post the keys pods are using with every new key (reference 3.3, OKD
+        because digdirator and OKD re-post the keys pods are using with every new key (DGR
+        controllers/common/reconciler.go and pkg/crypto/jwks.go merge the keys of the secrets in use; OKD
         create_client_key) and OKD keeps the old key 300 s after a rotation, which would be an outage
         on every rotation if a re-post made a registered key unknown again."""
         cid = c["reg"]["client_id"]
@@ -1279,7 +1286,8 @@ class Service:
 
     def _digdir(self, method, sub, query, headers, raw):
         if sub == "/delegationsources" and method == "GET":
-            # Open: digdirator calls it without a token (reference 1.1).
+            # Open: digdirator calls it at startup without a token (DGR pkg/config/config.go; the answer's
+            # shape is its fixture controllers/common/testdata/delegationsources.json).
             stamp = "2024-01-01T00:00:00.000+00:00"
             return Reply(200, [{"name": "altinn", "issuer": "https://tt02.altinn.no/", "last_updated": stamp, "created": stamp}])
         if sub == "/scopes/all" and method == "GET":
@@ -1305,8 +1313,11 @@ class Service:
                 cid, jwks = m.group(1), m.group(2)
                 if cid is None and method == "GET":
                     self.need(scopes, *self.READ)
-                    # Not paged, every client of the organisation (reference Corrections 5): joined from
-                    # each client's cached JSON, so 10,000 clients cost one join, not 10,000 dumps.
+                    # Not paged, every client of the organisation: felleslosninger/docs oidc_api_admin.md and
+                    # oidc_api_admin_maskinporten.md document no paging or filter for GET /clients, and
+                    # digdirator reads one answer whole (DGR pkg/digdir/client.go); inferred from that
+                    # silence. Joined from each client's cached JSON, so 10,000 clients cost one join, not
+                    # 10,000 dumps.
                     parts = [c["json"] for c in self.clients.values()
                              if c["orgno"] == orgno and (inactive or c["reg"]["active"])]
                     return Reply(200, b"[" + b",".join(parts) + b"]")
@@ -1361,8 +1372,9 @@ class Service:
                 consumer = m.group(1)
                 if not orgno_valid(consumer):
                     raise DDError(400, [("consumer_orgno: %s is not a valid organisation number" % consumer, "consumer_orgno")], "Access")
-                # DigDir answers 400 for some consumers (reference 2.5 and 4.4: digdirator then skips that
-                # one); which ones is DigDir's business, so the control setting refused_consumers decides.
+                # DigDir answers 400 for some consumers: digdirator skips a consumer whose grant got 400 and
+                # sets condition InvalidExposedScopesConsumers (DGR bf69402). Which ones is DigDir's business
+                # (record silent), so the control setting refused_consumers decides.
                 if method == "PUT" and consumer in self.settings["refused_consumers"]:
                     raise DDError(400, [("consumer_orgno: organisation %s cannot be given access" % consumer, "consumer_orgno")], "Access")
                 if method == "DELETE" and (s["name"], consumer) not in self.access:

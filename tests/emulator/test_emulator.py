@@ -1,6 +1,6 @@
 """The emulator enforces what Maskinporten and DigDir enforce (see
-/work/shared/reference/digdir-maskinporten-api.md). Each test drives the real
-emulator process over HTTPS."""
+docs/digdir-api.md, which names the public source of each rule). Each test
+drives the real emulator process over HTTPS."""
 
 import http.client
 import json
