@@ -72,10 +72,13 @@ struct mount_content {
 };
 
 /*
- * Packs the MountResponse: the files of DESIGN.md with mode req->mode, and one
- * ObjectVersion per file (the JWK's version is its kid, the others a short
- * hash of their contents). When with_files is false (provider write mode) the
- * files are left out and only the versions are answered.
+ * Packs the MountResponse: the files listed under "What a pod gets" in the
+ * README (the MASKINPORTEN_* files, MASKINPORTEN_EXPOSED_SCOPES when
+ * c->exposed_scopes is set, and maskinporten.env), with mode req->mode, and one
+ * ObjectVersion per file (the JWK's version is its kid, the others a short hash
+ * of their contents).
+ * When with_files is false (provider write mode) the files are left out and
+ * only the versions are answered.
  * SECRET: *ret_payload holds the private key; caller wipes and frees it.
  */
 int mount_build_response(const struct mount_request *req, const struct mount_content *c,

@@ -1,8 +1,8 @@
 """Exposed scopes (SecretProviderClass parameter `exposes`) through the real
-`serve` binary against the emulator: creation with the registration body of
-the reference, consumer grants, zero writes when nothing changed,
-deactivation and reactivation, ownership, validation, and the
-MASKINPORTEN_EXPOSED_SCOPES file."""
+`serve` binary against the emulator: creation with the registration body
+docs/digdir-api.md gives for `POST /scopes`, consumer grants, zero writes
+when nothing changed, deactivation and reactivation, ownership, validation,
+and the MASKINPORTEN_EXPOSED_SCOPES file."""
 
 import json
 
