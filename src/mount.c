@@ -682,27 +682,23 @@ static void version_hash(const void *data, size_t len, char ret[17])
 	ret[16] = '\0';
 }
 
-int mount_build_response(const struct mount_request *req, const struct mount_content *c,
-			 bool with_files, uint8_t **ret_payload, size_t *ret_len)
+int mount_pack_response(const struct mount_file *files, size_t nfiles, unsigned mode,
+			const char *kid, bool with_files, uint8_t **ret_payload, size_t *ret_len)
 {
 	V1alpha1__MountResponse resp = V1ALPHA1__MOUNT_RESPONSE__INIT;
 	V1alpha1__File pb_files[MOUNT_MAX_FILES], *file_ptrs[MOUNT_MAX_FILES];
 	V1alpha1__ObjectVersion versions[MOUNT_MAX_FILES], *version_ptrs[MOUNT_MAX_FILES];
 	char hashes[MOUNT_MAX_FILES][17];
 	char mix[KEYS_KID_MAX + MOUNT_MAX_FILES * 20];
-	struct mount_file files[MOUNT_MAX_FILES];
-	size_t nfiles = 0, len, mixlen = 0, vlen;
-	uint8_t *buf = NULL;
-	int r;
+	size_t len, mixlen = 0, vlen;
+	uint8_t *buf;
 
-	r = mount_build_files(req, c, files, &nfiles);
-	if (r < 0)
-		return r;
-
+	if (nfiles > MOUNT_MAX_FILES)
+		return -EINVAL;
 	for (size_t i = 0; i < nfiles; i++) {
 		v1alpha1__file__init(&pb_files[i]);
-		pb_files[i].path = files[i].name;
-		pb_files[i].mode = (int32_t)req->mode;
+		pb_files[i].path = (char *)files[i].name;
+		pb_files[i].mode = (int32_t)mode;
 		pb_files[i].contents.data = (uint8_t *)files[i].contents;
 		pb_files[i].contents.len = files[i].len;
 		file_ptrs[i] = &pb_files[i];
@@ -712,9 +708,9 @@ int mount_build_response(const struct mount_request *req, const struct mount_con
 		 * the kid and the other versions: never a hash of key material.
 		 */
 		v1alpha1__object_version__init(&versions[i]);
-		versions[i].id = files[i].name;
+		versions[i].id = (char *)files[i].name;
 		if (!strcmp(files[i].name, "MASKINPORTEN_CLIENT_JWK")) {
-			versions[i].version = (char *)c->kid;
+			versions[i].version = (char *)kid;
 		} else if (!strcmp(files[i].name, "maskinporten.env")) {
 			version_hash(mix, mixlen, hashes[i]);
 			versions[i].version = hashes[i];
@@ -739,15 +735,25 @@ int mount_build_response(const struct mount_request *req, const struct mount_con
 
 	len = v1alpha1__mount_response__get_packed_size(&resp);
 	buf = malloc(len ? len : 1);
-	if (!buf) {
-		r = -ENOMEM;
-		goto out;
-	}
+	if (!buf)
+		return -ENOMEM;
 	v1alpha1__mount_response__pack(&resp, buf);
 	*ret_payload = buf;
 	*ret_len = len;
-	r = 0;
-out:
+	return 0;
+}
+
+int mount_build_response(const struct mount_request *req, const struct mount_content *c,
+			 bool with_files, uint8_t **ret_payload, size_t *ret_len)
+{
+	struct mount_file files[MOUNT_MAX_FILES];
+	size_t nfiles = 0;
+	int r;
+
+	r = mount_build_files(req, c, files, &nfiles);
+	if (r < 0)
+		return r;
+	r = mount_pack_response(files, nfiles, req->mode, c->kid, with_files, ret_payload, ret_len);
 	mount_files_free(files, nfiles);
 	return r;
 }
