@@ -80,7 +80,7 @@ struct mount_file {
 #define MOUNT_MAX_FILES 10
 
 /*
- * The files a pod gets (README, "What a pod gets") for the request and
+ * The files a pod receives (README, "What a pod gets") for the request and
  * content, into files[0..*ret_nfiles). Returns 0, or -ENOMEM. Free them with
  * mount_files_free (it wipes them).
  */
