@@ -2,7 +2,7 @@
  * mount: reads a MountRequest exactly as the driver sends it, derives the
  * pod's identity from the kubelet's attributes only, validates the
  * SecretProviderClass parameters, and builds the MountResponse files.
- * No network, no blocking: safe on the server's completion-queue threads.
+ * No network, no blocking: safe on the server's completion-queue thread.
  */
 #ifndef MCP_MOUNT_H
 #define MCP_MOUNT_H
@@ -71,20 +71,7 @@ struct mount_content {
 	const char *exposed_scopes; /* space-separated full names, NULL: no file */
 };
 
-/*
- * Packs the MountResponse: the files listed under "What a pod gets" in the
- * README (the MASKINPORTEN_* files, MASKINPORTEN_EXPOSED_SCOPES when
- * c->exposed_scopes is set, and maskinporten.env), with mode req->mode, and one
- * ObjectVersion per file (the JWK's version is its kid, the others a short hash
- * of their contents).
- * When with_files is false (provider write mode) the files are left out and
- * only the versions are answered.
- * SECRET: *ret_payload holds the private key; caller wipes and frees it.
- */
-int mount_build_response(const struct mount_request *req, const struct mount_content *c,
-			 bool with_files, uint8_t **ret_payload, size_t *ret_len);
-
-/* The files themselves (for the provider write mode); same content as the response. */
+/* One file of the answer. */
 struct mount_file {
 	char name[64];
 	char *contents; /* SECRET for the JWK file and the env file */
@@ -92,9 +79,34 @@ struct mount_file {
 };
 #define MOUNT_MAX_FILES 10
 
+/*
+ * The files a pod receives (README, "What a pod gets") for the request and
+ * content, into files[0..*ret_nfiles). Returns 0, or -ENOMEM. Free them with
+ * mount_files_free (it wipes them).
+ */
 int mount_build_files(const struct mount_request *req, const struct mount_content *c,
 		      struct mount_file files[MOUNT_MAX_FILES], size_t *ret_nfiles);
 void mount_files_free(struct mount_file *files, size_t nfiles);
+
+/*
+ * Packs the MountResponse of files built by mount_build_files (borrowed):
+ * each with the given mode, and one ObjectVersion per file (the JWK's
+ * version is kid, the others a short hash of their contents). When
+ * with_files is false (provider write mode) the files are left out and only
+ * the versions are answered. Returns 0, -EINVAL (more than MOUNT_MAX_FILES)
+ * or -ENOMEM.
+ * SECRET: *ret_payload holds the private key (with_files); caller wipes and frees it.
+ */
+int mount_pack_response(const struct mount_file *files, size_t nfiles, unsigned mode,
+			const char *kid, bool with_files, uint8_t **ret_payload, size_t *ret_len);
+
+/*
+ * mount_build_files, then mount_pack_response with req->mode and c->kid:
+ * the whole answer in one call. Returns 0 or -ENOMEM.
+ * SECRET: *ret_payload holds the private key (with_files); caller wipes and frees it.
+ */
+int mount_build_response(const struct mount_request *req, const struct mount_content *c,
+			 bool with_files, uint8_t **ret_payload, size_t *ret_len);
 
 /* Packs a VersionResponse. */
 int mount_version_response(uint8_t **ret_payload, size_t *ret_len);

@@ -1,7 +1,7 @@
 /*
  * server: the gRPC server on a Unix socket, on the gRPC C core. The only
  * module that touches the gRPC server API. It knows the method names and
- * moves bytes; the mount module decodes and answers them.
+ * moves bytes; the handlers (provider, through mount) decode and answer them.
  *
  * Threads: one completion-queue thread accepts calls and runs the fast
  * handlers (which must not block), a pool of workers runs the slow ones, so a

@@ -70,6 +70,22 @@ struct attempt {
 	struct err sink_err;
 };
 
+/* One request across its attempts: what http_do carries from one to the next. */
+struct transfer {
+	struct http *http;
+	const struct http_request *req; /* as the caller gave it */
+	struct http_request sreq;	/* the same, with sink_max filled in */
+	struct curl_slist *headers;
+	CURL *curl;
+	char *body; /* req->make_body's for this attempt; freed with req->free_body */
+	size_t body_len;
+	int attempt; /* 1 for the first */
+	struct attempt a;
+	char errbuf[CURL_ERROR_SIZE];
+	CURLcode c;  /* how the last attempt went: its transport result, */
+	long status; /* and its HTTP status when c is CURLE_OK */
+};
+
 int http_global_init(void)
 {
 	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
@@ -402,11 +418,14 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
 	return atomic_load(&http->cancelled) ? 1 : 0;
 }
 
-/* Sets every option of one attempt; each setopt is checked. */
-static CURLcode setup(struct http *http, CURL *curl, const struct http_request *req,
-		      const char *body, size_t body_len, struct curl_slist *headers,
-		      struct attempt *a, char *errbuf, long timeout_ms)
+/* Sets every option of the transfer's next attempt; each setopt is checked. */
+static CURLcode setup(struct transfer *t, long timeout_ms)
 {
+	struct http *http = t->http;
+	const struct http_request *req = &t->sreq;
+	const char *body = req->make_body ? t->body : req->body;
+	size_t body_len = req->make_body ? t->body_len : req->body_len;
+	CURL *curl = t->curl;
 	long connect_ms =
 	    http->connect_timeout_ms < timeout_ms ? http->connect_timeout_ms : timeout_ms;
 	CURLcode c = CURLE_OK;
@@ -422,15 +441,15 @@ static CURLcode setup(struct http *http, CURL *curl, const struct http_request *
 	SET(CURLOPT_PROTOCOLS_STR, http->allow_http ? "http,https" : "https");
 	SET(CURLOPT_FOLLOWLOCATION, 0L);
 	SET(CURLOPT_NOSIGNAL, 1L);
-	SET(CURLOPT_ERRORBUFFER, errbuf);
+	SET(CURLOPT_ERRORBUFFER, t->errbuf);
 	SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
 	SET(CURLOPT_TIMEOUT_MS, timeout_ms);
 	SET(CURLOPT_USERAGENT, http->user_agent);
-	SET(CURLOPT_HTTPHEADER, headers);
+	SET(CURLOPT_HTTPHEADER, t->headers);
 	SET(CURLOPT_WRITEFUNCTION, on_body);
-	SET(CURLOPT_WRITEDATA, a);
+	SET(CURLOPT_WRITEDATA, &t->a);
 	SET(CURLOPT_HEADERFUNCTION, on_header);
-	SET(CURLOPT_HEADERDATA, a);
+	SET(CURLOPT_HEADERDATA, &t->a);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
 	SET(CURLOPT_NOPROGRESS, 0L);
 	SET(CURLOPT_XFERINFOFUNCTION, on_progress);
@@ -539,191 +558,251 @@ static struct curl_slist *make_headers(const struct http_request *req)
 	return h;
 }
 
-int http_do(struct http *http, const struct http_request *req, struct http_response *ret,
-	    struct err *err)
+/* Takes a handle and the headers for req. Returns 0, or -ENOMEM with err filled. */
+static int transfer_start(struct transfer *t, struct http *http, const struct http_request *req,
+			  struct err *err)
 {
-	struct http_request sreq = *req;
-	struct attempt a = { 0 };
-	struct curl_slist *headers = NULL;
-	char errbuf[CURL_ERROR_SIZE];
-	char *body = NULL;
-	size_t body_len = 0;
-	CURL *curl = NULL;
-	CURLcode c = CURLE_OK;
-	long status = 0, timeout, wait;
-	int attempt, r = 0;
-	const char *ctype;
-	bool retry_safe;
-
+	*t = (struct transfer){ .http = http, .req = req, .sreq = *req };
 	if (err) {
 		snprintf(err->endpoint, sizeof(err->endpoint), "%s %s", req->service,
 			 req->endpoint);
 		err->http_status = 0;
 	}
-	if (sreq.sink && sreq.sink_max == 0)
-		sreq.sink_max = http->max_body;
-	headers = make_headers(req);
-	curl = pool_get(http);
-	if (!headers || !curl) {
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "%s %s: out of memory", req->service,
-			    req->endpoint);
-		goto out;
+	if (t->sreq.sink && t->sreq.sink_max == 0)
+		t->sreq.sink_max = http->max_body;
+	t->headers = make_headers(req);
+	t->curl = pool_get(http);
+	if (!t->headers || !t->curl)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "%s %s: out of memory", req->service,
+			       req->endpoint);
+	return 0;
+}
+
+/* Drops what an attempt gathered. Bodies may hold tokens: wiped before freeing. */
+static void attempt_clear(struct attempt *a)
+{
+	if (a->body) {
+		explicit_bzero(a->body, a->cap);
+		free(a->body);
 	}
+	a->body = NULL;
+}
 
-	for (attempt = 1;; attempt++) {
-		free(a.body);
-		a = (struct attempt){
-			.curl = curl, .req = &sreq, .max = http->max_body, .retry_after_ms = -1
-		};
-		if (sreq.sink && sreq.restart)
-			sreq.restart(sreq.sink_ctx);
-		errbuf[0] = '\0';
-		status = 0;
+/* Releases what a transfer holds; the handle goes back to the pool. */
+static void transfer_end(struct transfer *t)
+{
+	attempt_clear(&t->a);
+	if (t->body)
+		t->req->free_body(t->body);
+	curl_slist_free_all(t->headers);
+	pool_put(t->http, t->curl);
+}
 
-		if (atomic_load(&http->cancelled)) {
-			r = cancelled_error(req, err);
-			goto out;
-		}
-		timeout = http_clamp_timeout_ms(http->attempt_timeout_ms, req->deadline_ms,
-						clock_now_ms());
-		if (timeout < MIN_USEFUL_ATTEMPT_MS) {
-			if (attempt == 1)
-				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					    "%s %s: not sent, no time was left for it",
-					    req->service, req->endpoint);
-			else
-				r = err_set(
-				    err, ERR_TIMEOUT, ETIMEDOUT,
-				    "%s %s: no time left for another try after %d attempt(s)",
-				    req->service, req->endpoint, attempt - 1);
-			goto out;
-		}
-		if (req->make_body) {
-			if (body)
-				req->free_body(body);
-			body = NULL;
-			r = req->make_body(req->body_ctx, &body, &body_len);
-			if (r < 0) {
-				r = err_set(err, ERR_INTERNAL, -r,
-					    "%s %s: cannot build the request", req->service,
-					    req->endpoint);
-				goto out;
-			}
-		}
+/*
+ * Readies attempt number t->attempt: a fresh record and sink, a timeout
+ * within the deadline, a fresh body, every option. Returns 0, or a negative
+ * errno with err filled: cancelled, no time left, or no body or options.
+ */
+static int attempt_start(struct transfer *t, struct err *err)
+{
+	const struct http_request *req = t->req;
+	long timeout;
+	CURLcode c;
+	int r;
 
-		curl_easy_reset(curl);
-		c = setup(http, curl, &sreq, req->make_body ? body : req->body,
-			  req->make_body ? body_len : req->body_len, headers, &a, errbuf, timeout);
-		if (c != CURLE_OK) {
-			r = err_set(err, ERR_INTERNAL, EINVAL, "%s %s: libcurl option refused: %s",
-				    req->service, req->endpoint, curl_easy_strerror(c));
-			goto out;
-		}
-		int64_t sent_ms = clock_now_ms();
+	attempt_clear(&t->a);
+	t->a = (struct attempt){
+		.curl = t->curl, .req = &t->sreq, .max = t->http->max_body, .retry_after_ms = -1
+	};
+	if (t->sreq.sink && t->sreq.restart)
+		t->sreq.restart(t->sreq.sink_ctx);
+	t->errbuf[0] = '\0';
+	t->c = CURLE_OK;
+	t->status = 0;
 
-		c = curl_easy_perform(curl);
-		if (c == CURLE_OK)
-			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-		metrics_upstream_request(req->service, req->endpoint, c == CURLE_OK ? status : 0);
-		/* Names the endpoint only: no URL, header or body ever reaches the log. */
-		log_debug("%s %s: %s %ld after %lld ms (attempt %d)", req->service, req->endpoint,
-			  c == CURLE_OK ? "HTTP" : curl_easy_strerror(c),
-			  c == CURLE_OK ? status : 0L, (long long)(clock_now_ms() - sent_ms),
-			  attempt);
+	if (atomic_load(&t->http->cancelled))
+		return cancelled_error(req, err);
+	timeout =
+	    http_clamp_timeout_ms(t->http->attempt_timeout_ms, req->deadline_ms, clock_now_ms());
+	if (timeout < MIN_USEFUL_ATTEMPT_MS) {
+		if (t->attempt == 1)
+			return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+				       "%s %s: not sent, no time was left for it", req->service,
+				       req->endpoint);
+		return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+			       "%s %s: no time left for another try after %d attempt(s)",
+			       req->service, req->endpoint, t->attempt - 1);
+	}
+	/* A grant with a new jti, say: each attempt sends a body of its own. */
+	if (req->make_body) {
+		if (t->body)
+			req->free_body(t->body);
+		t->body = NULL;
+		r = req->make_body(req->body_ctx, &t->body, &t->body_len);
+		if (r < 0)
+			return err_set(err, ERR_INTERNAL, -r, "%s %s: cannot build the request",
+				       req->service, req->endpoint);
+	}
+	curl_easy_reset(t->curl);
+	c = setup(t, timeout);
+	if (c != CURLE_OK)
+		return err_set(err, ERR_INTERNAL, EINVAL, "%s %s: libcurl option refused: %s",
+			       req->service, req->endpoint, curl_easy_strerror(c));
+	return 0;
+}
 
-		if (c == CURLE_ABORTED_BY_CALLBACK || atomic_load(&http->cancelled)) {
-			r = cancelled_error(req, err);
-			goto out;
-		}
-		if (a.sink_rc < 0) {
-			if (err) {
-				*err = a.sink_err;
-				err->kind = ERR_BAD_RESPONSE;
-				snprintf(err->endpoint, sizeof(err->endpoint), "%s %s",
-					 req->service, req->endpoint);
-			}
-			r = a.sink_rc;
-			goto out;
-		}
-		if (a.too_big || c == CURLE_FILESIZE_EXCEEDED) {
-			r = err_set(err, ERR_BAD_RESPONSE, EMSGSIZE,
-				    "%s %s: answer larger than %zu bytes", req->service,
-				    req->endpoint,
-				    a.streaming < 0 ? (size_t)HTTP_MAX_ERROR_BODY
-				    : sreq.sink	    ? sreq.sink_max
-						    : http->max_body);
-			goto out;
-		}
+/* Performs the attempt into t->c and t->status, then counts and logs it. */
+static void attempt_perform(struct transfer *t)
+{
+	const struct http_request *req = t->req;
+	int64_t sent_ms = clock_now_ms();
 
-		/* A final answer: anything but 429 and 5xx. */
-		if (c == CURLE_OK && status != 429 && status < 500)
+	t->c = curl_easy_perform(t->curl);
+	if (t->c == CURLE_OK)
+		curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &t->status);
+	metrics_upstream_request(req->service, req->endpoint, t->c == CURLE_OK ? t->status : 0);
+	/* Names the endpoint only: no URL, header or body ever reaches the log. */
+	log_debug("%s %s: %s %ld after %lld ms (attempt %d)", req->service, req->endpoint,
+		  t->c == CURLE_OK ? "HTTP" : curl_easy_strerror(t->c),
+		  t->c == CURLE_OK ? t->status : 0L, (long long)(clock_now_ms() - sent_ms),
+		  t->attempt);
+}
+
+/*
+ * The outcomes of an attempt that no retry can change: cancelled, the sink
+ * refused the answer, the answer outgrew its limit. Returns 0 for any
+ * other, or a negative errno with err filled.
+ */
+static int attempt_fatal(const struct transfer *t, struct err *err)
+{
+	const struct http_request *req = t->req;
+
+	if (t->c == CURLE_ABORTED_BY_CALLBACK || atomic_load(&t->http->cancelled))
+		return cancelled_error(req, err);
+	if (t->a.sink_rc < 0) {
+		if (err) {
+			*err = t->a.sink_err;
+			err->kind = ERR_BAD_RESPONSE;
+			snprintf(err->endpoint, sizeof(err->endpoint), "%s %s", req->service,
+				 req->endpoint);
+		}
+		return t->a.sink_rc;
+	}
+	if (t->a.too_big || t->c == CURLE_FILESIZE_EXCEEDED)
+		return err_set(err, ERR_BAD_RESPONSE, EMSGSIZE,
+			       "%s %s: answer larger than %zu bytes", req->service, req->endpoint,
+			       t->a.streaming < 0 ? (size_t)HTTP_MAX_ERROR_BODY
+			       : t->sreq.sink	  ? t->sreq.sink_max
+						  : t->http->max_body);
+	return 0;
+}
+
+/* Whether the attempt got a final answer: anything but 429 and 5xx. */
+static bool answered(const struct transfer *t)
+{
+	return t->c == CURLE_OK && t->status != 429 && t->status < 500;
+}
+
+/*
+ * Whether an attempt without a final answer is tried again, and after how
+ * many ms (*ret_wait): only when repeating is safe or the request cannot
+ * have reached the server, while attempts are left and the deadline leaves
+ * time for one after the wait. A 429's Retry-After replaces the backoff.
+ */
+static bool retry_wait(const struct transfer *t, long *ret_wait)
+{
+	const struct http_request *req = t->req;
+	const struct http *http = t->http;
+	bool safe = req->idempotent || req->make_body ||
+		    (t->c != CURLE_OK ? never_sent(t->c, t->curl) : t->status == 429);
+	long wait =
+	    http_backoff_ms(t->attempt, http->backoff_base_ms, http->backoff_max_ms, random_u64());
+
+	if (t->c == CURLE_OK && t->status == 429 && t->a.retry_after_ms >= 0)
+		wait = t->a.retry_after_ms;
+	if (!safe || t->attempt >= http->max_attempts ||
+	    (req->deadline_ms > 0 &&
+	     clock_now_ms() + wait + MIN_USEFUL_ATTEMPT_MS > req->deadline_ms))
+		return false;
+	*ret_wait = wait;
+	return true;
+}
+
+/* The error of a request whose last attempt got no final answer. */
+static int give_up(const struct transfer *t, struct err *err)
+{
+	const struct http_request *req = t->req;
+
+	if (err)
+		err->http_status = t->c == CURLE_OK ? t->status : 0;
+	if (t->c == CURLE_OPERATION_TIMEDOUT)
+		return err_set(err, ERR_TIMEOUT, ETIMEDOUT,
+			       "%s %s: timed out (%ld ms per attempt, %d attempt(s))", req->service,
+			       req->endpoint, t->http->attempt_timeout_ms, t->attempt);
+	if (t->c != CURLE_OK)
+		return err_set(err, ERR_UNAVAILABLE, ECONNRESET, "%s %s: %s (%d attempt(s))",
+			       req->service, req->endpoint,
+			       t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->c), t->attempt);
+	if (t->status == 429)
+		return err_set(err, ERR_THROTTLED, EAGAIN,
+			       "%s %s: throttled (HTTP 429, %d attempt(s)); try again later",
+			       req->service, req->endpoint, t->attempt);
+	return err_set(err, ERR_UNAVAILABLE, EIO, "%s %s: answered HTTP %ld (%d attempt(s))",
+		       req->service, req->endpoint, t->status, t->attempt);
+}
+
+/* Moves the final answer into *ret: status, content type and the body. */
+static int take_response(struct transfer *t, struct http_response *ret, struct err *err)
+{
+	const char *ctype = NULL;
+
+	if (!t->a.body) {
+		t->a.body = strdup("");
+		if (!t->a.body)
+			return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	}
+	ret->status = t->status;
+	ret->attempts = t->attempt;
+	ret->content_type[0] = '\0';
+	if (curl_easy_getinfo(t->curl, CURLINFO_CONTENT_TYPE, &ctype) == CURLE_OK && ctype)
+		snprintf(ret->content_type, sizeof(ret->content_type), "%s", ctype);
+	ret->body = t->a.body;
+	ret->body_len = t->a.len;
+	t->a.body = NULL;
+	return 0;
+}
+
+int http_do(struct http *http, const struct http_request *req, struct http_response *ret,
+	    struct err *err)
+{
+	struct transfer t;
+	long wait = 0;
+	int r;
+
+	r = transfer_start(&t, http, req, err);
+	if (r < 0)
+		goto out;
+	for (t.attempt = 1;; t.attempt++) {
+		r = attempt_start(&t, err);
+		if (r < 0)
+			goto out;
+		attempt_perform(&t);
+		r = attempt_fatal(&t, err);
+		if (r < 0)
+			goto out;
+		if (answered(&t))
 			break;
-
-		/* Only what cannot have reached the server is retried, unless repeating is safe. */
-		retry_safe = req->idempotent || req->make_body ||
-			     (c != CURLE_OK ? never_sent(c, curl) : status == 429);
-		wait = http_backoff_ms(attempt, http->backoff_base_ms, http->backoff_max_ms,
-				       random_u64());
-		if (c == CURLE_OK && status == 429 && a.retry_after_ms >= 0)
-			wait = a.retry_after_ms;
-
-		if (!retry_safe || attempt >= http->max_attempts ||
-		    (req->deadline_ms > 0 &&
-		     clock_now_ms() + wait + MIN_USEFUL_ATTEMPT_MS > req->deadline_ms)) {
-			if (err)
-				err->http_status = c == CURLE_OK ? status : 0;
-			if (c == CURLE_OPERATION_TIMEDOUT)
-				r = err_set(err, ERR_TIMEOUT, ETIMEDOUT,
-					    "%s %s: timed out (%ld ms per attempt, %d attempt(s))",
-					    req->service, req->endpoint, http->attempt_timeout_ms,
-					    attempt);
-			else if (c != CURLE_OK)
-				r = err_set(err, ERR_UNAVAILABLE, ECONNRESET,
-					    "%s %s: %s (%d attempt(s))", req->service,
-					    req->endpoint,
-					    errbuf[0] ? errbuf : curl_easy_strerror(c), attempt);
-			else if (status == 429)
-				r = err_set(
-				    err, ERR_THROTTLED, EAGAIN,
-				    "%s %s: throttled (HTTP 429, %d attempt(s)); try again later",
-				    req->service, req->endpoint, attempt);
-			else
-				r = err_set(err, ERR_UNAVAILABLE, EIO,
-					    "%s %s: answered HTTP %ld (%d attempt(s))",
-					    req->service, req->endpoint, status, attempt);
+		if (!retry_wait(&t, &wait)) {
+			r = give_up(&t, err);
 			goto out;
 		}
 		metrics_upstream_retry(req->service, req->endpoint);
 		if (wait > 0)
 			sleep_ms(http, wait);
 	}
-
-	ret->status = status;
-	ret->attempts = attempt;
-	ret->content_type[0] = '\0';
-	if (curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &ctype) == CURLE_OK && ctype)
-		snprintf(ret->content_type, sizeof(ret->content_type), "%s", ctype);
-	if (!a.body) {
-		a.body = strdup("");
-		if (!a.body) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
-	}
-	ret->body = a.body;
-	ret->body_len = a.len;
-	a.body = NULL;
-	r = 0;
+	r = take_response(&t, ret, err);
 out:
-	if (a.body) {
-		/* Bodies may hold tokens: wipe before freeing. */
-		explicit_bzero(a.body, a.cap);
-		free(a.body);
-	}
-	if (body)
-		req->free_body(body);
-	curl_slist_free_all(headers);
-	pool_put(http, curl);
+	transfer_end(&t);
 	return r;
 }
 

@@ -172,10 +172,13 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Splits on spaces, tabs, newlines and commas; validates and deduplicates. */
+/*
+ * The scopes parameter (NULL: none) into req->scopes and req->scopes_key:
+ * split on spaces, tabs, newlines and commas, validated and deduplicated.
+ */
 static int parse_scopes(const char *text, struct mount_request *req, struct err *err)
 {
-	const char *p = text;
+	const char *p = text ? text : "";
 	char *sorted[MOUNT_MAX_SCOPES];
 	size_t total = 0;
 
@@ -295,9 +298,11 @@ static int check_secrets(const char *s, struct err *err)
 	return r;
 }
 
-static char *dup_value(const char *v)
+/* A copy of v into *ret, NULL when v is NULL or "". Returns 0, or -ENOMEM. */
+static int dup_nonempty(const char *v, char **ret)
 {
-	return v && *v ? strdup(v) : NULL;
+	*ret = v && *v ? strdup(v) : NULL;
+	return v && *v && !*ret ? -ENOMEM : 0;
 }
 
 /* Copies at most size - 1 bytes of v, ending on a character, into dst; "" when v is NULL. */
@@ -309,6 +314,147 @@ static void copy_who(char *dst, size_t size, const char *v)
 	dst[n] = '\0';
 }
 
+/* The `attributes` field into attrs: a JSON object of strings, within MOUNT_MAX_ATTRIBUTES. */
+static int parse_attributes(const char *text, struct attrs *attrs, struct err *err)
+{
+	const char *why = NULL;
+	size_t len, at = 0;
+
+	if (!text || !*text)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "field \"attributes\" is empty: the driver always sends the pod's "
+			       "attributes");
+	len = strlen(text);
+	if (len > MOUNT_MAX_ATTRIBUTES)
+		return err_set(err, ERR_INVALID, E2BIG,
+			       "field \"attributes\" is larger than %d bytes",
+			       MOUNT_MAX_ATTRIBUTES);
+	if (attrs_parse(text, len, attrs, &why, &at) < 0)
+		return err_set(
+		    err, ERR_INVALID, EINVAL,
+		    "field \"attributes\" is not a JSON object of strings: %s at byte %zu", why,
+		    at);
+	return 0;
+}
+
+/*
+ * Sorts the members into value[] by known key (borrowed from attrs), in
+ * one pass: attrs_parse has refused duplicate keys. value[] is filled even
+ * when a key is unknown, so a refusal can still name the pod.
+ */
+static int sort_attributes(const struct attrs *attrs, const char *value[K_COUNT], struct err *err)
+{
+	const char *unknown = NULL;
+
+	for (size_t i = 0; i < attrs->n; i++) {
+		enum known_key k = known_key(attrs->members[i].key);
+
+		if (k != K_COUNT)
+			value[k] = attrs->members[i].value;
+		else if (!unknown)
+			unknown = attrs->members[i].key;
+	}
+	if (unknown)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "unknown parameter \"%.*s\": the maskinporten provider takes "
+			       "scopes, filePermission and exposes (a misspelt parameter would "
+			       "give a client without its scopes)",
+			       (int)utf8_fit(unknown, 100), unknown);
+	return 0;
+}
+
+/*
+ * The pod's identity from the kubelet's attributes: namespace and service
+ * account, both present and Kubernetes names, and not the namespace's
+ * shared `default` account; pod name and uid as given.
+ */
+static int parse_identity(const char *const value[K_COUNT], struct mount_request *req,
+			  struct err *err)
+{
+	if (dup_nonempty(value[K_NAMESPACE], &req->namespace_name) < 0 ||
+	    dup_nonempty(value[K_SA], &req->service_account) < 0 ||
+	    dup_nonempty(value[K_POD_NAME], &req->pod_name) < 0 ||
+	    dup_nonempty(value[K_POD_UID], &req->pod_uid) < 0)
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	if (!req->namespace_name || !req->service_account)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "attribute \"%s\" is missing: the CSIDriver object must set "
+			       "podInfoOnMount: true so the kubelet passes the pod's identity",
+			       req->namespace_name ? ATTR_SA : ATTR_NAMESPACE);
+	if (!dns_label_valid(req->namespace_name, strlen(req->namespace_name)))
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "the pod's namespace is not a Kubernetes name: a namespace is a "
+			       "DNS-1123 label (lowercase letters, digits and '-', at most 63)");
+	if (!dns_subdomain_valid(req->service_account))
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "the pod's service account is not a Kubernetes name: a "
+			       "ServiceAccount name is a DNS-1123 subdomain (labels of lowercase "
+			       "letters, digits and '-' joined by single dots, at most 253)");
+	if (!strcmp(req->service_account, "default"))
+		return err_set(err, ERR_PERMISSION, EPERM,
+			       "pod %s/%s runs as the namespace's \"default\" service account, "
+			       "which every pod of the namespace shares: give the app a dedicated "
+			       "serviceAccountName (its name names the Maskinporten client)",
+			       req->namespace_name, req->pod_name ? req->pod_name : "?");
+	return 0;
+}
+
+/*
+ * The files' mode: the filePermission parameter when given (octal), else
+ * the driver's `permission` field (decimal); either way one that
+ * mode_allowed() lets hold a private key.
+ */
+static int parse_mode(const char *param, const char *field, unsigned *ret_mode, struct err *err)
+{
+	unsigned mode = 0;
+
+	if (param) {
+		if (parse_octal_mode(param, &mode) < 0)
+			return err_set(err, ERR_INVALID, EINVAL,
+				       "parameter \"filePermission\": \"%.*s\" is not an octal "
+				       "mode such as \"0640\"",
+				       (int)utf8_fit(param, 16), param);
+	} else if (parse_permission(field, &mode) < 0) {
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "field \"permission\" is not a decimal file mode such as \"420\"");
+	}
+	if (!mode_allowed(mode))
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "%s: mode %04o is refused for files that hold a private key: the "
+			       "owner must be able to read them, no one else may write them and "
+			       "none is executable (0644, 0640, 0600, 0444, 0440 and 0400 are "
+			       "allowed)",
+			       param ? "parameter \"filePermission\"" : "field \"permission\"",
+			       mode);
+	*ret_mode = mode;
+	return 0;
+}
+
+/* The `exposes` parameter, kept as text (scopes_parse reads it on a worker). */
+static int parse_exposes(const char *text, struct mount_request *req, struct err *err)
+{
+	if (!text)
+		return 0;
+	if (strlen(text) > MOUNT_MAX_EXPOSES)
+		return err_set(err, ERR_INVALID, E2BIG,
+			       "parameter \"exposes\" is larger than %d bytes", MOUNT_MAX_EXPOSES);
+	req->exposes = strdup(text);
+	return req->exposes ? 0 : err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+}
+
+/* The target path (provider write mode) and the client's description, <cluster>:<ns>:<app>. */
+static int name_client(const char *cluster, const char *target_path, struct mount_request *req,
+		       struct err *err)
+{
+	if (dup_nonempty(target_path, &req->target_path) < 0 ||
+	    asprintf(&req->description, "%s:%s:%s", cluster, req->namespace_name,
+		     req->service_account) < 0) {
+		req->description = NULL;
+		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
 int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mount_request *ret,
 		struct mount_who *who, struct err *err)
 {
@@ -316,8 +462,6 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 	V1alpha1__MountRequest *msg = NULL;
 	struct attrs attrs = { 0 };
 	const char *value[K_COUNT] = { 0 };
-	const char *scopes, *perm, *why = NULL, *unknown = NULL;
-	size_t alen, at = 0;
 	int r;
 
 	msg = v1alpha1__mount_request__unpack(NULL, len, data);
@@ -326,140 +470,35 @@ int mount_parse(const uint8_t *data, size_t len, const char *cluster, struct mou
 			    "the MountRequest is not a valid protobuf message");
 		goto out;
 	}
-	if (!msg->attributes || !*msg->attributes) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "field \"attributes\" is empty: the driver always sends the pod's "
-			    "attributes");
+	/* Each step fills its part of req or names what is wrong, in the order a person fixes them.
+	 */
+	r = parse_attributes(msg->attributes, &attrs, err);
+	if (r < 0)
 		goto out;
-	}
-	alen = strlen(msg->attributes);
-	if (alen > MOUNT_MAX_ATTRIBUTES) {
-		r = err_set(err, ERR_INVALID, E2BIG, "field \"attributes\" is larger than %d bytes",
-			    MOUNT_MAX_ATTRIBUTES);
+	r = sort_attributes(&attrs, value, err);
+	if (r < 0)
 		goto out;
-	}
-	if (attrs_parse(msg->attributes, alen, &attrs, &why, &at) < 0) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "field \"attributes\" is not a JSON object of strings: %s at byte %zu",
-			    why, at);
-		goto out;
-	}
-	/* One pass sorts the members; attrs_parse has refused duplicate keys. */
-	for (size_t i = 0; i < attrs.n; i++) {
-		enum known_key k = known_key(attrs.members[i].key);
-
-		if (k != K_COUNT)
-			value[k] = attrs.members[i].value;
-		else if (!unknown)
-			unknown = attrs.members[i].key;
-	}
-	if (unknown) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "unknown parameter \"%.*s\": the maskinporten provider takes "
-			    "scopes, filePermission and exposes (a misspelt parameter would "
-			    "give a client without its scopes)",
-			    (int)utf8_fit(unknown, 100), unknown);
-		goto out;
-	}
 	r = check_secrets(msg->secrets, err);
 	if (r < 0)
 		goto out;
-
-	req.namespace_name = dup_value(value[K_NAMESPACE]);
-	req.service_account = dup_value(value[K_SA]);
-	req.pod_name = dup_value(value[K_POD_NAME]);
-	req.pod_uid = dup_value(value[K_POD_UID]);
-	if (!req.namespace_name || !req.service_account) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "attribute \"%s\" is missing: the CSIDriver object must set "
-			    "podInfoOnMount: true so the kubelet passes the pod's identity",
-			    req.namespace_name ? ATTR_SA : ATTR_NAMESPACE);
+	r = parse_identity(value, &req, err);
+	if (r < 0)
 		goto out;
-	}
-	if (!dns_label_valid(req.namespace_name, strlen(req.namespace_name))) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "the pod's namespace is not a Kubernetes name: a namespace is a "
-			    "DNS-1123 label (lowercase letters, digits and '-', at most 63)");
+	r = parse_scopes(value[K_SCOPES], &req, err);
+	if (r < 0)
 		goto out;
-	}
-	if (!dns_subdomain_valid(req.service_account)) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "the pod's service account is not a Kubernetes name: a "
-			    "ServiceAccount name is a DNS-1123 subdomain (labels of lowercase "
-			    "letters, digits and '-' joined by single dots, at most 253)");
+	r = parse_mode(value[K_PERMISSION], msg->permission, &req.mode, err);
+	if (r < 0)
 		goto out;
-	}
-	if (!strcmp(req.service_account, "default")) {
-		r = err_set(err, ERR_PERMISSION, EPERM,
-			    "pod %s/%s runs as the namespace's \"default\" service account, which "
-			    "every pod of the namespace shares: give the app a dedicated "
-			    "serviceAccountName (its name names the Maskinporten client)",
-			    req.namespace_name, req.pod_name ? req.pod_name : "?");
+	r = parse_exposes(value[K_EXPOSES], &req, err);
+	if (r < 0)
 		goto out;
-	}
-
-	scopes = value[K_SCOPES];
-	if (scopes) {
-		r = parse_scopes(scopes, &req, err);
-		if (r < 0)
-			goto out;
-	} else {
-		req.scopes_key = strdup("");
-		if (!req.scopes_key) {
-			r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-			goto out;
-		}
-	}
-
-	perm = value[K_PERMISSION];
-	if (perm) {
-		if (parse_octal_mode(perm, &req.mode) < 0) {
-			r = err_set(err, ERR_INVALID, EINVAL,
-				    "parameter \"filePermission\": \"%.*s\" is not an octal mode "
-				    "such as \"0640\"",
-				    (int)utf8_fit(perm, 16), perm);
-			goto out;
-		}
-	} else if (parse_permission(msg->permission, &req.mode) < 0) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "field \"permission\" is not a decimal file mode such as \"420\"");
+	r = name_client(cluster, msg->target_path, &req, err);
+	if (r < 0)
 		goto out;
-	}
-	if (!mode_allowed(req.mode)) {
-		r = err_set(err, ERR_INVALID, EINVAL,
-			    "%s: mode %04o is refused for files that hold a private key: the "
-			    "owner must be able to read them, no one else may write them and none "
-			    "is executable (0644, 0640, 0600, 0444, 0440 and 0400 are allowed)",
-			    perm ? "parameter \"filePermission\"" : "field \"permission\"",
-			    req.mode);
-		goto out;
-	}
-
-	if (value[K_EXPOSES]) {
-		const char *x = value[K_EXPOSES];
-
-		if (strlen(x) > MOUNT_MAX_EXPOSES) {
-			r = err_set(err, ERR_INVALID, E2BIG,
-				    "parameter \"exposes\" is larger than %d bytes",
-				    MOUNT_MAX_EXPOSES);
-			goto out;
-		}
-		req.exposes = strdup(x);
-	}
-
-	if (msg->target_path && *msg->target_path)
-		req.target_path = strdup(msg->target_path);
-
-	if (asprintf(&req.description, "%s:%s:%s", cluster, req.namespace_name,
-		     req.service_account) < 0) {
-		req.description = NULL;
-		r = err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-		goto out;
-	}
 
 	*ret = req;
 	memset(&req, 0, sizeof(req));
-	r = 0;
 out:
 	/* A refused request is still logged with whatever identity it carries. */
 	if (r < 0 && who) {
@@ -643,27 +682,23 @@ static void version_hash(const void *data, size_t len, char ret[17])
 	ret[16] = '\0';
 }
 
-int mount_build_response(const struct mount_request *req, const struct mount_content *c,
-			 bool with_files, uint8_t **ret_payload, size_t *ret_len)
+int mount_pack_response(const struct mount_file *files, size_t nfiles, unsigned mode,
+			const char *kid, bool with_files, uint8_t **ret_payload, size_t *ret_len)
 {
 	V1alpha1__MountResponse resp = V1ALPHA1__MOUNT_RESPONSE__INIT;
 	V1alpha1__File pb_files[MOUNT_MAX_FILES], *file_ptrs[MOUNT_MAX_FILES];
 	V1alpha1__ObjectVersion versions[MOUNT_MAX_FILES], *version_ptrs[MOUNT_MAX_FILES];
 	char hashes[MOUNT_MAX_FILES][17];
 	char mix[KEYS_KID_MAX + MOUNT_MAX_FILES * 20];
-	struct mount_file files[MOUNT_MAX_FILES];
-	size_t nfiles = 0, len, mixlen = 0, vlen;
-	uint8_t *buf = NULL;
-	int r;
+	size_t len, mixlen = 0, vlen;
+	uint8_t *buf;
 
-	r = mount_build_files(req, c, files, &nfiles);
-	if (r < 0)
-		return r;
-
+	if (nfiles > MOUNT_MAX_FILES)
+		return -EINVAL;
 	for (size_t i = 0; i < nfiles; i++) {
 		v1alpha1__file__init(&pb_files[i]);
-		pb_files[i].path = files[i].name;
-		pb_files[i].mode = (int32_t)req->mode;
+		pb_files[i].path = (char *)files[i].name;
+		pb_files[i].mode = (int32_t)mode;
 		pb_files[i].contents.data = (uint8_t *)files[i].contents;
 		pb_files[i].contents.len = files[i].len;
 		file_ptrs[i] = &pb_files[i];
@@ -673,9 +708,9 @@ int mount_build_response(const struct mount_request *req, const struct mount_con
 		 * the kid and the other versions: never a hash of key material.
 		 */
 		v1alpha1__object_version__init(&versions[i]);
-		versions[i].id = files[i].name;
+		versions[i].id = (char *)files[i].name;
 		if (!strcmp(files[i].name, "MASKINPORTEN_CLIENT_JWK")) {
-			versions[i].version = (char *)c->kid;
+			versions[i].version = (char *)kid;
 		} else if (!strcmp(files[i].name, "maskinporten.env")) {
 			version_hash(mix, mixlen, hashes[i]);
 			versions[i].version = hashes[i];
@@ -700,15 +735,25 @@ int mount_build_response(const struct mount_request *req, const struct mount_con
 
 	len = v1alpha1__mount_response__get_packed_size(&resp);
 	buf = malloc(len ? len : 1);
-	if (!buf) {
-		r = -ENOMEM;
-		goto out;
-	}
+	if (!buf)
+		return -ENOMEM;
 	v1alpha1__mount_response__pack(&resp, buf);
 	*ret_payload = buf;
 	*ret_len = len;
-	r = 0;
-out:
+	return 0;
+}
+
+int mount_build_response(const struct mount_request *req, const struct mount_content *c,
+			 bool with_files, uint8_t **ret_payload, size_t *ret_len)
+{
+	struct mount_file files[MOUNT_MAX_FILES];
+	size_t nfiles = 0;
+	int r;
+
+	r = mount_build_files(req, c, files, &nfiles);
+	if (r < 0)
+		return r;
+	r = mount_pack_response(files, nfiles, req->mode, c->kid, with_files, ret_payload, ret_len);
 	mount_files_free(files, nfiles);
 	return r;
 }

@@ -230,28 +230,33 @@ static int answer(struct provider *p, const struct mount_request *req,
 	size_t n = 0;
 	int r;
 
+	if (provider_writes && !req->target_path)
+		return err_set(err, ERR_INVALID, EINVAL,
+			       "field \"target_path\" is empty, and this provider writes the files "
+			       "itself (--write-mode provider)");
+	/* Built once: written here in provider write mode, and versioned in the answer. */
+	r = mount_build_files(req, &c, files, &n);
+	if (r < 0)
+		return err_set(err, ERR_INTERNAL, -r, "building the files failed");
 	if (provider_writes) {
-		if (!req->target_path)
-			return err_set(err, ERR_INVALID, EINVAL,
-				       "field \"target_path\" is empty, and this provider writes "
-				       "the files itself (--write-mode provider)");
-		r = mount_build_files(req, &c, files, &n);
-		if (r < 0)
-			return err_set(err, ERR_INTERNAL, -r, "building the files failed");
 		for (size_t i = 0; i < n; i++)
 			wf[i] = (struct writer_file){ files[i].name, req->mode,
 						      (const uint8_t *)files[i].contents,
 						      files[i].len };
 		r = writer_write(cfg->kubelet_dir, req->target_path, wf, n, err);
-		mount_files_free(files, n);
 		if (r < 0)
-			return r;
+			goto out;
 	}
-	r = mount_build_response(req, &c, !provider_writes, &reply->payload, &reply->len);
-	if (r < 0)
-		return err_set(err, ERR_INTERNAL, -r, "building the response failed");
+	r = mount_pack_response(files, n, req->mode, a->kid, !provider_writes, &reply->payload,
+				&reply->len);
+	if (r < 0) {
+		r = err_set(err, ERR_INTERNAL, -r, "building the response failed");
+		goto out;
+	}
 	reply->code = SERVER_OK;
-	return 0;
+out:
+	mount_files_free(files, n);
+	return r;
 }
 
 static struct answer_slot *slot_of(struct provider *p, const char *description)

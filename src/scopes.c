@@ -131,45 +131,197 @@ void scopes_decl_free(struct scopes_decl *decl)
 	free(decl);
 }
 
-static int parse_consumers(const json_t *v, size_t i, const char *name, struct scopes_entry *e,
-			   struct err *err)
+/* What parsing one entry carries from field to field. */
+struct entry_parse {
+	size_t i;	  /* the entry's index in the list, for messages */
+	const char *name; /* its name when that is a string, for messages */
+	char sep;	  /* between product and name; 0 until the separator row */
+	struct scopes_entry *e;
+	struct err *err;
+};
+
+/*
+ * Reads one field of an entry into x->e: v is the field's value, NULL when
+ * the entry leaves it out (the parser then fills in the default or refuses).
+ * Returns 0, or a negative errno with x->err filled (bad() names the field).
+ */
+typedef int (*field_parser)(const json_t *v, struct entry_parse *x);
+
+static int field_name(const json_t *v, struct entry_parse *x)
 {
+	if (!x->name)
+		return bad(x->err, x->i, NULL, "name", "is required (a string)");
+	if (!name_valid(x->name))
+		return bad(x->err, x->i, x->name, "name",
+			   "must match ^([a-zæøå0-9]+\\/?)+(\\:[a-zæøå0-9]+)*[a-zæøå0-9]+"
+			   "(\\.[a-zæøå0-9]+)*$ (at most %d bytes)",
+			   SCOPES_MAX_NAME);
+	x->e->name = strdup(x->name);
+	return x->e->name ? 0 : err_set(x->err, ERR_INTERNAL, ENOMEM, "out of memory");
+}
+
+static int field_product(const json_t *v, struct entry_parse *x)
+{
+	const char *s = json_string_value(v);
+
+	if (!s)
+		return bad(x->err, x->i, x->name, "product", "is required (a string)");
+	if (!product_valid(s))
+		return bad(x->err, x->i, x->name, "product", "must match ^[a-z0-9]+$");
+	x->e->product = strdup(s);
+	return x->e->product ? 0 : err_set(x->err, ERR_INTERNAL, ENOMEM, "out of memory");
+}
+
+static int field_enabled(const json_t *v, struct entry_parse *x)
+{
+	if (!json_is_boolean(v))
+		return bad(x->err, x->i, x->name, "enabled", "is required (true or false)");
+	x->e->enabled = json_is_true(v);
+	return 0;
+}
+
+/*
+ * DigDir's rule, not NAIS's 30-680: seconds, 0 for no cap of its own
+ * (felleslosninger/docs oidc_protocol_scope.md); left out, it is not sent
+ * and DigDir's default stands.
+ */
+static int field_at_max_age(const json_t *v, struct entry_parse *x)
+{
+	x->e->at_max_age = -1;
+	if (!v)
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    json_integer_value(v) > SCOPES_AT_MAX_AGE_MAX)
+		return bad(x->err, x->i, x->name, "atMaxAge",
+			   "must be a whole number of seconds from 0 (no limit of the "
+			   "scope's own) to %ld",
+			   (long)SCOPES_AT_MAX_AGE_MAX);
+	x->e->at_max_age = (long)json_integer_value(v);
+	return 0;
+}
+
+/* Left out: maskinporten alone. */
+static int field_integrations(const json_t *v, struct entry_parse *x)
+{
+	size_t j;
+	json_t *t;
+
+	if (v) {
+		if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16)
+			return bad(x->err, x->i, x->name, "allowedIntegrations",
+				   "must be a list of 1 to 16 integration types");
+		json_array_foreach(v, j, t)
+		{
+			if (!json_is_string(t) || !integration_valid(json_string_value(t)))
+				return bad(x->err, x->i, x->name, "allowedIntegrations",
+					   "entry %zu must be an integration type such as "
+					   "\"maskinporten\"",
+					   j);
+		}
+		x->e->integrations = json_deep_copy(v);
+	} else {
+		x->e->integrations = json_pack("[s]", "maskinporten");
+	}
+	return x->e->integrations ? 0 : err_set(x->err, ERR_INTERNAL, ENOMEM, "out of memory");
+}
+
+static int field_accessible_for_all(const json_t *v, struct entry_parse *x)
+{
+	if (v && !json_is_boolean(v))
+		return bad(x->err, x->i, x->name, "accessibleForAll", "must be true or false");
+	x->e->accessible_for_all = json_is_true(v);
+	return 0;
+}
+
+static int field_delegation_source(const json_t *v, struct entry_parse *x)
+{
+	const char *s = json_string_value(v);
+
+	if (!v)
+		return 0;
+	if (!s || strcmp(s, "altinn"))
+		return bad(x->err, x->i, x->name, "delegationSource", "must be \"altinn\"");
+	x->e->altinn = true;
+	return 0;
+}
+
+/* Left out: '/' when the name has one, else ':'. Delegable scopes need '/'. */
+static int field_separator(const json_t *v, struct entry_parse *x)
+{
+	const char *s = json_string_value(v);
+
+	if (v) {
+		if (!s || strlen(s) != 1 || !strchr("/:.", s[0]))
+			return bad(x->err, x->i, x->name, "separator",
+				   "must be \"/\", \":\" or \".\"");
+		x->sep = s[0];
+	}
+	if (x->e->altinn && x->sep != '/')
+		return bad(x->err, x->i, x->name, "separator",
+			   "must be \"/\" when delegationSource is set (DigDir's rule for "
+			   "delegable scopes)");
+	if (!x->sep)
+		x->sep = strchr(x->name, '/') ? '/' : ':';
+	return 0;
+}
+
+static int field_visibility(const json_t *v, struct entry_parse *x)
+{
+	const char *s = json_string_value(v);
+
+	if (!v)
+		return 0;
+	if (!s || (strcmp(s, "public") && strcmp(s, "private")))
+		return bad(x->err, x->i, x->name, "visibility",
+			   "must be \"public\" or \"private\"");
+	x->e->private_visibility = !strcmp(s, "private");
+	return 0;
+}
+
+/* Organisation numbers with a valid check digit, sorted, each once. */
+static int field_consumers(const json_t *v, struct entry_parse *x)
+{
+	struct scopes_entry *e = x->e;
 	const char *key, *orgno;
 	json_t *c, *val;
 	size_t j, n = 0;
 
+	if (!v)
+		return 0;
 	if (!json_is_array(v))
-		return bad(err, i, name, "consumers", "must be a list of {\"orgno\", \"name\"}");
+		return bad(x->err, x->i, x->name, "consumers",
+			   "must be a list of {\"orgno\", \"name\"}");
 	if (json_array_size(v) > SCOPES_MAX_CONSUMERS)
-		return bad(err, i, name, "consumers", "has more than %d entries",
+		return bad(x->err, x->i, x->name, "consumers", "has more than %d entries",
 			   SCOPES_MAX_CONSUMERS);
 	e->consumers = calloc(json_array_size(v) + 1, sizeof(*e->consumers));
 	if (!e->consumers)
-		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
+		return err_set(x->err, ERR_INTERNAL, ENOMEM, "out of memory");
 	json_array_foreach(v, j, c)
 	{
 		if (!json_is_object(c))
-			return bad(err, i, name, "consumers", "entry %zu is not an object", j);
+			return bad(x->err, x->i, x->name, "consumers", "entry %zu is not an object",
+				   j);
 		json_object_foreach(c, key, val)
 		{
 			if (strcmp(key, "orgno") && strcmp(key, "name"))
 				return bad(
-				    err, i, name, "consumers",
+				    x->err, x->i, x->name, "consumers",
 				    "entry %zu: unknown field \"%.40s\" (known: orgno, name)", j,
 				    key);
 			if (!strcmp(key, "name") && !json_is_string(val))
-				return bad(err, i, name, "consumers",
+				return bad(x->err, x->i, x->name, "consumers",
 					   "entry %zu: \"name\" must be a string", j);
 		}
 		orgno = json_string_value(json_object_get(c, "orgno"));
 		if (!orgno)
-			return bad(err, i, name, "consumers",
+			return bad(x->err, x->i, x->name, "consumers",
 				   "entry %zu: \"orgno\" is required (a string of nine digits)", j);
 		if (strlen(orgno) != 9 || strspn(orgno, "0123456789") != 9)
-			return bad(err, i, name, "consumers",
+			return bad(x->err, x->i, x->name, "consumers",
 				   "entry %zu: orgno \"%.20s\" is not nine digits", j, orgno);
 		if (!scopes_orgno_valid(orgno))
-			return bad(err, i, name, "consumers",
+			return bad(x->err, x->i, x->name, "consumers",
 				   "entry %zu: orgno %s has a wrong check digit (not an "
 				   "organisation number)",
 				   j, orgno);
@@ -184,144 +336,77 @@ static int parse_consumers(const json_t *v, size_t i, const char *name, struct s
 	return 0;
 }
 
-static bool known_key(const char *key)
-{
-	static const char *const keys[] = { "name",
-					    "product",
-					    "enabled",
-					    "atMaxAge",
-					    "allowedIntegrations",
-					    "accessibleForAll",
-					    "delegationSource",
-					    "separator",
-					    "visibility",
-					    "consumers" };
+/*
+ * The fields of an entry, in the order they are checked (so a message names
+ * the first problem in this order). A new field is a row here and its parser.
+ */
+static const struct {
+	const char *key;
+	field_parser parse;
+} fields[] = {
+	{ "name", field_name }, /* first: the other rows use the name */
+	{ "product", field_product },
+	{ "enabled", field_enabled },
+	{ "atMaxAge", field_at_max_age },
+	{ "allowedIntegrations", field_integrations },
+	{ "accessibleForAll", field_accessible_for_all },
+	{ "delegationSource", field_delegation_source },
+	{ "separator", field_separator }, /* after delegationSource, which restricts it */
+	{ "visibility", field_visibility },
+	{ "consumers", field_consumers },
+};
 
-	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
-		if (!strcmp(key, keys[k]))
+#define NFIELDS (sizeof(fields) / sizeof(fields[0]))
+
+static bool known_field(const char *key)
+{
+	for (size_t k = 0; k < NFIELDS; k++)
+		if (!strcmp(key, fields[k].key))
 			return true;
 	return false;
 }
 
+/* An ERR_INVALID for a field no row knows, listing those the rows do. */
+static int unknown_field(struct entry_parse *x, const char *key)
+{
+	char known[256];
+	size_t at = 0;
+
+	known[0] = '\0';
+	for (size_t k = 0; k < NFIELDS && at < sizeof(known); k++) {
+		int n =
+		    snprintf(known + at, sizeof(known) - at, "%s%s", k ? ", " : "", fields[k].key);
+
+		if (n < 0)
+			break;
+		at += (size_t)n;
+	}
+	return bad(x->err, x->i, x->name, key, "is unknown (known: %s)", known);
+}
+
+/* Entry i of the list into e: every field a row of `fields` reads, nothing else. */
 static int parse_entry(const json_t *o, size_t i, struct scopes_entry *e, struct err *err)
 {
-	const char *name = NULL, *product, *key, *s;
-	char sep;
-	json_t *v, *t;
-	size_t j;
+	struct entry_parse x = { .i = i, .e = e, .err = err };
+	const char *key;
+	json_t *v;
+	int r;
 
 	if (!json_is_object(o))
 		return err_set(err, ERR_INVALID, EINVAL,
 			       "parameter \"exposes\": exposes[%zu] is not an object", i);
-	v = json_object_get(o, "name");
-	if (json_is_string(v))
-		name = json_string_value(v);
+	x.name = json_string_value(json_object_get(o, "name"));
 	json_object_foreach((json_t *)o, key, v)
 	{
-		if (!known_key(key))
-			return bad(err, i, name, key,
-				   "is unknown (known: name, product, enabled, atMaxAge, "
-				   "allowedIntegrations, accessibleForAll, delegationSource, "
-				   "separator, visibility, consumers)");
+		if (!known_field(key))
+			return unknown_field(&x, key);
 	}
-	if (!name)
-		return bad(err, i, NULL, "name", "is required (a string)");
-	if (!name_valid(name))
-		return bad(err, i, name, "name",
-			   "must match ^([a-zæøå0-9]+\\/?)+(\\:[a-zæøå0-9]+)*[a-zæøå0-9]+"
-			   "(\\.[a-zæøå0-9]+)*$ (at most %d bytes)",
-			   SCOPES_MAX_NAME);
-	product = json_string_value(json_object_get(o, "product"));
-	if (!product)
-		return bad(err, i, name, "product", "is required (a string)");
-	if (!product_valid(product))
-		return bad(err, i, name, "product", "must match ^[a-z0-9]+$");
-
-	v = json_object_get(o, "enabled");
-	if (!json_is_boolean(v))
-		return bad(err, i, name, "enabled", "is required (true or false)");
-	e->enabled = json_is_true(v);
-
-	/*
-	 * DigDir's rule, not NAIS's 30-680: seconds, 0 for no cap of its own
-	 * (felleslosninger/docs oidc_protocol_scope.md); left out, it is not sent
-	 * and DigDir's default stands.
-	 */
-	e->at_max_age = -1;
-	v = json_object_get(o, "atMaxAge");
-	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-		    json_integer_value(v) > SCOPES_AT_MAX_AGE_MAX)
-			return bad(err, i, name, "atMaxAge",
-				   "must be a whole number of seconds from 0 (no limit of the "
-				   "scope's own) to %ld",
-				   (long)SCOPES_AT_MAX_AGE_MAX);
-		e->at_max_age = (long)json_integer_value(v);
+	for (size_t k = 0; k < NFIELDS; k++) {
+		r = fields[k].parse(json_object_get(o, fields[k].key), &x);
+		if (r < 0)
+			return r;
 	}
-
-	v = json_object_get(o, "allowedIntegrations");
-	if (v) {
-		if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16)
-			return bad(err, i, name, "allowedIntegrations",
-				   "must be a list of 1 to 16 integration types");
-		json_array_foreach(v, j, t)
-		{
-			if (!json_is_string(t) || !integration_valid(json_string_value(t)))
-				return bad(err, i, name, "allowedIntegrations",
-					   "entry %zu must be an integration type such as "
-					   "\"maskinporten\"",
-					   j);
-		}
-		e->integrations = json_deep_copy(v);
-	} else {
-		e->integrations = json_pack("[s]", "maskinporten");
-	}
-	if (!e->integrations)
-		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
-
-	v = json_object_get(o, "accessibleForAll");
-	if (v && !json_is_boolean(v))
-		return bad(err, i, name, "accessibleForAll", "must be true or false");
-	e->accessible_for_all = json_is_true(v);
-
-	v = json_object_get(o, "delegationSource");
-	if (v) {
-		s = json_string_value(v);
-		if (!s || strcmp(s, "altinn"))
-			return bad(err, i, name, "delegationSource", "must be \"altinn\"");
-		e->altinn = true;
-	}
-
-	sep = 0;
-	v = json_object_get(o, "separator");
-	if (v) {
-		s = json_string_value(v);
-		if (!s || strlen(s) != 1 || !strchr("/:.", s[0]))
-			return bad(err, i, name, "separator", "must be \"/\", \":\" or \".\"");
-		sep = s[0];
-	}
-	if (e->altinn && sep != '/')
-		return bad(err, i, name, "separator",
-			   "must be \"/\" when delegationSource is set (DigDir's rule for "
-			   "delegable scopes)");
-	if (!sep)
-		sep = strchr(name, '/') ? '/' : ':';
-
-	v = json_object_get(o, "visibility");
-	if (v) {
-		s = json_string_value(v);
-		if (!s || (strcmp(s, "public") && strcmp(s, "private")))
-			return bad(err, i, name, "visibility", "must be \"public\" or \"private\"");
-		e->private_visibility = !strcmp(s, "private");
-	}
-
-	v = json_object_get(o, "consumers");
-	if (v && parse_consumers(v, i, name, e, err) < 0)
-		return -EINVAL;
-
-	e->name = strdup(name);
-	e->product = strdup(product);
-	if (!e->name || !e->product || asprintf(&e->subscope, "%s%c%s", product, sep, name) < 0) {
+	if (asprintf(&e->subscope, "%s%c%s", e->product, x.sep, e->name) < 0) {
 		e->subscope = NULL;
 		return err_set(err, ERR_INTERNAL, ENOMEM, "out of memory");
 	}

@@ -925,10 +925,10 @@ static void trim_if_worked(struct server *srv)
 /*
  * Serves completions until *stop, on the calling thread alone. A second
  * poller on the same queue made each Mount at the republish rate (one every
- * few tens of ms) bounce between the two threads: 9.8 context switches and
- * 0.9-1 ms of CPU per Mount, against 2.7 and 0.2-0.35 ms with one. A warm
- * Mount under load costs the poller about 20 us, so one thread answers tens
- * of thousands a second; everything slower goes to the workers.
+ * few tens of ms) bounce between the two threads, for several times the
+ * context switches and CPU per Mount (the bench notes the figures). A warm
+ * Mount costs the poller little (the bench's warm.provider_cpu rows), so one
+ * thread keeps up; everything slower goes to the workers.
  */
 static void serve_completions(struct server *srv)
 {

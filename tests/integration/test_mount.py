@@ -192,6 +192,14 @@ def test_file_permission_parameter_sets_every_mode(provider):
     assert set(modes_of(resp).values()) == {0o600}
 
 
+def fnv1a64(data):
+    """The object version of non-secret content: 64-bit FNV-1a as 16 hex digits (src/mount.c)."""
+    h = 0xcbf29ce484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001b3) & 0xffffffffffffffff
+    return "%016x" % h
+
+
 def test_provider_write_mode_writes_the_kubelet_layout(emulator, tmp_path):
     kubelet = tmp_path / "kubelet"
     target = kubelet / "pods" / "uid-1" / "volumes" / "kubernetes.io~csi" / "mp" / "mount"
@@ -206,6 +214,18 @@ def test_provider_write_mode_writes_the_kubelet_layout(emulator, tmp_path):
             assert stat.S_IMODE(os.stat(target / name).st_mode) == 0o644
         written = {n: (target / n).read_text() for n in EXPECTED_FILES}
         assert get_token(emulator, written).status == 200
+        # The versions answered are those of the files written: the key's is its kid, the env
+        # file's a hash of the versions before it, the others' a hash of their contents.
+        versions = [(v.id, v.version) for v in resp.object_version]
+        mix = b""
+        for name, version in versions:
+            if name == "MASKINPORTEN_CLIENT_JWK":
+                assert version == json.loads(written[name])["kid"]
+            elif name == "maskinporten.env":
+                assert version == fnv1a64(mix)
+            else:
+                assert version == fnv1a64(written[name].encode())
+            mix += version.encode() + b"|"
 
         outside = tmp_path / "elsewhere"
         outside.mkdir()

@@ -125,6 +125,12 @@ static void test_field_errors(void **state)
 		  " {\"name\": \"rr\", \"product\": \"p\", \"enabled\": false}]",
 		  "exposes[1]");
 	parse_bad("{}", "JSON list");
+	/* The list of known fields comes from the parser's table of fields. */
+	parse_bad(
+	    "[{\"name\": \"rr\", \"product\": \"p\", \"enabled\": true, \"colour\": 1}]",
+	    "parameter \"exposes\": exposes[0] (name \"rr\"): field \"colour\" is unknown "
+	    "(known: name, product, enabled, atMaxAge, allowedIntegrations, accessibleForAll, "
+	    "delegationSource, separator, visibility, consumers)");
 }
 
 static void test_orgno(void **state)
