@@ -581,7 +581,7 @@ int digdir_listing_add(void *ctx, json_t *client, size_t index, struct err *err)
 	/* Only what a lookup can pick: active maskinporten clients with a description. */
 	if (json_is_false(active) || !desc || !itype || strcmp(itype, "maskinporten") != 0)
 		return 0;
-	key = digdir_scopes_key(scopes ? scopes : json_array());
+	key = scopes ? digdir_scopes_key(scopes) : strdup("");
 	if (!key)
 		return err_set(err, ERR_BAD_RESPONSE, EPROTO,
 			       "DigDir GET /clients: entry %zu: scopes is not a list of names",

@@ -359,7 +359,8 @@ int state_settled(struct state *st, const char *description, const char *client_
 
 int state_refused(struct state *st, const char *description, const json_t *refused)
 {
-	json_t *f = json_pack("{s:O}", "refused", refused ? refused : json_array());
+	json_t *f = refused ? json_pack("{s:O}", "refused", refused)
+			    : json_pack("{s:o}", "refused", json_array());
 
 	return update(st, description, f);
 }
