@@ -52,7 +52,7 @@ struct http_request {
 	const char *body;	  /* may be NULL */
 	size_t body_len;
 	bool idempotent;     /* false: never retried once the request may have been sent */
-	int64_t deadline_ms; /* http_now_ms() clock; 0: none beyond the attempt timeout */
+	int64_t deadline_ms; /* clock_now_ms() clock; 0: none beyond the attempt timeout */
 	/*
 	 * Optional: makes a fresh body before every attempt (a JWT grant with a
 	 * new jti), which makes a non-idempotent request safe to retry. Returns

@@ -25,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "wipe.h"
 
 #define POOL_MAX	      8
 #define RETRY_AFTER_MAX_MS    (120 * 1000)
@@ -582,7 +583,7 @@ static int transfer_start(struct transfer *t, struct http *http, const struct ht
 static void attempt_clear(struct attempt *a)
 {
 	if (a->body) {
-		explicit_bzero(a->body, a->cap);
+		wipe(a->body, a->cap);
 		free(a->body);
 	}
 	a->body = NULL;
@@ -811,7 +812,7 @@ void http_response_release(struct http_response *resp)
 	if (!resp || !resp->body)
 		return;
 	/* The body may be a token endpoint answer. */
-	explicit_bzero(resp->body, resp->body_len);
+	wipe(resp->body, resp->body_len);
 	free(resp->body);
 	resp->body = NULL;
 	resp->body_len = 0;

@@ -20,6 +20,7 @@
 #include "keys.h"
 #include "mount.h"
 #include "utf8.h"
+#include "wipe.h"
 #include "provider.pb-c.h"
 
 #define ATTR_NAMESPACE "csi.storage.k8s.io/pod.namespace"
@@ -622,7 +623,7 @@ void mount_files_free(struct mount_file *files, size_t nfiles)
 {
 	for (size_t i = 0; i < nfiles; i++) {
 		if (files[i].contents) {
-			explicit_bzero(files[i].contents, files[i].len);
+			wipe(files[i].contents, files[i].len);
 			free(files[i].contents);
 		}
 		files[i].contents = NULL;
@@ -657,7 +658,7 @@ int mount_build_files(const struct mount_request *req, const struct mount_conten
 	r = 0;
 out:
 	if (env) {
-		explicit_bzero(env, strlen(env));
+		wipe(env, strlen(env));
 		free(env);
 	}
 	free(scopes);

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
 
 #include "clock.h"
 #include "hash.h"
@@ -28,6 +27,7 @@
 #include "registry.h"
 #include "scopes.h"
 #include "utf8.h"
+#include "wipe.h"
 #include "writer.h"
 
 /* Time kept back from the caller's deadline, so our error arrives before theirs. */
@@ -275,7 +275,7 @@ static void slot_clear(struct answer_slot *s)
 	free(s->scopes_key);
 	free(s->client_id);
 	if (s->payload) {
-		OPENSSL_cleanse(s->payload, s->len);
+		wipe(s->payload, s->len);
 		free(s->payload);
 	}
 	s->description = s->scopes_key = s->client_id = NULL;
