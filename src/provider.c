@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "clock.h"
 #include "hash.h"
 #include "log.h"
