@@ -30,16 +30,29 @@ ifeq ($(CI),true)
 WARN += -Werror
 endif
 
+# The project's flags live in MCP_*; CPPFLAGS, CFLAGS, LDFLAGS and LDLIBS given
+# on the command line or in the environment are appended, so `make CFLAGS=-O0` keeps
+# -std=c11 and every warning (Redis's FINAL_CFLAGS pattern). OPT and SANITIZE
+# are the knobs the sanitizer and fuzz targets turn.
 OPT      ?= -O2 -g
 HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 SANITIZE ?=
-CPPFLAGS := -D_GNU_SOURCE -DOPENSSL_API_COMPAT=30000 -DOPENSSL_NO_DEPRECATED \
+MCP_CPPFLAGS := -D_GNU_SOURCE -DOPENSSL_API_COMPAT=30000 -DOPENSSL_NO_DEPRECATED \
 	-DPROVIDER_VERSION=\"$(VERSION)\" -Iinclude -I$(BUILD)/gen
-CFLAGS   := -std=c11 $(OPT) $(WARN) $(HARDEN) $(SANITIZE) -MMD -MP
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-LDFLAGS  := $(SANITIZE) -pie -Wl,-z,relro,-z,now
-LDLIBS    = $(PKG_LIBS) -lpthread -lm
+MCP_CFLAGS   := -std=c11 $(OPT) $(WARN) $(HARDEN) $(SANITIZE) -MMD -MP
+MCP_LDFLAGS  := $(SANITIZE) -pie -Wl,-z,relro,-z,now
+# pkg-config is asked once, when a recipe first needs it (after `make deps`
+# has run, when it does): gRPC's answer walks dozens of abseil .pc files.
+PKG_CFLAGS    = $(eval PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null))$(PKG_CFLAGS)
+PKG_LIBS      = $(eval PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null))$(PKG_LIBS)
+CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null))$(CMOCKA_CFLAGS)
+CMOCKA_LIBS   = $(eval CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null))$(CMOCKA_LIBS)
+FINAL_CFLAGS  = $(MCP_CPPFLAGS) $(MCP_CFLAGS) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+FINAL_LDFLAGS = $(MCP_LDFLAGS) $(LDFLAGS)
+FINAL_LIBS    = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
+# protoc-c's output is not ours to keep warning-free: no $(WARN), no -MMD.
+GEN_CFLAGS    = $(MCP_CPPFLAGS) -std=c11 $(OPT) $(HARDEN) $(SANITIZE) $(PKG_CFLAGS) \
+	$(CPPFLAGS) $(CFLAGS)
 
 GEN_C   := $(BUILD)/gen/provider.pb-c.c
 GEN_H   := $(BUILD)/gen/provider.pb-c.h
@@ -96,27 +109,27 @@ $(GEN_PY): proto/provider.proto | $(DEPS_OK)
 $(BUILD)/obj/provider.pb-c.o: $(GEN_C) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(CPPFLAGS) -std=c11 $(OPT) $(HARDEN) $(SANITIZE) $(PKG_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(GEN_CFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%.o: src/%.c $(GEN_H) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(FINAL_CFLAGS) -c $< -o $@
 
 $(BUILD)/$(PROG): $(OBJS)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $^ $(FINAL_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(shell pkg-config --cflags cmocka) \
-		$(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) $(shell pkg-config --libs cmocka)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(CMOCKA_CFLAGS) $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) \
+		$(FINAL_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) $(FINAL_LIBS)
 
 -include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/bench/*.d)
 
@@ -241,8 +254,8 @@ FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
-		$(LIBOBJS) $(LDLIBS)
+	$(Q)$(CC) $(FINAL_CFLAGS) -fsanitize=fuzzer $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) \
+		$(FINAL_LIBS)
 
 -include $(wildcard $(BUILD)/fuzz/*.d)
 
