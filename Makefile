@@ -75,24 +75,47 @@ all: $(BUILD)/$(PROG)
 
 # ---- dependencies --------------------------------------------------------
 
+# `make deps` is the one target that installs anything: the Debian packages
+# of DEB_PACKAGES that dpkg does not list as installed (none: it says so and
+# needs no root). The README's commands and CI's targets (DEPS_GOALS) run it
+# first, so a fresh Debian 12 machine needs nothing by hand; a plain build
+# only checks what it needs and names `make deps` when something is missing.
+DEPS_GOALS := test run asan valgrind fuzz fuzz-smoke image-test
+
 deps:
-	@if [ "$$(id -u)" = 0 ]; then \
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DEB_PACKAGES) \
+		2>/dev/null | awk '$$2 == "installed" { print $$1 }'); \
+	missing=$$(for p in $(DEB_PACKAGES); do \
+		echo "$$installed" | grep -qxF "$$p" || printf '%s ' "$$p"; done); \
+	if [ -z "$$missing" ]; then \
+		echo "deps: the Debian packages are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "deps: installing $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 		&& echo "deps: Debian packages installed"; \
 	else \
-		echo "deps: run this once as root:"; \
-		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $(DEB_PACKAGES)"; \
+		echo "deps: missing $$missing; run this once as root:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $$missing"; \
 		exit 1; \
 	fi
 
-# Installs the packages on first use, so a fresh machine needs nothing by hand.
+ifneq ($(filter $(DEPS_GOALS),$(MAKECMDGOALS)),)
+$(DEPS_OK): | deps
+endif
+
+# What the build, lint and tests use, checked once per build directory.
 $(DEPS_OK):
-	@if ! pkg-config --exists $(PKGS) cmocka || ! command -v protoc-c >/dev/null \
-		|| ! command -v protoc >/dev/null || ! command -v clang >/dev/null \
-		|| ! command -v cppcheck >/dev/null || ! command -v clang-format >/dev/null \
-		|| ! $(PYTHON) -c 'import pytest, grpc, google.protobuf, jwcrypto, yaml' 2>/dev/null; then \
-		$(MAKE) --no-print-directory deps; \
+	@missing=; \
+	for p in $(PKGS) cmocka; do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
+	for c in protoc-c protoc clang cppcheck clang-format; do \
+		command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	for m in pytest grpc google.protobuf jwcrypto yaml; do \
+		$(PYTHON) -c "import $$m" 2>/dev/null || missing="$$missing python3-$$m"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "missing:$$missing"; \
+		echo "run \`make deps\` to install the Debian 12 packages (as root), then make again"; \
+		exit 1; \
 	fi
 	@mkdir -p $(BUILD) && touch $@
 
@@ -149,7 +172,7 @@ integration: $(BUILD)/$(PROG) $(GEN_PY) $(BENCHES)
 	@rc=0; $(PYTEST) $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "integration: no test ran"; fi; exit $$rc
 
-test: lint unit integration
+test: deps lint unit integration
 
 # ---- sanitizers ----------------------------------------------------------
 
@@ -168,7 +191,7 @@ ASAN_ENV    = ASAN_OPTIONS=$(ASAN_OPTS) \
 ASAN_MAKE   = $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(ASAN_FLAGS)"
 
-asan: | $(DEPS_OK)
+asan: deps
 	$(ASAN_ENV) $(ASAN_MAKE) unit
 	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
 	$(ASAN_ENV) ASAN_OPTIONS=$(ASAN_OPTS):log_path=$(SAN_LOGS)/asan \
@@ -192,7 +215,7 @@ VG_RUN    = MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/$(1)/valgrind.%p" \
 	MCP_SANITIZER_LOGS=$(VG_LOGS)/$(1) $(PYTEST) $(2) $(PYTEST_ARGS) \
 	>$(VG_LOGS)/shard$(1).out 2>&1; echo $$? >$(VG_LOGS)/shard$(1).rc
 
-valgrind: $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
+valgrind: deps $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
 	$(MAKE) --no-print-directory unit VALGRIND="$(VG_CMD)"
 	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)/1 $(VG_LOGS)/2
 	@echo "valgrind: integration shards 1 ($(notdir $(VG_SHARD_1))) and 2 (the rest) at once"
@@ -204,7 +227,7 @@ bench: $(BUILD)/$(PROG) $(BENCHES) $(GEN_PY)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
 		MCP_BENCHDIR=$(abspath $(BUILD)/bench) $(PYTHON) tests/bench/run.py
 
-run: $(BUILD)/$(PROG)
+run: deps $(BUILD)/$(PROG)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) $(PYTHON) tests/run_demo.py --dir $(abspath $(BUILD)/run)
 
 # ---- container image -----------------------------------------------------
@@ -218,7 +241,7 @@ IMAGE ?= maskinporten-csi-provider:$(VERSION)
 image:
 	deploy/build-image.sh $(IMAGE)
 
-image-test: $(GEN_PY)
+image-test: deps $(GEN_PY)
 	MCP_IMAGE=$(IMAGE) MCP_PYDIR=$(abspath $(BUILD)/py) \
 		$(PYTHON) -m pytest -q -p no:cacheprovider -rs tests/image $(PYTEST_ARGS)
 	@podman image inspect --format '{{.Size}}' $(IMAGE) | awk -v i=$(IMAGE) '{ printf \
@@ -259,7 +282,7 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS)
 
 -include $(wildcard $(BUILD)/fuzz/*.d)
 
-fuzz: | $(DEPS_OK)
+fuzz: deps
 	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang \
 		OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(FUZZ_FLAGS)" fuzz-run
 

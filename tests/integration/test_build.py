@@ -3,14 +3,22 @@
 - CFLAGS, CPPFLAGS, LDFLAGS and LDLIBS from the command line extend the project's
   flags: every compile and link line (objects, generated protobuf-c, unit tests,
   benchmarks, fuzzers) keeps -std=c11, the warnings and the hardening.
+- A plain build installs nothing: when a package is missing it fails, naming
+  `make deps`. The README's commands and CI's targets run `make deps` first.
 
-Nothing is built: `make -n` prints the commands.
+Nothing is built: `make -n` prints the commands, and the runs that do execute
+stop at the dependency check. apt-get, dpkg-query, id and sudo are replaced on
+PATH, so the checks run the same as root or not, and nothing is ever installed.
 """
 
 import glob
 import os
+import re
 import shlex
+import stat
 import subprocess
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER = ["CFLAGS=-O0 -DMCP_USER_CFLAGS", "CPPFLAGS=-DMCP_USER_CPPFLAGS",
@@ -106,3 +114,73 @@ def test_ci_and_sanitizer_flags_survive_user_flags(tmp_path):
         if not any(w.endswith("provider.pb-c.c") for w in words):
             assert "-Werror" in words, words
     assert "-fsanitize=thread" in links[0] and "-Lmcp-user-ldflags" in links[0], links[0]
+
+
+@pytest.fixture
+def fake_system(tmp_path):
+    """PATH with apt-get, apt, sudo that only record their calls, dpkg-query that
+    knows no package and id that says root: were `make deps` to run, it would try
+    to install, and the record shows it."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    scripts = {
+        "apt-get": 'echo "apt-get $*" >> %s; exit 1' % calls,
+        "apt": 'echo "apt $*" >> %s; exit 1' % calls,
+        "sudo": 'echo "sudo $*" >> %s; exit 1' % calls,
+        "dpkg-query": "exit 1",
+        "id": "echo 0",
+    }
+    for name, body in scripts.items():
+        path = bindir / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(stat.S_IRWXU)
+    empty = tmp_path / "no-pkgconfig"
+    empty.mkdir()
+    env = clean_env(PATH="%s:%s" % (bindir, os.environ.get("PATH", "/usr/bin:/bin")),
+                    PKG_CONFIG_LIBDIR=str(empty), PKG_CONFIG_PATH="")
+    return env, calls
+
+
+def test_plain_build_installs_nothing_and_names_make_deps(tmp_path, fake_system):
+    env, calls = fake_system
+    build = tmp_path / "b"
+    r = make("BUILD=%s" % build, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert not calls.exists(), "a plain build ran: " + calls.read_text()
+    assert "make deps" in out, out
+    assert re.search(r"missing:.*\bgrpc_unsecure\b", out), out
+    assert not (build / "obj").exists()
+
+
+def ci_goals():
+    """The targets .ci/run runs, but `image`, whose script installs podman itself."""
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        goals = re.findall(r"^\s*step make (\S+)", f.read(), re.M)
+    assert "test" in goals, goals
+    return sorted(set(goals) - {"image"})
+
+
+@pytest.mark.parametrize("goal", sorted(set(["run", "test"] + ci_goals())))
+def test_readme_and_ci_targets_install_first(tmp_path, fake_system, goal):
+    """`make run`, `make test` and CI's targets on a machine without the packages:
+    `make deps` runs first and asks apt-get for them (here it fails, so make stops)."""
+    env, calls = fake_system
+    r = make("BUILD=%s" % (tmp_path / "b"), goal, env=env)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert calls.exists(), "make %s did not run make deps: %s" % (goal, r.stdout + r.stderr)
+    assert "apt-get install" in calls.read_text() or "apt-get update" in calls.read_text()
+
+
+def test_make_deps_with_everything_installed_needs_no_root(tmp_path, fake_system):
+    """This machine has the packages: `make deps` says so as any user and installs nothing."""
+    env, calls = fake_system
+    os.unlink(os.path.join(env["PATH"].split(":")[0], "dpkg-query"))  # the real one
+    fake_id = os.path.join(env["PATH"].split(":")[0], "id")
+    with open(fake_id, "w", encoding="utf-8") as f:
+        f.write("#!/bin/sh\necho 1000\n")
+    r = make("deps", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "installed" in r.stdout
+    assert not calls.exists(), calls.read_text()
