@@ -302,14 +302,14 @@ static void test_token_answer_unusable(void **state)
 
 /* ---- organisation number ------------------------------------------------------ */
 
-/* A token whose claims are json (header and signature are not read). */
+/* A token whose claims are json (header and signature are not read), or NULL. */
 static char *token_with(const char *json)
 {
 	char *claims = keys_b64url((const unsigned char *)json, strlen(json));
 	char *token = NULL;
 
-	assert_non_null(claims);
-	assert_true(asprintf(&token, "eyJhbGciOiJSUzI1NiJ9.%s.c2ln", claims) > 0);
+	if (claims && asprintf(&token, "eyJhbGciOiJSUzI1NiJ9.%s.c2ln", claims) < 0)
+		token = NULL;
 	free(claims);
 	return token;
 }
@@ -318,6 +318,8 @@ static void orgno_of(const char *claims, const char *want)
 {
 	char *token = token_with(claims);
 	char got[32] = "untouched";
+
+	assert_non_null(token);
 
 	mp_token_orgno(token, got, sizeof(got));
 	if (strcmp(got, want) != 0)
@@ -419,6 +421,10 @@ static void record_grant(struct fake *f, const char *body)
 	free(part);
 }
 
+/*
+ * Answers and closes. Runs on the server's thread, where a cmocka assert
+ * cannot jump: a write that fails shows as the client's error instead.
+ */
 static void respond(int fd, int status, const char *body)
 {
 	char head[256];
@@ -427,8 +433,8 @@ static void respond(int fd, int status, const char *body)
 			 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
 			 status, strlen(body));
 
-	assert_true(write(fd, head, (size_t)n) == n);
-	assert_true(write(fd, body, strlen(body)) == (ssize_t)strlen(body));
+	if (write(fd, head, (size_t)n) == n)
+		(void)!write(fd, body, strlen(body));
 }
 
 static void serve_one(struct fake *f, int fd)
@@ -462,7 +468,7 @@ static void serve_one(struct fake *f, int fd)
 		token = token_with(body);
 		snprintf(body, sizeof(body),
 			 "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":120}",
-			 token);
+			 token ? token : "");
 		free(token);
 		respond(fd, 200, body);
 	} else {
