@@ -3,6 +3,7 @@
 #   make run     build, start the emulator and the provider, mount a sample pod
 #   make test    lint, unit tests (cmocka) and integration tests (pytest)
 #   make asan    the same suites under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan    the same suites under ThreadSanitizer
 #   make valgrind  unit and integration tests, every process under valgrind memcheck
 #   make fuzz    libFuzzer targets of tests/fuzz, FUZZ_SECONDS each (fuzz-smoke: 10 s)
 #   make bench   benchmarks, each figure beside its baseline
@@ -30,16 +31,29 @@ ifeq ($(CI),true)
 WARN += -Werror
 endif
 
+# The project's flags live in MCP_*; CPPFLAGS, CFLAGS, LDFLAGS and LDLIBS given
+# on the command line or in the environment are appended, so `make CFLAGS=-O0` keeps
+# -std=c11 and every warning (Redis's FINAL_CFLAGS pattern). OPT and SANITIZE
+# are the knobs the sanitizer and fuzz targets turn.
 OPT      ?= -O2 -g
 HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 SANITIZE ?=
-CPPFLAGS := -D_GNU_SOURCE -DOPENSSL_API_COMPAT=30000 -DOPENSSL_NO_DEPRECATED \
+MCP_CPPFLAGS := -D_GNU_SOURCE -DOPENSSL_API_COMPAT=30000 -DOPENSSL_NO_DEPRECATED \
 	-DPROVIDER_VERSION=\"$(VERSION)\" -Iinclude -I$(BUILD)/gen
-CFLAGS   := -std=c11 $(OPT) $(WARN) $(HARDEN) $(SANITIZE) -MMD -MP
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-LDFLAGS  := $(SANITIZE) -pie -Wl,-z,relro,-z,now
-LDLIBS    = $(PKG_LIBS) -lpthread -lm
+MCP_CFLAGS   := -std=c11 $(OPT) $(WARN) $(HARDEN) $(SANITIZE) -MMD -MP
+MCP_LDFLAGS  := $(SANITIZE) -pie -Wl,-z,relro,-z,now
+# pkg-config is asked once, when a recipe first needs it (after `make deps`
+# has run, when it does): gRPC's answer walks dozens of abseil .pc files.
+PKG_CFLAGS    = $(eval PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null))$(PKG_CFLAGS)
+PKG_LIBS      = $(eval PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null))$(PKG_LIBS)
+CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null))$(CMOCKA_CFLAGS)
+CMOCKA_LIBS   = $(eval CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null))$(CMOCKA_LIBS)
+FINAL_CFLAGS  = $(MCP_CPPFLAGS) $(MCP_CFLAGS) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+FINAL_LDFLAGS = $(MCP_LDFLAGS) $(LDFLAGS)
+FINAL_LIBS    = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
+# protoc-c's output is not ours to keep warning-free: no $(WARN), no -MMD.
+GEN_CFLAGS    = $(MCP_CPPFLAGS) -std=c11 $(OPT) $(HARDEN) $(SANITIZE) $(PKG_CFLAGS) \
+	$(CPPFLAGS) $(CFLAGS)
 
 GEN_C   := $(BUILD)/gen/provider.pb-c.c
 GEN_H   := $(BUILD)/gen/provider.pb-c.h
@@ -54,32 +68,55 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 DEPS_OK := $(BUILD)/.deps-ok
 Q := $(if $(V),,@)
 
-.PHONY: all test unit integration lint asan bench run clean deps fuzz fuzz-smoke fuzz-run format \
-	valgrind image image-test
+.PHONY: all test unit integration lint asan tsan bench run clean deps fuzz fuzz-smoke fuzz-run \
+	format valgrind image image-test
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/$(PROG)
 
 # ---- dependencies --------------------------------------------------------
 
+# `make deps` is the one target that installs anything: the Debian packages
+# of DEB_PACKAGES that dpkg does not list as installed (none: it says so and
+# needs no root). The README's commands and CI's targets (DEPS_GOALS) run it
+# first, so a fresh Debian 12 machine needs nothing by hand; a plain build
+# only checks what it needs and names `make deps` when something is missing.
+DEPS_GOALS := test run asan tsan valgrind fuzz fuzz-smoke image-test
+
 deps:
-	@if [ "$$(id -u)" = 0 ]; then \
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DEB_PACKAGES) \
+		2>/dev/null | awk '$$2 == "installed" { print $$1 }'); \
+	missing=$$(for p in $(DEB_PACKAGES); do \
+		echo "$$installed" | grep -qxF "$$p" || printf '%s ' "$$p"; done); \
+	if [ -z "$$missing" ]; then \
+		echo "deps: the Debian packages are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "deps: installing $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 		&& echo "deps: Debian packages installed"; \
 	else \
-		echo "deps: run this once as root:"; \
-		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $(DEB_PACKAGES)"; \
+		echo "deps: missing $$missing; run this once as root:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $$missing"; \
 		exit 1; \
 	fi
 
-# Installs the packages on first use, so a fresh machine needs nothing by hand.
+ifneq ($(filter $(DEPS_GOALS),$(MAKECMDGOALS)),)
+$(DEPS_OK): | deps
+endif
+
+# What the build, lint and tests use, checked once per build directory.
 $(DEPS_OK):
-	@if ! pkg-config --exists $(PKGS) cmocka || ! command -v protoc-c >/dev/null \
-		|| ! command -v protoc >/dev/null || ! command -v clang >/dev/null \
-		|| ! command -v cppcheck >/dev/null || ! command -v clang-format >/dev/null \
-		|| ! $(PYTHON) -c 'import pytest, grpc, google.protobuf, jwcrypto, yaml' 2>/dev/null; then \
-		$(MAKE) --no-print-directory deps; \
+	@missing=; \
+	for p in $(PKGS) cmocka; do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
+	for c in protoc-c protoc clang cppcheck clang-format; do \
+		command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	for m in pytest grpc google.protobuf jwcrypto yaml; do \
+		$(PYTHON) -c "import $$m" 2>/dev/null || missing="$$missing python3-$$m"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "missing:$$missing"; \
+		echo "run \`make deps\` to install the Debian 12 packages (as root), then make again"; \
+		exit 1; \
 	fi
 	@mkdir -p $(BUILD) && touch $@
 
@@ -96,22 +133,22 @@ $(GEN_PY): proto/provider.proto | $(DEPS_OK)
 $(BUILD)/obj/provider.pb-c.o: $(GEN_C) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(CPPFLAGS) -std=c11 $(OPT) $(HARDEN) $(SANITIZE) $(PKG_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(GEN_CFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%.o: src/%.c $(GEN_H) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(FINAL_CFLAGS) -c $< -o $@
 
 $(BUILD)/$(PROG): $(OBJS)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $^ $(FINAL_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(shell pkg-config --cflags cmocka) \
-		$(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) $(shell pkg-config --libs cmocka)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(CMOCKA_CFLAGS) $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) \
+		$(FINAL_LIBS) $(CMOCKA_LIBS)
 
 # test_registry stands in for provision (the registry's only way to DigDir), so it links without it.
 REGISTRY_TEST_OBJS := $(filter-out $(BUILD)/obj/provision.o,$(LIBOBJS))
@@ -124,7 +161,7 @@ $(BUILD)/tests/test_registry: tests/unit/test_registry.c $(REGISTRY_TEST_OBJS)
 $(BUILD)/bench/%: tests/bench/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) $(FINAL_LIBS)
 
 -include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/bench/*.d)
 
@@ -144,7 +181,7 @@ integration: $(BUILD)/$(PROG) $(GEN_PY) $(BENCHES)
 	@rc=0; $(PYTEST) $(PYTEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "integration: no test ran"; fi; exit $$rc
 
-test: lint unit integration
+test: deps lint unit integration
 
 # ---- sanitizers ----------------------------------------------------------
 
@@ -163,12 +200,30 @@ ASAN_ENV    = ASAN_OPTIONS=$(ASAN_OPTS) \
 ASAN_MAKE   = $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(ASAN_FLAGS)"
 
-asan: | $(DEPS_OK)
+asan: deps
 	$(ASAN_ENV) $(ASAN_MAKE) unit
 	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
 	$(ASAN_ENV) ASAN_OPTIONS=$(ASAN_OPTS):log_path=$(SAN_LOGS)/asan \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan \
 		MCP_SANITIZER_LOGS=$(SAN_LOGS) $(ASAN_MAKE) integration PYTEST_PATHS=tests/integration
+
+# ThreadSanitizer: the same suites against binaries built into build-tsan with
+# -fsanitize=thread. A unit test with a report exits 66; `serve` and the CLI
+# subprocesses log to TSAN_LOGS, checked after every test as above. Debian's
+# gRPC and abseil are not built with TSan, so their own locking is invisible
+# to it: tests/tsan.supp drops reports inside them (each line says why), and
+# server.c marks the one hand-off of ours that goes through gRPC's queue.
+TSAN_BUILD ?= build-tsan
+TSAN_LOGS   = $(abspath $(TSAN_BUILD)/sanitizer-logs)
+TSAN_OPTS  := suppressions=$(abspath tests/tsan.supp):exitcode=66:second_deadlock_stack=1:print_suppressions=0
+TSAN_MAKE   = $(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) \
+	OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE=-fsanitize=thread
+
+tsan: deps
+	TSAN_OPTIONS=$(TSAN_OPTS) $(TSAN_MAKE) unit
+	rm -rf $(TSAN_LOGS) && mkdir -p $(TSAN_LOGS)
+	TSAN_OPTIONS=$(TSAN_OPTS):log_path=$(TSAN_LOGS)/tsan MCP_SANITIZER_LOGS=$(TSAN_LOGS) \
+		$(TSAN_MAKE) integration PYTEST_PATHS=tests/integration
 
 # valgrind (memcheck) on the ordinary build: the unit tests, then the whole
 # integration suite with every process it starts (`serve` and the CLI
@@ -187,7 +242,7 @@ VG_RUN    = MCP_WRAPPER="$(VG_CMD) --log-file=$(VG_LOGS)/$(1)/valgrind.%p" \
 	MCP_SANITIZER_LOGS=$(VG_LOGS)/$(1) $(PYTEST) $(2) $(PYTEST_ARGS) \
 	>$(VG_LOGS)/shard$(1).out 2>&1; echo $$? >$(VG_LOGS)/shard$(1).rc
 
-valgrind: $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
+valgrind: deps $(UNITS) $(BUILD)/$(PROG) $(GEN_PY)
 	$(MAKE) --no-print-directory unit VALGRIND="$(VG_CMD)"
 	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)/1 $(VG_LOGS)/2
 	@echo "valgrind: integration shards 1 ($(notdir $(VG_SHARD_1))) and 2 (the rest) at once"
@@ -199,7 +254,7 @@ bench: $(BUILD)/$(PROG) $(BENCHES) $(GEN_PY)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) MCP_PYDIR=$(abspath $(BUILD)/py) \
 		MCP_BENCHDIR=$(abspath $(BUILD)/bench) $(PYTHON) tests/bench/run.py
 
-run: $(BUILD)/$(PROG)
+run: deps $(BUILD)/$(PROG)
 	MCP_BIN=$(abspath $(BUILD)/$(PROG)) $(PYTHON) tests/run_demo.py --dir $(abspath $(BUILD)/run)
 
 # ---- container image -----------------------------------------------------
@@ -213,7 +268,7 @@ IMAGE ?= maskinporten-csi-provider:$(VERSION)
 image:
 	deploy/build-image.sh $(IMAGE)
 
-image-test: $(GEN_PY)
+image-test: deps $(GEN_PY)
 	MCP_IMAGE=$(IMAGE) MCP_PYDIR=$(abspath $(BUILD)/py) \
 		$(PYTHON) -m pytest -q -p no:cacheprovider -rs tests/image $(PYTEST_ARGS)
 	@podman image inspect --format '{{.Size}}' $(IMAGE) | awk -v i=$(IMAGE) '{ printf \
@@ -249,12 +304,12 @@ FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
-		$(LIBOBJS) $(LDLIBS)
+	$(Q)$(CC) $(FINAL_CFLAGS) -fsanitize=fuzzer $(FINAL_LDFLAGS) -o $@ $< $(LIBOBJS) \
+		$(FINAL_LIBS)
 
 -include $(wildcard $(BUILD)/fuzz/*.d)
 
-fuzz: | $(DEPS_OK)
+fuzz: deps
 	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang \
 		OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="$(FUZZ_FLAGS)" fuzz-run
 
@@ -277,4 +332,4 @@ fuzz-run: $(FUZZERS)
 	done
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz

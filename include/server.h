@@ -10,7 +10,7 @@
 #ifndef MCP_SERVER_H
 #define MCP_SERVER_H
 
-#include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -90,7 +90,9 @@ struct server_config {
 };
 
 /*
- * Takes the socket path, binds, serves until *stop becomes non-zero, then
+ * Takes the socket path, binds, serves until *stop becomes non-zero (an
+ * atomic, not a volatile sig_atomic_t: a signal handler on any thread, or
+ * another thread, sets it while this one reads it), then
  * drains: no new calls, queued calls are told to retry, running calls get
  * grace_ms, then ops->cancel, then the rest are cancelled. on_ready (may be
  * NULL) runs once the socket accepts calls.
@@ -107,6 +109,6 @@ struct server_config {
  * errno when it could not start.
  */
 int server_run(const struct server_config *config, const struct server_ops *ops,
-	       volatile sig_atomic_t *stop, void (*on_ready)(void *ctx), void *ready_ctx);
+	       const atomic_int *stop, void (*on_ready)(void *ctx), void *ready_ctx);
 
 #endif

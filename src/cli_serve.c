@@ -36,13 +36,17 @@ static const char usage[] =
     "--admin-key-file (and --admin-cert-file or --admin-kid), --seed-file.\n"
     "--check validates the configuration (files, metadata, an admin token) and exits.\n";
 
-/* Set by SIGTERM and SIGINT; stopping is the same for the health threads (lock-free). */
-static volatile sig_atomic_t stop;
+/*
+ * Set by SIGTERM and SIGINT, whichever thread the signal lands on, and read
+ * by the server's thread: lock-free atomics, which a handler may write.
+ * stopping is the same for the health threads.
+ */
+static atomic_int stop;
 static atomic_bool stopping;
 
 static void on_signal(int sig)
 {
-	stop = 1;
+	atomic_store(&stop, 1);
 	atomic_store(&stopping, true);
 }
 

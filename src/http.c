@@ -1,7 +1,7 @@
 /*
- * http: the only module that touches libcurl. One share handle (connections,
- * DNS and TLS sessions) serves every thread, so connections to DigDir and
- * Maskinporten are kept alive and reused; easy handles come from a small pool.
+ * http: the only module that touches libcurl. One share handle (connections
+ * and DNS) serves every thread, so connections to DigDir and Maskinporten are
+ * kept alive and reused; easy handles come from a small pool.
  * Requests are HTTPS only, never follow redirects, stop reading at the body
  * limit, and are retried with full-jitter backoff that never sleeps past the
  * caller's deadline.
@@ -268,7 +268,14 @@ struct http *http_new(const struct http_config *config, struct err *err)
 		goto fail;
 	}
 
-	/* Connections, DNS answers and TLS sessions are shared by every thread. */
+	/*
+	 * Connections and DNS answers are shared by every thread; TLS sessions
+	 * are not: Debian 12's libcurl (7.88) hands one cached SSL_SESSION to
+	 * handshakes on several threads at once, each with its own SSL_CTX, and
+	 * OpenSSL changes the session while another thread reads it (a data race
+	 * `make tsan` caught in concurrent cold Mounts). Connections are kept
+	 * alive, so few handshakes would resume anyway.
+	 */
 	http->share = curl_share_init();
 	if (!http->share) {
 		err_set(err, ERR_INTERNAL, ENOMEM, "libcurl: cannot create a share handle");
@@ -279,9 +286,7 @@ struct http *http_new(const struct http_config *config, struct err *err)
 	    curl_share_setopt(http->share, CURLSHOPT_UNLOCKFUNC, share_unlock) == CURLSHE_OK &&
 	    curl_share_setopt(http->share, CURLSHOPT_USERDATA, http) == CURLSHE_OK &&
 	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) == CURLSHE_OK &&
-	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) == CURLSHE_OK &&
-	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) ==
-		CURLSHE_OK;
+	    curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) == CURLSHE_OK;
 	if (!ok) {
 		err_set(err, ERR_INTERNAL, EIO, "libcurl: cannot configure the share handle");
 		goto fail;

@@ -1,10 +1,11 @@
-"""Memory checking of the processes the integration tests start.
+"""Memory and thread checking of the processes the integration tests start.
 
-`make asan` and `make valgrind` set MCP_SANITIZER_LOGS to a directory where
-every instrumented process (`serve` and the CLI subcommands under ASan/UBSan
-log_path, `serve` under valgrind --log-file) writes its reports. After each
-test any new non-empty file there fails that test with the report; reports
-that appear later (a process outliving its test) fail the session.
+`make asan`, `make tsan` and `make valgrind` set MCP_SANITIZER_LOGS to a
+directory where every instrumented process (`serve` and the CLI subcommands
+under ASan/UBSan/TSan log_path, `serve` under valgrind --log-file) writes its
+reports. After each test any new non-empty file there fails that test with
+the report; reports that appear later (a process outliving its test) fail the
+session.
 """
 
 import os

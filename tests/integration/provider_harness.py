@@ -42,7 +42,8 @@ def cli(*args):
 
 
 # Lines a sanitizer writes when the provider misbehaves; any of them fails stop().
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                   "WARNING: ThreadSanitizer")
 
 
 def sanitizer_report(text):

@@ -24,14 +24,6 @@ from provider_harness import MOUNT, SLOW, VERSION, Provider, cli, provider_pb2
 SCOPE = "skatteetaten:testapi"
 
 
-def serve_available():
-    r = subprocess.run(cli("serve", "--help"), capture_output=True, timeout=10 * SLOW)
-    return r.returncode == 0
-
-
-needs_serve = pytest.mark.skipif(not serve_available(), reason="serve is not implemented yet")
-
-
 @pytest.fixture
 def provider(emulator, tmp_path):
     p = Provider(emulator, tmp_path).start()
@@ -48,7 +40,6 @@ def raw_call(sock_path, method, payload, timeout=10):
 
 # -- serve ------------------------------------------------------------------------------
 
-@needs_serve
 def test_version_over_a_generic_channel(provider):
     out = raw_call(provider.socket, VERSION,
                    provider_pb2.VersionRequest(version="v1alpha1").SerializeToString())
@@ -59,14 +50,12 @@ def test_version_over_a_generic_channel(provider):
     assert mode == 0o600
 
 
-@needs_serve
 def test_unknown_method_is_unimplemented(provider):
     with pytest.raises(grpc.RpcError) as e:
         raw_call(provider.socket, "/v1alpha1.CSIDriverProvider/Unmount", b"")
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-@needs_serve
 def test_garbage_on_the_socket_does_not_kill_the_server(provider):
     junk = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -95,7 +84,6 @@ def test_garbage_on_the_socket_does_not_kill_the_server(provider):
     assert provider.version().version == "v1alpha1"
 
 
-@needs_serve
 def test_clients_that_disconnect_mid_call_do_not_kill_the_server(emulator, provider):
     # DigDir answers slowly, so each cold Mount is still running when its client goes away.
     emulator.fault(path="^/api/v1/", delay=0.5)
@@ -120,14 +108,12 @@ def test_clients_that_disconnect_mid_call_do_not_kill_the_server(emulator, provi
     assert len(resp.files) > 0
 
 
-@needs_serve
 def test_sigterm_exits_zero_and_removes_the_socket(provider):
     assert os.path.exists(provider.socket)
     assert provider.stop(signal.SIGTERM) == 0
     assert not os.path.exists(provider.socket)
 
 
-@needs_serve
 def test_sigterm_lets_a_running_mount_finish(emulator, provider):
     emulator.fault(path="^/api/v1/", delay=0.3)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -274,7 +260,6 @@ def test_mount_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2
 
 
-@needs_serve
 def test_mount_against_serve_end_to_end(provider, tmp_path):
     target = tmp_path / "pod"
     r = run_mount(provider.socket, target, "--scopes", SCOPE)

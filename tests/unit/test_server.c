@@ -141,7 +141,7 @@ struct fixture {
 	char dir[64];
 	char path[96];
 	struct server_config cfg;
-	volatile sig_atomic_t stop;
+	atomic_int stop;
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -198,12 +198,16 @@ static void fixture_init(struct fixture *f)
 
 static void fixture_start(struct fixture *f)
 {
+	int ready;
+
 	assert_int_equal(pthread_create(&f->thread, NULL, server_thread, f), 0);
 	pthread_mutex_lock(&f->lock);
 	while (f->ready == 0)
 		pthread_cond_wait(&f->cond, &f->lock);
+	/* Read under the lock: the server thread writes -1 when it stops. */
+	ready = f->ready;
 	pthread_mutex_unlock(&f->lock);
-	assert_int_equal(f->ready, 1);
+	assert_int_equal(ready, 1);
 	f->driver = driver_new(f->path);
 	assert_non_null(f->driver);
 }
@@ -213,7 +217,7 @@ static int fixture_stop(struct fixture *f)
 {
 	driver_free(f->driver);
 	f->driver = NULL;
-	f->stop = 1;
+	atomic_store(&f->stop, 1);
 	pthread_join(f->thread, NULL);
 	return f->result;
 }
@@ -485,7 +489,7 @@ static void test_stale_socket_replaced(void **state)
 static void test_regular_file_refused(void **state)
 {
 	struct fixture f;
-	volatile sig_atomic_t stop = 0;
+	atomic_int stop = 0;
 	struct stat st;
 	int fd;
 
@@ -528,7 +532,7 @@ static int listen_at(const char *path)
 static void test_live_socket_refused(void **state)
 {
 	struct fixture f;
-	volatile sig_atomic_t stop = 0;
+	atomic_int stop = 0;
 	struct stat before, after;
 	int fd;
 
@@ -585,7 +589,7 @@ static void test_stop_drains(void **state)
 	assert_int_equal(pthread_create(&t, NULL, slow_caller, &arg), 0);
 	while (atomic_load(&slow_started) < 1)
 		usleep(1000);
-	f.stop = 1;
+	atomic_store(&f.stop, 1);
 	pthread_join(t, NULL);
 	assert_int_equal(arg.status, 0);
 	assert_int_equal(fixture_stop(&f), 0);
