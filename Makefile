@@ -155,8 +155,8 @@ REGISTRY_TEST_OBJS := $(filter-out $(BUILD)/obj/provision.o,$(LIBOBJS))
 $(BUILD)/tests/test_registry: tests/unit/test_registry.c $(REGISTRY_TEST_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(shell pkg-config --cflags cmocka) \
-		$(LDFLAGS) -o $@ $< $(REGISTRY_TEST_OBJS) $(LDLIBS) $(shell pkg-config --libs cmocka)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(CMOCKA_CFLAGS) $(FINAL_LDFLAGS) -o $@ $< \
+		$(REGISTRY_TEST_OBJS) $(FINAL_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
