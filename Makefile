@@ -23,7 +23,10 @@ DEB_PACKAGES := build-essential pkg-config libgrpc-dev protobuf-c-compiler libpr
 	protobuf-compiler libcurl4-openssl-dev libjansson-dev libssl-dev libmicrohttpd-dev \
 	libcmocka-dev python3 python3-pytest python3-grpcio python3-protobuf python3-jwcrypto \
 	python3-cryptography python3-yaml clang libclang-rt-14-dev clang-format cppcheck valgrind \
-	ca-certificates procps
+	ca-certificates procps $(KUBECTL_PACKAGE)
+# test_deploy renders deploy/ with `kubectl kustomize`: Debian's kubectl when there is none
+# (a kubectl from elsewhere owns the same path, so it is not replaced).
+KUBECTL_PACKAGE := $(if $(shell command -v kubectl 2>/dev/null),,kubernetes-client)
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings \
 	-Wformat=2 -Wno-unused-parameter

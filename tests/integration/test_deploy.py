@@ -447,6 +447,16 @@ def kustomize(directory):
     return [d for d in yaml.safe_load_all(p.stdout) if d]
 
 
+def base_field():
+    """Where an overlay names its base directory: `resources` for the kustomize
+    inside kubectl 1.24 and later (which print its version), `bases` for the
+    kustomize v2 inside Debian 12's kubectl 1.20, which takes only files under
+    `resources` (later ones still read `bases`, deprecated)."""
+    p = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True,
+                       timeout=60 * SLOW, check=False)
+    return "resources" if "Kustomize Version" in p.stdout else "bases"
+
+
 def rendered_images(docs):
     (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
     spec = ds["spec"]["template"]["spec"]
@@ -479,7 +489,7 @@ def test_kustomize_overlay_overrides_the_image(tmp_path, override, want):
     shutil.copytree(DEPLOY, tmp_path / "base")
     (tmp_path / "overlay").mkdir()
     overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-               "resources": ["../base"],
+               base_field(): ["../base"],
                "images": [dict({"name": "maskinporten-csi-provider"}, **override)]}
     with open(tmp_path / "overlay" / "kustomization.yaml", "w", encoding="utf-8") as f:
         yaml.safe_dump(overlay, f)
