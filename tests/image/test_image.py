@@ -356,6 +356,7 @@ def test_the_daemonset_runs_from_the_image(rootfs, emulator, tmp_path, via):
                 "MPCSI_WELL_KNOWN_URL": info["well_known_url"],
                 "MPCSI_ADMIN_CLIENT_ID": info["admin_client_id"],
                 "MPCSI_CA_FILE": CA_IN_IMAGE, "MPCSI_METRICS_ADDR": "127.0.0.1:0",
+                "MPCSI_PROBE_ADDR": "127.0.0.1:0",
                 "MPCSI_LOG_LEVEL": "debug"})
     binds = [(info["ca_file"], CA_IN_IMAGE, True)]
     proxy = None
@@ -378,8 +379,12 @@ def test_the_daemonset_runs_from_the_image(rootfs, emulator, tmp_path, via):
     sock = str(providers_dir / "maskinporten.sock")
     channel = None
     try:
-        port = int(wait_for("metrics port", lambda: re.search(
-            r"health and metrics on http://127\.0\.0\.1:0 \(port (\d+)\)", logs()), 30, proc,
+        # The DaemonSet serves probes on a listener of their own, apart from /metrics.
+        probe_port = int(wait_for("probe port", lambda: re.search(
+            r"health probes on http://127\.0\.0\.1:0 \(port (\d+)\)", logs()), 30, proc,
+            logs).group(1))
+        metrics_port = int(wait_for("metrics port", lambda: re.search(
+            r"\"metrics on http://127\.0\.0\.1:0 \(port (\d+)\)", logs()), 30, proc,
             logs).group(1))
         wait_for("socket", lambda: os.path.exists(sock), 30, proc, logs)
 
@@ -406,7 +411,8 @@ def test_the_daemonset_runs_from_the_image(rootfs, emulator, tmp_path, via):
                      if c["description"] == "my-cluster:team-a:payments"]
         assert files["MASKINPORTEN_CLIENT_ID"] == client["client_id"]
 
-        for path in ("/healthz", "/readyz"):
+        for port, path in ((probe_port, "/healthz"), (probe_port, "/readyz"),
+                           (metrics_port, "/metrics")):
             with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path),
                                         timeout=30) as r:
                 assert r.status == 200, path
