@@ -15,8 +15,8 @@ import pytest
 from jwcrypto import jwk
 
 from harness import client_grant
-from provider_harness import (MOUNT, SLOW, WRAPPER, Provider, attributes, files_of,
-                              provider_pb2, write_seed)
+from provider_harness import (KILLED_ITSELF, MOUNT, SLOW, WRAPPER, Provider, attributes,
+                              files_of, provider_pb2, write_seed)
 
 SCOPE = "skatteetaten:testapi"
 NS = "team-k"
@@ -202,6 +202,7 @@ def test_kill_at_every_step_of_a_provider_mode_write(emulator, tmp_path):
                     completed = False
                 if not completed:
                     assert c.proc.wait(10 * SLOW) == -signal.SIGKILL, c.logs()
+                    KILLED_ITSELF.add(c.proc.pid)
                 c.stop()
                 after = check_volume(str(target), client_id)
                 seen["nothing" if after is None else "new" if after == 0o640 else "old"] += 1

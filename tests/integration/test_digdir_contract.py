@@ -155,9 +155,12 @@ def test_a_mount_that_cannot_wait_gets_a_retryable_error_and_the_flight_goes_on(
     """The delay outlasts the Mount's deadline: the Mount fails with DeadlineExceeded
     saying the key is propagating; the flight goes on, and the kubelet's next try,
     once Maskinporten accepts the key, is answered at once."""
-    emulator.settings(propagation_delay=12)
+    # The Mount must reach the wait before its deadline, and the wait must outlast it,
+    # however slow the machine (or valgrind) makes the steps before it.
+    timeout = 5 * SLOW
+    emulator.settings(propagation_delay=timeout + 7)
     with Provider(emulator, tmp_path) as p:
-        e = rpc_error(lambda: p.mount("ns", "slow", scopes=SCOPE, timeout=5))
+        e = rpc_error(lambda: p.mount("ns", "slow", scopes=SCOPE, timeout=timeout))
         assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
         assert "not accepted by Maskinporten yet" in e.details(), e.details()
         assert "maskinporten: pod ns/" in e.details()

@@ -172,10 +172,11 @@ def test_a_created_client_the_listing_does_not_show_yet_is_used(emulator, tmp_pa
 def test_a_mount_that_gives_up_after_the_create_leaves_no_keyless_client(emulator, tmp_path):
     """The Mount's deadline passes after the create, while the keys are being
     registered: the flight goes on and registers them, with no further Mount."""
+    timeout = 3 * SLOW  # long enough for the create, however slow the machine
     with Provider(emulator, tmp_path) as p:
-        emulator.fault(method="POST", path="/jwks$", delay=4, count=1)
+        emulator.fault(method="POST", path="/jwks$", delay=timeout + 1, count=1)
         with pytest.raises(grpc.RpcError):
-            p.mount("ns", "app", scopes=SCOPE, timeout=3)
+            p.mount("ns", "app", scopes=SCOPE, timeout=timeout)
         [c] = emulator.clients()
         deadline = time.monotonic() + 30 * SLOW
         while len(emulator.client(c["client_id"])["keys"]) < 2:
