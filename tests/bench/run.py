@@ -305,7 +305,9 @@ def bench_load(emu, tmp, t, q):
     bench_idle_deployed(emu, tmp, t)
     emu.reset()
     clients, pods = q["rot_clients"], q["rot_pods"]
-    p = new_provider(emu, tmp, "load", args=["--workers", "8"])
+    # Workers stay (--worker-idle 0): ctxsw() sums the live threads, and one that left
+    # during the trickle would take its context switches with it.
+    p = new_provider(emu, tmp, "load", args=["--workers", "8", "--worker-idle", "0"])
     try:
         time.sleep(0.5)
         idle = p.mem_mib("VmHWM")
