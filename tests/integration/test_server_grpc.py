@@ -120,7 +120,7 @@ def test_sigterm_lets_a_running_mount_finish(emulator, tmp_path):
     emulator.fault(path="^/api/v1/", delay=0.3)
     with provider, concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(provider.mount, "team-term", "app", scopes=SCOPE)
-        time.sleep(0.2)
+        time.sleep(0.2 * SLOW)  # the Mount has arrived; its DigDir calls take 1.5 s or more
         provider.proc.send_signal(signal.SIGTERM)
         resp = fut.result(timeout=30 * SLOW)
         assert len(resp.files) > 0
