@@ -32,7 +32,9 @@
  * Client listings are shared by concurrent flights. A lookup may use a
  * listing up to list_reuse_ms old (2 s by default): a create it leads to is always confirmed
  * by a listing sent after the create, which settles any race. A confirming
- * listing waits for the creates still under way, and for a quiet moment
+ * listing waits for the creates still under way, for the callers woken by the
+ * last listing that have not yet read it (a busy machine may leave them
+ * unscheduled for a while, and each may lead to a create), and for a quiet moment
  * (LIST_QUIET_MS: the Mounts of a burst arrive spread over some
  * milliseconds), up to LIST_BATCH_MS, so that one listing confirms every
  * client a burst of new apps made.
@@ -132,6 +134,8 @@ struct digdir {
 	bool list_batching;	     /* ... and not sent yet, or ... */
 	struct stamp next_at;	     /* ... sent at this stamp */
 	int creating;		     /* creates sent and not answered yet */
+	int list_waiting;	     /* callers waiting for the listing under way */
+	int list_unread;	     /* callers woken by its answer, not yet back under the lock */
 	int64_t create_moved_ms;     /* when a create last began or ended */
 	uint64_t creates_ended;
 	unsigned list_gen; /* bumped when one finishes */
@@ -806,19 +810,31 @@ static int wait_until(struct digdir *dd, pthread_cond_t *cond, int64_t until_ms)
 }
 
 /*
- * A lookup found no client, so a create follows (after the access check):
- * the next confirming listing waits for its answer, and so confirms the
- * creates of a whole burst of new apps at once.
+ * A caller woken by a listing's answer holds list_lock again: what it read
+ * there is decided (a client found, or a create announced), so a confirming
+ * listing waiting for the burst need no longer wait for it.
  */
-static void create_begin(struct digdir *dd)
+static void list_read(struct digdir *dd)
 {
-	pthread_mutex_lock(&dd->list_lock);
-	dd->creating++;
-	dd->create_moved_ms = clock_now_ms();
-	pthread_mutex_unlock(&dd->list_lock);
+	if (--dd->list_unread == 0)
+		pthread_cond_broadcast(&dd->create_done);
 }
 
-/* The create announced by create_begin will not be sent after all. */
+/*
+ * A lookup found no client, so a create follows (after the access check):
+ * the next confirming listing waits for its answer, and so confirms the
+ * creates of a whole burst of new apps at once. Called with list_lock held,
+ * by the lookup that read the listing: a confirming listing can then never
+ * start in the gap between a flight's lookup and its create, however long the
+ * scheduler leaves that flight waiting.
+ */
+static void create_begin_locked(struct digdir *dd)
+{
+	dd->creating++;
+	dd->create_moved_ms = clock_now_ms();
+}
+
+/* The create announced by create_begin_locked will not be sent after all. */
 static void create_cancel(struct digdir *dd)
 {
 	pthread_mutex_lock(&dd->list_lock);
@@ -892,13 +908,16 @@ static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t 
 		unsigned gen = dd->list_gen;
 		bool fresh = dd->list_batching || fresh_for(dd->next_at, need);
 
+		dd->list_waiting++;
 		while (dd->list_gen == gen)
-			if (wait_until(dd, &dd->list_done, until) < 0) {
+			if (wait_until(dd, &dd->list_done, until) < 0 && dd->list_gen == gen) {
+				dd->list_waiting--;
 				r = err_set(
 				    err, ERR_TIMEOUT, ETIMEDOUT,
 				    "DigDir GET /clients: timed out waiting for the listing");
 				goto fail;
 			}
+		list_read(dd);
 		if (fresh && dd->list_rc < 0) {
 			if (err)
 				*err = dd->list_err;
@@ -915,10 +934,12 @@ static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t 
 			int64_t quiet = dd->create_moved_ms + LIST_QUIET_MS;
 			int64_t end = batch_end < until ? batch_end : until;
 
-			if (dd->creating == 0 && clock_now_ms() >= quiet)
+			bool settled = dd->creating == 0 && dd->list_unread == 0;
+
+			if (settled && clock_now_ms() >= quiet)
 				break;
-			if (wait_until(dd, &dd->create_done,
-				       dd->creating == 0 && quiet < end ? quiet : end) < 0)
+			if (wait_until(dd, &dd->create_done, settled && quiet < end ? quiet : end) <
+			    0)
 				break;
 		}
 		dd->list_batching = false;
@@ -931,6 +952,8 @@ static int list_fresh(struct digdir *dd, struct stamp need, bool batch, int64_t 
 	pthread_mutex_lock(&dd->list_lock);
 	dd->list_running = false;
 	dd->list_gen++;
+	dd->list_unread += dd->list_waiting;
+	dd->list_waiting = 0;
 	dd->list_rc = r;
 	dd->list_err = lerr;
 	pthread_cond_broadcast(&dd->list_done);
@@ -1399,7 +1422,7 @@ static int64_t listed_created(struct digdir *dd, const char *description, const 
 }
 
 /*
- * Creates the client (announced by create_begin) and settles races: another
+ * Creates the client (announced by create_begin_locked) and settles races: another
  * node may have created one for the same description at the same time. After the create a listing
  * decides (earliest created wins); a loser we made is deactivated.
  * *ret_ours says whether the winner is the client this call created.
@@ -1637,6 +1660,8 @@ int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t dea
 		if (r < 0)
 			goto out;
 		ids = find_locked(dd, e->description, &have, err);
+		if (ids && json_array_size(ids) == 0)
+			create_begin_locked(dd);
 		pthread_mutex_unlock(&dd->list_lock);
 		if (!ids) {
 			r = -ENOMEM;
@@ -1651,7 +1676,6 @@ int digdir_ensure_client(struct digdir *dd, struct digdir_ensure *e, int64_t dea
 			}
 		} else {
 			/* Nothing is registered before the organisation's access is checked. */
-			create_begin(dd);
 			r = digdir_check_scope_access(dd, scopes, nscopes, deadline_ms, err);
 			body = r == 0 ? registration(dd, e->description, scopes, nscopes) : NULL;
 			if (r == 0 && !body)
